@@ -1,0 +1,69 @@
+//! The records of a user's delivery log (`deliver.<user>` in `DELIVERY`).
+//!
+//! A record is the socket frame without its `cursor`: `{"event", "data"}`.
+//! The gateway splices the cursor (the record's `DELIVERY` sequence) in
+//! front, so a record is serialised once by the persister and never again.
+
+use crate::events::Message;
+use crate::ids::{ConversationId, UserId};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", content = "data", rename_all = "snake_case")]
+pub enum DeliveryEvent {
+    ReceiveDirectMessage {
+        message: Message,
+    },
+    ReceiveGroupMessage {
+        message: Message,
+    },
+    #[serde(rename_all = "camelCase")]
+    MessagesRead {
+        conversation_id: ConversationId,
+        reader_id: UserId,
+        up_to_seq: u64,
+    },
+}
+
+/// The socket frame for a delivery record stored at `cursor`: the record
+/// with `"cursor":N` inserted as its first field.
+pub fn frame_with_cursor(record: &[u8], cursor: u64) -> Option<String> {
+    let body = std::str::from_utf8(record).ok()?;
+    let rest = body.trim_start().strip_prefix('{')?;
+    let mut frame = String::with_capacity(body.len() + 24);
+    frame.push_str("{\"cursor\":");
+    frame.push_str(&cursor.to_string());
+    if !rest.trim_start().starts_with('}') {
+        frame.push(',');
+    }
+    frame.push_str(rest);
+    Some(frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_carries_cursor_event_and_data() {
+        let reader = UserId::generate();
+        let record = serde_json::to_vec(&DeliveryEvent::MessagesRead {
+            conversation_id: ConversationId::direct(reader, UserId::generate()),
+            reader_id: reader,
+            up_to_seq: 7,
+        })
+        .unwrap();
+        let frame = frame_with_cursor(&record, 42).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(json["cursor"], 42);
+        assert_eq!(json["event"], "messages_read");
+        assert_eq!(json["data"]["upToSeq"], 7);
+        assert_eq!(json["data"]["readerId"], reader.to_string());
+    }
+
+    #[test]
+    fn frame_rejects_non_objects() {
+        assert!(frame_with_cursor(b"[1]", 1).is_none());
+        assert_eq!(frame_with_cursor(b"{}", 3).unwrap(), "{\"cursor\":3}");
+    }
+}

@@ -1,0 +1,130 @@
+//! The records of the `CHAT` stream: every accepted chat state change.
+//! Payloads are JSON with a `type` tag and a schema version `v`.
+
+use crate::ids::{ConversationId, GroupId, MessageId, UserId};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The schema version written into every record.
+pub const SCHEMA_VERSION: u16 = 1;
+
+/// One `CHAT` record: a versioned, tagged event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatRecord {
+    pub v: u16,
+    #[serde(flatten)]
+    pub event: ChatEvent,
+}
+
+impl ChatRecord {
+    pub fn new(event: ChatEvent) -> Self {
+        Self {
+            v: SCHEMA_VERSION,
+            event,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ChatEvent {
+    MessageSent(MessageSent),
+    MessagesRead(MessagesRead),
+}
+
+/// A message the gateway accepted. Its `seq` is the `CHAT` sequence the
+/// record was stored at, known only from the PubAck.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageSent {
+    pub id: MessageId,
+    pub conversation_id: ConversationId,
+    pub sender_id: UserId,
+    pub sender_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receiver_id: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<GroupId>,
+    pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl MessageSent {
+    /// The wire view of this message once stored at `seq`.
+    pub fn into_message(self, seq: u64) -> Message {
+        Message {
+            id: self.id,
+            conversation_id: self.conversation_id,
+            seq,
+            sender_id: self.sender_id,
+            sender_name: self.sender_name,
+            receiver_id: self.receiver_id,
+            group_id: self.group_id,
+            content: self.content,
+            client_msg_id: self.client_msg_id,
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// A member read a conversation up to `up_to_seq` (`None`: everything
+/// accepted before this record).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessagesRead {
+    pub conversation_id: ConversationId,
+    pub reader_id: UserId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub up_to_seq: Option<u64>,
+    pub at: DateTime<Utc>,
+}
+
+/// A message as clients see it (DESIGN.md §4).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Message {
+    pub id: MessageId,
+    pub conversation_id: ConversationId,
+    pub seq: u64,
+    pub sender_id: UserId,
+    pub sender_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receiver_id: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<GroupId>,
+    pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trips_with_type_tag_and_version() {
+        let sender = UserId::generate();
+        let receiver = UserId::generate();
+        let record = ChatRecord::new(ChatEvent::MessageSent(MessageSent {
+            id: MessageId::for_send(sender, Some("c1")),
+            conversation_id: ConversationId::direct(sender, receiver),
+            sender_id: sender,
+            sender_name: "Ann".into(),
+            receiver_id: Some(receiver),
+            group_id: None,
+            content: "hi".into(),
+            client_msg_id: Some("c1".into()),
+            created_at: Utc::now(),
+        }));
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["v"], 1);
+        assert_eq!(json["type"], "message_sent");
+        assert_eq!(json["receiverId"], receiver.to_string());
+        assert!(json.get("groupId").is_none());
+        let back: ChatRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(back, record);
+    }
+}

@@ -1,0 +1,437 @@
+//! A nats-server with JetStream on a loopback port, its store and log under a caller's
+//! directory, started and stopped by pid.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::error::{InfraError, IoContext, Result};
+use crate::probe::{free_port, http_status, port_is_free, tcp_accepts};
+use crate::process::{
+    Group, POLL, Watchdog, kill_child, log_len, log_tail, sh_quote, terminate_child,
+};
+use crate::tools::nats_server_binary;
+
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Tries with a fresh port when another process grabbed the free one first.
+const START_ATTEMPTS: usize = 3;
+const LOG_TAIL_LINES: usize = 30;
+
+/// When JetStream fsyncs its files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fsync {
+    /// The server's default: fsync every couple of minutes, so a machine crash may lose the
+    /// last writes (a process crash does not).
+    #[default]
+    Interval,
+    /// `sync_interval: always`: fsync every write; durable across power loss, ~50x slower.
+    Always,
+}
+
+impl FromStr for Fsync {
+    type Err = InfraError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "interval" => Ok(Self::Interval),
+            "always" => Ok(Self::Always),
+            other => Err(InfraError::InvalidFsync(other.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for Fsync {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Interval => "interval",
+            Self::Always => "always",
+        })
+    }
+}
+
+/// How to start a [`NatsServer`].
+#[derive(Clone, Debug)]
+pub struct NatsOptions {
+    /// Holds the config file, the JetStream store (`js/`) and `nats.log`; created if missing.
+    pub data_dir: PathBuf,
+    /// The client port; `None` picks a free one.
+    pub port: Option<u16>,
+    pub fsync: Fsync,
+}
+
+/// A running (or stopped, restartable) nats-server; killed on drop, its data left in place.
+#[derive(Debug)]
+pub struct NatsServer {
+    binary: PathBuf,
+    data_dir: PathBuf,
+    port: u16,
+    fsync: Fsync,
+    own_process_group: bool,
+    child: Option<Child>,
+    /// Kills the server if this process dies without dropping it.
+    watchdog: Option<Watchdog>,
+    pid: u32,
+}
+
+impl NatsServer {
+    /// Writes `<data_dir>/nats.conf`, starts nats-server with it (output to
+    /// `<data_dir>/nats.log`) and returns once clients can connect and `/healthz` on its
+    /// monitoring port says JetStream is ready (at most 15 s).
+    ///
+    /// The server stays in the caller's process group, so a test harness that kills a test's
+    /// group takes the server with it.
+    pub fn start(opts: NatsOptions) -> Result<Self> {
+        Self::launch(opts, false)
+    }
+
+    /// Like [`NatsServer::start`], but in a process group of its own, so a terminal's Ctrl-C
+    /// reaches only the caller, which can then stop its services before NATS.
+    pub fn start_in_own_process_group(opts: NatsOptions) -> Result<Self> {
+        Self::launch(opts, true)
+    }
+
+    fn launch(opts: NatsOptions, own_process_group: bool) -> Result<Self> {
+        let binary = nats_server_binary()?;
+        fs::create_dir_all(&opts.data_dir)
+            .context(|| format!("creating {}", opts.data_dir.display()))?;
+        // nats-server resolves a relative store_dir against its own working directory.
+        let data_dir = std::path::absolute(&opts.data_dir)
+            .context(|| format!("resolving {}", opts.data_dir.display()))?;
+        let attempts = if opts.port.is_some() {
+            1
+        } else {
+            START_ATTEMPTS
+        };
+        let mut attempt = 1;
+        loop {
+            let mut server = Self {
+                binary: binary.clone(),
+                data_dir: data_dir.clone(),
+                port: opts.port.unwrap_or_else(free_port),
+                fsync: opts.fsync,
+                own_process_group,
+                child: None,
+                watchdog: None,
+                pid: 0,
+            };
+            match server.spawn_until_ready() {
+                Ok(()) => return Ok(server),
+                Err(error) if attempt < attempts && is_port_conflict(&error) => attempt += 1,
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// The client port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The pid of the server process (the last one, once it has been killed or stopped).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The directory holding the config, the JetStream store and the log.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The server's log, appended to by every start.
+    pub fn log_path(&self) -> PathBuf {
+        self.data_dir.join("nats.log")
+    }
+
+    /// Whether the server process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// SIGKILL and wait: a simulated crash. The data stays.
+    pub fn kill(&mut self) -> Result<()> {
+        self.watchdog = None;
+        match self.child.take() {
+            Some(mut child) => kill_child(&mut child, "nats-server"),
+            None => Ok(()),
+        }
+    }
+
+    /// SIGTERM, up to 10 s to exit, then SIGKILL.
+    pub fn stop(&mut self) -> Result<()> {
+        self.watchdog = None;
+        match self.child.take() {
+            Some(mut child) => terminate_child(&mut child, "nats-server", STOP_GRACE),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts the server again on the same port and data dir (stopping it first if it runs).
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        self.spawn_until_ready()
+    }
+
+    fn spawn_until_ready(&mut self) -> Result<()> {
+        let port = self.port;
+        if !port_is_free(port) {
+            return Err(InfraError::PortInUse { port });
+        }
+        let http_port = loop {
+            let candidate = free_port();
+            if candidate != port {
+                break candidate;
+            }
+        };
+        let conf = self.data_dir.join("nats.conf");
+        fs::write(&conf, self.config(http_port))
+            .context(|| format!("writing {}", conf.display()))?;
+
+        let log = self.log_path();
+        let log_start = log_len(&log);
+        let stdout = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .context(|| format!("opening {}", log.display()))?;
+        let stderr = stdout
+            .try_clone()
+            .context(|| format!("duplicating the handle of {}", log.display()))?;
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("-c")
+            .arg(&conf)
+            .current_dir(&self.data_dir)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        if self.own_process_group {
+            command.process_group(0);
+        }
+        let child = command
+            .spawn()
+            .context(|| format!("starting {}", self.binary.display()))?;
+        let pid = child.id();
+        self.pid = pid;
+        self.child = Some(child);
+        // The pid is checked against the config path so a recycled pid is never killed.
+        let script = format!(
+            "p={pid}; grep -qF -- {conf} /proc/$p/cmdline 2>/dev/null && kill -9 $p",
+            conf = sh_quote(&conf.to_string_lossy())
+        );
+        let group = if self.own_process_group {
+            Group::Join(pid)
+        } else {
+            Group::Caller
+        };
+        self.watchdog = Some(Watchdog::arm(&script, group)?);
+
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let exited = match self.child.as_mut() {
+                Some(child) => child
+                    .try_wait()
+                    .context(|| "checking on nats-server".into())?,
+                None => None,
+            };
+            if let Some(status) = exited {
+                self.child = None;
+                self.watchdog = None;
+                return Err(InfraError::ExitedEarly {
+                    what: format!("nats-server on port {port}"),
+                    status: status.to_string(),
+                    tail: log_tail(&log, log_start, LOG_TAIL_LINES),
+                    log,
+                });
+            }
+            // A connect proves the client listener; /healthz answering 200 proves JetStream
+            // is enabled and has recovered its streams, which clients need next.
+            if tcp_accepts(port) && matches!(http_status(http_port, "/healthz"), Ok(200)) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let _ = self.kill();
+                return Err(InfraError::NotReady {
+                    what: format!("nats-server on port {port}"),
+                    secs: START_TIMEOUT.as_secs(),
+                    tail: log_tail(&log, log_start, LOG_TAIL_LINES),
+                    log,
+                });
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    fn config(&self, http_port: u16) -> String {
+        let store_dir = quote(&self.data_dir.join("js"));
+        let sync = match self.fsync {
+            Fsync::Interval => "",
+            Fsync::Always => "  sync_interval: always\n",
+        };
+        format!(
+            "# Written by natter-localinfra at every start; edits are overwritten.\n\
+             listen: \"127.0.0.1:{port}\"\n\
+             http: \"127.0.0.1:{http_port}\"\n\
+             jetstream {{\n  store_dir: {store_dir}\n{sync}  \
+             # 2.15 caps consumers per stream at 1,000 by default.\n  \
+             limits {{ default_max_consumers: -1 }}\n}}\n",
+            port = self.port,
+        )
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        // Nothing useful can be done with an error while dropping.
+        let _ = self.kill();
+    }
+}
+
+fn is_port_conflict(error: &InfraError) -> bool {
+    match error {
+        InfraError::PortInUse { .. } => true,
+        InfraError::ExitedEarly { tail, .. } => tail.contains("address already in use"),
+        _ => false,
+    }
+}
+
+/// A path as a double-quoted NATS config string.
+fn quote(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    use super::*;
+    use crate::process::is_alive;
+
+    fn options(dir: &Path) -> NatsOptions {
+        NatsOptions {
+            data_dir: dir.join("nats"),
+            port: None,
+            fsync: Fsync::Interval,
+        }
+    }
+
+    /// Speaks just enough of the NATS protocol to prove a server answers: INFO, then PING/PONG.
+    fn assert_answers_ping(port: u16) {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0_u8; 4096];
+        let n = stream.read(&mut buf).unwrap();
+        assert!(
+            buf[..n].starts_with(b"INFO "),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        stream
+            .write_all(b"CONNECT {\"verbose\":false}\r\nPING\r\n")
+            .unwrap();
+        let mut reply = Vec::new();
+        while !reply.ends_with(b"PONG\r\n") {
+            let n = stream.read(&mut buf).unwrap();
+            assert_ne!(n, 0, "connection closed before PONG");
+            reply.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[test]
+    fn parses_and_prints_fsync_modes() {
+        assert_eq!("always".parse::<Fsync>().unwrap(), Fsync::Always);
+        assert_eq!("interval".parse::<Fsync>().unwrap(), Fsync::Interval);
+        assert!("sometimes".parse::<Fsync>().is_err());
+        assert_eq!(Fsync::Always.to_string(), "always");
+    }
+
+    #[test]
+    fn starts_with_jetstream_and_answers_clients() {
+        let dir = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+        let server = NatsServer::start(options(dir.path())).unwrap();
+        eprintln!("nats-server ready in {:?}", started.elapsed());
+        assert_eq!(server.url(), format!("nats://127.0.0.1:{}", server.port()));
+        assert_answers_ping(server.port());
+        assert!(dir.path().join("nats/js/jetstream").is_dir());
+    }
+
+    #[test]
+    fn restarts_on_the_same_port_with_its_data_after_a_kill() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = NatsServer::start(options(dir.path())).unwrap();
+        let (port, first_pid) = (server.port(), server.pid());
+        // A file in the store stands for JetStream data: it must survive the crash.
+        let marker = dir.path().join("nats/js/marker");
+        fs::write(&marker, "kept").unwrap();
+
+        server.kill().unwrap();
+        assert!(!is_alive(first_pid));
+        assert!(!tcp_accepts(port));
+
+        server.restart().unwrap();
+        assert_eq!(server.port(), port);
+        assert_ne!(server.pid(), first_pid);
+        assert_answers_ping(port);
+        assert_eq!(fs::read_to_string(&marker).unwrap(), "kept");
+    }
+
+    #[test]
+    fn stops_gracefully_and_writes_sync_always_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = NatsServer::start(NatsOptions {
+            fsync: Fsync::Always,
+            ..options(dir.path())
+        })
+        .unwrap();
+        let conf = fs::read_to_string(dir.path().join("nats/nats.conf")).unwrap();
+        assert!(conf.contains("sync_interval: always"), "{conf}");
+        let pid = server.pid();
+        server.stop().unwrap();
+        assert!(!is_alive(pid));
+        assert!(!server.is_running());
+        let log = fs::read_to_string(server.log_path()).unwrap();
+        assert!(log.contains("Server Exiting"), "{log}");
+    }
+
+    #[test]
+    fn refuses_a_port_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let error = NatsServer::start(NatsOptions {
+            port: Some(port),
+            ..options(dir.path())
+        })
+        .unwrap_err();
+        assert!(
+            matches!(error, InfraError::PortInUse { port: p } if p == port),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn drop_kills_the_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = NatsServer::start(options(dir.path())).unwrap();
+        let pid = server.pid();
+        drop(server);
+        assert!(!is_alive(pid));
+    }
+}

@@ -1,0 +1,64 @@
+//! Argument groups shared by the binaries; every flag can also come from the
+//! environment variable DESIGN.md §5 names.
+
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args, Clone, Debug)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma-separated for a cluster.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// A NATS credentials file.
+    #[arg(long, env = "NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct DatabaseArgs {
+    /// PostgreSQL connection URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/natter"
+    )]
+    pub database_url: String,
+    /// Connections in the pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct StreamArgs {
+    /// Replicas of the CHAT and DELIVERY streams (1 on one server, 3 in a cluster).
+    #[arg(long, env = "STREAM_REPLICAS", default_value_t = 1)]
+    pub stream_replicas: usize,
+    /// How long the DELIVERY stream keeps a record, in seconds (default 7 days).
+    /// A device offline longer than this gets `resync_required`.
+    #[arg(long, env = "DELIVERY_MAX_AGE_SECS", default_value_t = 7 * 24 * 3600)]
+    pub delivery_max_age_secs: u64,
+}
+
+impl StreamArgs {
+    pub fn settings(&self) -> crate::jetstream::StreamSettings {
+        crate::jetstream::StreamSettings {
+            replicas: self.stream_replicas.max(1),
+            delivery_max_age: Duration::from_secs(self.delivery_max_age_secs),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    #[default]
+    Pretty,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct LogArgs {
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+}

@@ -1,0 +1,139 @@
+//! Connecting to NATS and declaring natter's streams (DESIGN.md §2).
+//! Declaring is idempotent: every process may do it at start.
+
+use crate::config::NatsArgs;
+use async_nats::jetstream::{self, stream};
+use natter_core::subjects;
+use std::time::Duration;
+
+/// How long NATS remembers a `Nats-Msg-Id` to drop a duplicate publish.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// The largest record either stream accepts.
+pub const MAX_RECORD_BYTES: i32 = 256 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct StreamSettings {
+    pub replicas: usize,
+    pub delivery_max_age: Duration,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            delivery_max_age: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JetStreamError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+    #[error("cannot read NATS credentials: {0}")]
+    Credentials(std::io::Error),
+    #[error("cannot declare stream {stream}: {source}")]
+    Stream {
+        stream: &'static str,
+        source: jetstream::context::CreateStreamError,
+    },
+}
+
+/// Connects with unlimited reconnects, so a NATS restart is ridden out.
+/// Connection events (reconnects, slow-consumer drops) go to `events`.
+pub async fn connect(
+    args: &NatsArgs,
+    name: &str,
+    events: Option<tokio::sync::mpsc::UnboundedSender<async_nats::Event>>,
+) -> Result<async_nats::Client, JetStreamError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5));
+    if let Some(events) = events {
+        options = options.event_callback(move |event| {
+            let events = events.clone();
+            async move {
+                let _ = events.send(event);
+            }
+        });
+    }
+    if let Some(creds) = &args.nats_creds {
+        options = options
+            .credentials_file(creds)
+            .await
+            .map_err(JetStreamError::Credentials)?;
+    }
+    let urls: Vec<&str> = args.nats_url.split(',').map(str::trim).collect();
+    let servers: Vec<async_nats::ServerAddr> = urls.iter().filter_map(|u| u.parse().ok()).collect();
+    options
+        .connect(servers)
+        .await
+        .map_err(|source| JetStreamError::Connect {
+            url: args.nats_url.clone(),
+            source,
+        })
+}
+
+pub fn chat_stream_config(settings: &StreamSettings) -> stream::Config {
+    stream::Config {
+        name: subjects::CHAT_STREAM.to_owned(),
+        subjects: subjects::CHAT_SUBJECTS
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+        storage: stream::StorageType::File,
+        num_replicas: settings.replicas,
+        duplicate_window: DUPLICATE_WINDOW,
+        max_message_size: MAX_RECORD_BYTES,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::Old,
+        retention: stream::RetentionPolicy::Limits,
+        ..Default::default()
+    }
+}
+
+pub fn delivery_stream_config(settings: &StreamSettings) -> stream::Config {
+    stream::Config {
+        name: subjects::DELIVERY_STREAM.to_owned(),
+        subjects: vec![subjects::DELIVER_ALL.to_owned()],
+        storage: stream::StorageType::File,
+        num_replicas: settings.replicas,
+        duplicate_window: DUPLICATE_WINDOW,
+        max_message_size: MAX_RECORD_BYTES,
+        max_age: settings.delivery_max_age,
+        allow_direct: true,
+        republish: Some(stream::Republish {
+            source: subjects::DELIVER_ALL.to_owned(),
+            destination: subjects::LIVE_DELIVER_ALL.to_owned(),
+            headers_only: false,
+        }),
+        discard: stream::DiscardPolicy::Old,
+        retention: stream::RetentionPolicy::Limits,
+        ..Default::default()
+    }
+}
+
+/// Creates or updates `CHAT` and `DELIVERY` to the settings.
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    settings: &StreamSettings,
+) -> Result<(), JetStreamError> {
+    js.create_or_update_stream(chat_stream_config(settings))
+        .await
+        .map_err(|source| JetStreamError::Stream {
+            stream: subjects::CHAT_STREAM,
+            source,
+        })?;
+    js.create_or_update_stream(delivery_stream_config(settings))
+        .await
+        .map_err(|source| JetStreamError::Stream {
+            stream: subjects::DELIVERY_STREAM,
+            source,
+        })?;
+    Ok(())
+}

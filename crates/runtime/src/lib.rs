@@ -1,0 +1,13 @@
+//! What every natter process shares.
+//!
+//! - [`config`]: clap argument groups (each flag also an environment variable).
+//! - [`telemetry`]: the tracing subscriber, built once per process.
+//! - [`shutdown`]: a cancellation token fired by SIGINT/SIGTERM.
+//! - [`jetstream`]: connecting to NATS and declaring the streams idempotently.
+//! - [`database`]: the PostgreSQL pool and the embedded migrations.
+
+pub mod config;
+pub mod database;
+pub mod jetstream;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,437 @@
+//! A whole natter for one test: its own nats-server, its own database, and
+//! the gateway and persister running in-process on free ports, each of which
+//! the test can stop, crash or restart.
+
+use crate::database::TestDatabase;
+use crate::ws::WsClient;
+use anyhow::Context as _;
+use clap::Parser;
+use natter_core::UserId;
+use natter_localinfra::{Fsync, NatsOptions, NatsServer};
+use natter_persister::FaultHooks;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The signing secret test tokens use.
+pub const TEST_JWT_SECRET: &str = "natter-test-secret-natter-test-secret-0123456789";
+
+#[derive(Clone, Debug)]
+pub struct TestOptions {
+    /// Run PostgreSQL for this test alone (needed to stop or restart it).
+    pub own_postgres: bool,
+    /// Start the persister with the gateway.
+    pub persister: bool,
+    /// Extra flags for the gateway, e.g. `["--session-queue", "4"]`.
+    pub gateway_args: Vec<String>,
+    /// Extra flags for the persister.
+    pub persister_args: Vec<String>,
+}
+
+impl Default for TestOptions {
+    fn default() -> Self {
+        Self {
+            own_postgres: false,
+            persister: true,
+            gateway_args: Vec::new(),
+            persister_args: vec!["--ack-wait-secs".into(), "5".into()],
+        }
+    }
+}
+
+struct Service {
+    shutdown: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Service {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        match tokio::time::timeout(Duration::from_secs(15), self.handle).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => eprintln!("service ended with an error: {e:#}"),
+            Ok(Err(e)) => eprintln!("service task failed: {e}"),
+            Err(_) => eprintln!("service did not stop within 15 s"),
+        }
+    }
+
+    /// Aborts the service's main task at its next await, as a crash would;
+    /// its helper tasks (health endpoints, writers) are told to stop too.
+    fn crash(self) {
+        self.handle.abort();
+        self.shutdown.cancel();
+    }
+}
+
+/// A signed-up user.
+#[derive(Clone, Debug)]
+pub struct TestUser {
+    pub id: UserId,
+    pub username: String,
+    pub display_name: String,
+    pub token: String,
+}
+
+pub struct TestApp {
+    pub nats: NatsServer,
+    pub db: TestDatabase,
+    pub http: reqwest::Client,
+    pub gateway_port: u16,
+    pub persister_port: u16,
+    options: TestOptions,
+    gateway: Option<Service>,
+    persister: Option<Service>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(TestOptions::default()).await
+    }
+
+    pub async fn spawn_with(options: TestOptions) -> Self {
+        Self::try_spawn(options).await.expect("test app starts")
+    }
+
+    async fn try_spawn(options: TestOptions) -> anyhow::Result<Self> {
+        crate::init_logging();
+        let dir = tempfile::Builder::new().prefix("natter-test-").tempdir()?;
+        let nats_dir = dir.path().join("nats");
+        let nats = tokio::task::spawn_blocking(move || {
+            NatsServer::start(NatsOptions {
+                data_dir: nats_dir,
+                port: None,
+                fsync: Fsync::Interval,
+            })
+        })
+        .await??;
+        let db = TestDatabase::create(options.own_postgres).await?;
+        let gateway_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let persister_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let mut app = Self {
+            nats,
+            db,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?,
+            gateway_port: gateway_listener.local_addr()?.port(),
+            persister_port: persister_listener.local_addr()?.port(),
+            options,
+            gateway: None,
+            persister: None,
+            _dir: dir,
+        };
+        if app.options.persister {
+            app.start_persister_on(persister_listener, FaultHooks::default())
+                .await?;
+        } else {
+            drop(persister_listener);
+        }
+        app.start_gateway_on(gateway_listener).await?;
+        Ok(app)
+    }
+
+    pub fn gateway_config(&self) -> natter_gateway::Config {
+        let mut args: Vec<String> = vec![
+            "natter-gateway".into(),
+            "--nats-url".into(),
+            self.nats.url(),
+            "--database-url".into(),
+            self.db.url.clone(),
+            "--jwt-secret".into(),
+            TEST_JWT_SECRET.into(),
+            "--allowed-origins".into(),
+            "http://localhost:5173".into(),
+        ];
+        args.extend(self.options.gateway_args.iter().cloned());
+        natter_gateway::Config::parse_from(args)
+    }
+
+    pub fn persister_config(&self) -> natter_persister::Config {
+        let mut args: Vec<String> = vec![
+            "natter-persister".into(),
+            "--nats-url".into(),
+            self.nats.url(),
+            "--database-url".into(),
+            self.db.url.clone(),
+        ];
+        args.extend(self.options.persister_args.iter().cloned());
+        natter_persister::Config::parse_from(args)
+    }
+
+    async fn start_gateway_on(&mut self, listener: TcpListener) -> anyhow::Result<()> {
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(natter_gateway::run(
+            self.gateway_config(),
+            listener,
+            shutdown.clone(),
+        ));
+        self.gateway = Some(Service { shutdown, handle });
+        self.wait_ready(self.gateway_port).await
+    }
+
+    async fn start_persister_on(
+        &mut self,
+        listener: TcpListener,
+        hooks: FaultHooks,
+    ) -> anyhow::Result<()> {
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(natter_persister::run(
+            self.persister_config(),
+            listener,
+            hooks,
+            shutdown.clone(),
+        ));
+        self.persister = Some(Service { shutdown, handle });
+        self.wait_ready(self.persister_port).await
+    }
+
+    async fn wait_ready(&self, port: u16) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = format!("http://127.0.0.1:{port}/readyz");
+        loop {
+            if let Ok(response) = self.http.get(&url).send().await
+                && response.status().is_success()
+            {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "{url} not ready within 30 s");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Starts the persister (again) with fault hooks.
+    pub async fn start_persister(&mut self, hooks: FaultHooks) {
+        assert!(self.persister.is_none(), "persister already running");
+        let listener = bind_again(self.persister_port).await;
+        self.start_persister_on(listener, hooks)
+            .await
+            .expect("persister starts");
+    }
+
+    /// Stops the persister gracefully.
+    pub async fn stop_persister(&mut self) {
+        if let Some(service) = self.persister.take() {
+            service.stop().await;
+        }
+    }
+
+    /// Ends the persister abruptly, as a crash would.
+    pub async fn crash_persister(&mut self) {
+        if let Some(service) = self.persister.take() {
+            service.crash();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the gateway gracefully and starts a new one on the same port.
+    pub async fn restart_gateway(&mut self) {
+        if let Some(service) = self.gateway.take() {
+            service.stop().await;
+        }
+        let listener = bind_again(self.gateway_port).await;
+        self.start_gateway_on(listener)
+            .await
+            .expect("gateway restarts");
+    }
+
+    /// kill -9 of nats-server, then a restart on the same port and store.
+    pub async fn crash_and_restart_nats(&mut self) {
+        self.nats.kill().expect("nats-server killed");
+        self.nats.restart().expect("nats-server restarts");
+        self.wait_ready(self.gateway_port)
+            .await
+            .expect("gateway ready again");
+        if self.persister.is_some() {
+            self.wait_ready(self.persister_port)
+                .await
+                .expect("persister ready again");
+        }
+    }
+
+    /// Stops this test's own PostgreSQL (requires `own_postgres`).
+    pub fn stop_postgres(&mut self) {
+        self.db
+            .cluster
+            .as_mut()
+            .expect("test runs its own PostgreSQL")
+            .stop()
+            .expect("PostgreSQL stops");
+    }
+
+    pub fn start_postgres(&mut self) {
+        self.db
+            .cluster
+            .as_mut()
+            .expect("test runs its own PostgreSQL")
+            .restart()
+            .expect("PostgreSQL starts");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.gateway_port)
+    }
+
+    pub fn ws_url(&self, token: &str, device: &str) -> String {
+        format!(
+            "ws://127.0.0.1:{}/ws?token={token}&device={device}",
+            self.gateway_port
+        )
+    }
+
+    /// A direct JetStream handle, for tests that inspect the streams.
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        let client = async_nats::connect(self.nats.url())
+            .await
+            .expect("test connects to NATS");
+        async_nats::jetstream::new(client)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        response(request.send().await.expect("GET is answered")).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut request = self.http.post(self.url(path)).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        response(request.send().await.expect("POST is answered")).await
+    }
+
+    pub async fn signup(&self, username: &str) -> TestUser {
+        let display_name = format!("{username} (display)");
+        let (status, body) = self
+            .post(
+                "/api/auth/signup",
+                None,
+                json!({"username": username, "password": "password-123", "displayName": display_name}),
+            )
+            .await;
+        assert_eq!(status, 201, "signup of {username}: {body}");
+        TestUser {
+            id: body["user"]["id"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .expect("user id"),
+            username: username.to_owned(),
+            display_name,
+            token: body["token"].as_str().expect("token").to_owned(),
+        }
+    }
+
+    /// Opens a socket for `user` on `device` and waits for `ready`.
+    pub async fn connect(&self, user: &TestUser, device: &str) -> WsClient {
+        WsClient::connect(&self.ws_url(&user.token, device))
+            .await
+            .context("WebSocket connects")
+            .expect("connected")
+    }
+
+    /// The user's unread count for the direct conversation with `other`,
+    /// from `GET /api/users`.
+    pub async fn unread_from(&self, user: &TestUser, other: &TestUser) -> i64 {
+        let (status, users) = self.get("/api/users", Some(&user.token)).await;
+        assert_eq!(status, 200, "{users}");
+        users
+            .as_array()
+            .and_then(|list| {
+                list.iter()
+                    .find(|u| u["id"] == other.id.to_string())
+                    .and_then(|u| u["unreadCount"].as_i64())
+            })
+            .expect("other user listed with unreadCount")
+    }
+
+    /// The conversation's history as `user` sees it over REST.
+    pub async fn history(&self, user: &TestUser, conversation: &str) -> Vec<Value> {
+        let (status, body) = self
+            .get(
+                &format!("/api/conversations/{conversation}/messages?limit=200"),
+                Some(&user.token),
+            )
+            .await;
+        match status {
+            200 => body["messages"].as_array().cloned().unwrap_or_default(),
+            // Not projected yet: the conversation does not exist for anyone.
+            404 => Vec::new(),
+            other => panic!("history answered {other}: {body}"),
+        }
+    }
+
+    /// The history once it holds at least `count` messages (or panics after 15 s).
+    pub async fn history_eventually(
+        &self,
+        user: &TestUser,
+        conversation: &str,
+        count: usize,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let history = self.history(user, conversation).await;
+            if history.len() >= count {
+                return history;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "history of {conversation} reached {} of {count}",
+                history.len()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Polls `check` until it holds or `within` passes.
+    pub async fn eventually<F, Fut>(&self, within: Duration, mut check: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + within;
+        loop {
+            if check().await {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// Binds a port a stopped service just released (its tasks may take a moment).
+async fn bind_again(port: u16) -> TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(listener) => return listener,
+            Err(e) if Instant::now() > deadline => panic!("port {port} not free again: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+async fn response(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        for service in [self.gateway.take(), self.persister.take()]
+            .into_iter()
+            .flatten()
+        {
+            service.crash();
+        }
+    }
+}

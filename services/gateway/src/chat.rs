@@ -1,0 +1,235 @@
+//! The commands that change chat state, shared by REST and WebSocket so both
+//! validate alike: send a message, mark a conversation read. A command is
+//! accepted when JetStream acknowledges its `CHAT` record — never before.
+
+use crate::directory::UserRecord;
+use crate::error::ApiError;
+use crate::state::AppState;
+use async_nats::jetstream::context::{PublishAckFuture, PublishError};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::publish::PublishAck;
+use bytes::Bytes;
+use chrono::{SubsecRound, Utc};
+use natter_core::{
+    ChatEvent, ChatRecord, ClientMsgId, ConversationId, GroupId, Message, MessageContent,
+    MessageId, MessageSent, MessagesRead, UserId, subjects,
+};
+use serde_json::{Map, Value};
+
+/// Where a message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Direct(UserId),
+    Group(GroupId),
+}
+
+/// A validated send command.
+#[derive(Debug, Clone)]
+pub struct SendMessage {
+    pub target: Target,
+    pub content: MessageContent,
+    pub client_msg_id: Option<ClientMsgId>,
+}
+
+impl SendMessage {
+    /// Parses `{receiverId | groupId, content, clientMsgId?}`; `allow_group`
+    /// says whether `groupId` is accepted in place of `receiverId`.
+    pub fn parse(data: &Value, max_bytes: usize, allow_group: bool) -> Result<Self, ApiError> {
+        let data = data
+            .as_object()
+            .ok_or_else(|| ApiError::bad_request("data must be an object"))?;
+        let target = match (data.get("receiverId"), data.get("groupId")) {
+            (Some(receiver), None) => Target::Direct(UserId(parse_uuid(receiver, "receiverId")?)),
+            (None, Some(group)) if allow_group => {
+                Target::Group(GroupId(parse_uuid(group, "groupId")?))
+            }
+            (Some(_), Some(_)) if allow_group => {
+                return Err(ApiError::bad_request(
+                    "give receiverId or groupId, not both",
+                ));
+            }
+            _ => return Err(ApiError::bad_request("receiverId is required")),
+        };
+        let content = match data.get("content") {
+            Some(Value::String(s)) => MessageContent::parse(s.clone(), max_bytes)?,
+            Some(_) => return Err(ApiError::bad_request("content must be a string")),
+            None => return Err(ApiError::bad_request("content is required")),
+        };
+        let client_msg_id = optional_str(data, "clientMsgId")?
+            .map(ClientMsgId::parse)
+            .transpose()?;
+        Ok(Self {
+            target,
+            content,
+            client_msg_id,
+        })
+    }
+}
+
+/// A UUID field, or `bad_request` naming it.
+pub fn parse_uuid(value: &Value, field: &str) -> Result<uuid::Uuid, ApiError> {
+    value
+        .as_str()
+        .and_then(|s| uuid::Uuid::parse_str(s).ok())
+        .ok_or_else(|| ApiError::bad_request(format!("{field} must be a UUID")))
+}
+
+/// An optional string field.
+pub fn optional_str<'a>(
+    data: &'a Map<String, Value>,
+    field: &str,
+) -> Result<Option<&'a str>, ApiError> {
+    match data.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::bad_request(format!("{field} must be a string"))),
+    }
+}
+
+/// An optional non-negative integer field.
+pub fn optional_u64(data: &Map<String, Value>, field: &str) -> Result<Option<u64>, ApiError> {
+    match data.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            ApiError::bad_request(format!("{field} must be a non-negative integer"))
+        }),
+    }
+}
+
+/// Checks a send and builds its record. Needs no database round trip when
+/// the receiver is already known to this gateway.
+pub async fn prepare(
+    state: &AppState,
+    sender: &UserRecord,
+    command: SendMessage,
+) -> Result<MessageSent, ApiError> {
+    let receiver = match command.target {
+        Target::Direct(receiver) => receiver,
+        Target::Group(group) => {
+            return Err(ApiError::NotFound(format!("group {group} not found")));
+        }
+    };
+    if receiver == sender.id {
+        return Err(ApiError::bad_request("cannot send a message to yourself"));
+    }
+    if state.directory.get(receiver).await?.is_none() {
+        return Err(ApiError::NotFound(format!("user {receiver} not found")));
+    }
+    let client_msg_id = command.client_msg_id.map(|c| c.as_str().to_owned());
+    Ok(MessageSent {
+        id: MessageId::for_send(sender.id, client_msg_id.as_deref()),
+        conversation_id: ConversationId::direct(sender.id, receiver),
+        sender_id: sender.id,
+        sender_name: sender.display_name.clone(),
+        receiver_id: Some(receiver),
+        group_id: None,
+        content: command.content.into_string(),
+        client_msg_id,
+        // PostgreSQL keeps microseconds: so does the wire, from the start.
+        created_at: Utc::now().trunc_subsecs(6),
+    })
+}
+
+/// Hands the record to JetStream; the returned future resolves to its ack.
+pub async fn publish(state: &AppState, sent: &MessageSent) -> Result<PublishAckFuture, ApiError> {
+    let payload = serde_json::to_vec(&ChatRecord::new(ChatEvent::MessageSent(sent.clone())))
+        .map_err(ApiError::internal)?;
+    state
+        .js
+        .send_publish(
+            subjects::chat_message(sent.conversation_id),
+            PublishMessage::build()
+                .payload(Bytes::from(payload))
+                .message_id(sent.id.to_string()),
+        )
+        .await
+        .map_err(not_accepted)
+}
+
+/// The accepted message once its ack arrived. A duplicate publish (the same
+/// message id within the duplicate window) answers with the stored original.
+pub async fn confirm(
+    state: &AppState,
+    sent: MessageSent,
+    ack: Result<PublishAck, PublishError>,
+) -> Result<Message, ApiError> {
+    let ack = ack.map_err(not_accepted)?;
+    if !ack.duplicate {
+        return Ok(sent.into_message(ack.sequence));
+    }
+    let stored = state
+        .chat
+        .direct_get(ack.sequence)
+        .await
+        .map_err(ApiError::internal)?;
+    match serde_json::from_slice::<ChatRecord>(&stored.payload) {
+        Ok(ChatRecord {
+            event: ChatEvent::MessageSent(original),
+            ..
+        }) => Ok(original.into_message(ack.sequence)),
+        _ => Err(ApiError::internal(format!(
+            "CHAT record {} is not the duplicate message",
+            ack.sequence
+        ))),
+    }
+}
+
+/// Send, wait for the ack, confirm: the whole pipeline for one message.
+pub async fn send(
+    state: &AppState,
+    sender: &UserRecord,
+    command: SendMessage,
+) -> Result<Message, ApiError> {
+    let sent = prepare(state, sender, command).await?;
+    let ack = publish(state, &sent).await?;
+    confirm(state, sent, ack.await).await
+}
+
+/// Records that `reader` read `conversation` up to `up_to_seq` (default:
+/// everything accepted so far). Members only.
+pub async fn mark_read(
+    state: &AppState,
+    reader: UserId,
+    conversation: ConversationId,
+    up_to_seq: Option<u64>,
+) -> Result<(), ApiError> {
+    ensure_member(state, reader, conversation).await?;
+    let record = ChatRecord::new(ChatEvent::MessagesRead(MessagesRead {
+        conversation_id: conversation,
+        reader_id: reader,
+        up_to_seq,
+        at: Utc::now(),
+    }));
+    let payload = serde_json::to_vec(&record).map_err(ApiError::internal)?;
+    let ack = state
+        .js
+        .publish(subjects::chat_read(conversation), Bytes::from(payload))
+        .await
+        .map_err(not_accepted)?;
+    ack.await.map_err(not_accepted)?;
+    Ok(())
+}
+
+/// `not_found` unless `user` is a member: a non-member learns nothing, not
+/// even that the conversation exists.
+pub async fn ensure_member(
+    state: &AppState,
+    user: UserId,
+    conversation: ConversationId,
+) -> Result<(), ApiError> {
+    let member: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM conversation_members WHERE conversation_id = $1 AND user_id = $2",
+    )
+    .bind(conversation.0)
+    .bind(user.0)
+    .fetch_optional(&state.pool)
+    .await?;
+    member
+        .map(|_| ())
+        .ok_or_else(|| ApiError::NotFound(format!("conversation {conversation} not found")))
+}
+
+fn not_accepted(e: impl std::fmt::Display) -> ApiError {
+    tracing::warn!(error = %e, "JetStream did not accept a record");
+    ApiError::Unavailable("the message was not accepted; retry".into())
+}

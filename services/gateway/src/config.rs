@@ -1,0 +1,64 @@
+//! The gateway's configuration: every setting an environment variable
+//! (DESIGN.md §5) and a flag.
+
+use clap::Parser;
+use natter_runtime::config::{DatabaseArgs, LogArgs, NatsArgs, StreamArgs};
+use std::time::Duration;
+
+#[derive(Parser, Clone, Debug)]
+#[command(name = "natter-gateway", version, about)]
+pub struct Config {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub streams: StreamArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// HTTP port.
+    #[arg(long, env = "PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// Address to bind.
+    #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: String,
+    /// HS256 signing secret for tokens, at least 32 bytes.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Development mode: a missing or short JWT_SECRET is tolerated (a random
+    /// one is used when missing, so tokens die with the process).
+    #[arg(long, env = "NATTER_DEV")]
+    pub dev: bool,
+    /// Browser origins allowed for CORS and the WebSocket handshake.
+    #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Largest message content, in bytes of UTF-8.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 16 * 1024)]
+    pub max_message_bytes: usize,
+    /// Largest WebSocket frame; a bigger one closes the socket with 1009.
+    #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+    /// Lifetime of an issued token, in seconds.
+    #[arg(long, env = "TOKEN_TTL_SECS", default_value_t = 24 * 3600)]
+    pub token_ttl_secs: u64,
+    /// Delivery records queued for one connection before it is marked lagging
+    /// (it then catches up from the stream instead of from memory).
+    #[arg(long, env = "SESSION_QUEUE", default_value_t = 256)]
+    pub session_queue: usize,
+    /// Sends one connection may have awaiting their JetStream ack.
+    #[arg(long, env = "SESSION_MAX_INFLIGHT", default_value_t = 256)]
+    pub session_max_inflight: usize,
+    /// Seconds a socket write may block before the reader counts as too slow.
+    #[arg(long, env = "SLOW_READER_SECS", default_value_t = 10)]
+    pub slow_reader_secs: u64,
+}
+
+impl Config {
+    pub fn token_ttl(&self) -> Duration {
+        Duration::from_secs(self.token_ttl_secs)
+    }
+
+    pub fn slow_reader_timeout(&self) -> Duration {
+        Duration::from_secs(self.slow_reader_secs)
+    }
+}

@@ -1,0 +1,408 @@
+//! Delivery to connected devices (DESIGN.md §1–2).
+//!
+//! - [`Hub`]: one core subscription to `live.deliver.<user>` per connected
+//!   user, shared by that user's sessions. Each session gets the records on a
+//!   bounded queue; a session whose queue is full is flagged as lagging and
+//!   catches up from the stream instead, so memory stays bounded and nothing
+//!   is skipped.
+//! - [`read_log`]: replay of a user's log from a sequence with one batched
+//!   JetStream direct get, no consumer created.
+//! - [`CursorStore`]: the durable per-device cursors, written in batches.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use bytes::Bytes;
+use futures::StreamExt;
+use natter_core::{DeviceId, UserId, subjects};
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// A record of a user's delivery log.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    /// Its `DELIVERY` sequence: the cursor a client acks.
+    pub seq: u64,
+    /// The sequence of the user's previous record (0 for the first), when
+    /// known: a live record whose `last_seq` is not the last one a session
+    /// sent reveals a gap.
+    pub last_seq: Option<u64>,
+    pub payload: Bytes,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("NATS request failed: {0}")]
+    Nats(String),
+    #[error("the delivery log did not answer in time")]
+    Timeout,
+    #[error("unexpected reply from the delivery log: {0}")]
+    Protocol(String),
+}
+
+/// One session's view of the hub.
+pub struct Attachment {
+    pub rx: mpsc::Receiver<Stored>,
+    pub lagged: Arc<Notify>,
+    pub user: UserId,
+    pub session: u64,
+}
+
+struct SessionTx {
+    id: u64,
+    tx: mpsc::Sender<Stored>,
+    lagged: Arc<Notify>,
+}
+
+struct Feed {
+    sessions: Mutex<Vec<SessionTx>>,
+    stop: CancellationToken,
+}
+
+impl Feed {
+    fn dispatch(&self, record: Stored) {
+        let Ok(sessions) = self.sessions.lock() else {
+            return;
+        };
+        for session in sessions.iter() {
+            if session.tx.try_send(record.clone()).is_err() {
+                session.lagged.notify_one();
+            }
+        }
+    }
+
+    fn flag_all_lagging(&self) {
+        if let Ok(sessions) = self.sessions.lock() {
+            for session in sessions.iter() {
+                session.lagged.notify_one();
+            }
+        }
+    }
+}
+
+/// The live push for every connected user of this gateway.
+pub struct Hub {
+    nats: async_nats::Client,
+    feeds: tokio::sync::Mutex<HashMap<UserId, Arc<Feed>>>,
+    next_session: AtomicU64,
+    queue: usize,
+}
+
+impl Hub {
+    pub fn new(nats: async_nats::Client, queue: usize) -> Self {
+        Self {
+            nats,
+            feeds: tokio::sync::Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+            queue: queue.max(1),
+        }
+    }
+
+    /// Registers a session. When this returns, the user's live subscription
+    /// is active on the server, so anything stored afterwards reaches the
+    /// session (live, or as a detectable gap).
+    pub async fn attach(&self, user: UserId) -> Result<Attachment, DeliveryError> {
+        let (tx, rx) = mpsc::channel(self.queue);
+        let lagged = Arc::new(Notify::new());
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let mut feeds = self.feeds.lock().await;
+        let feed = match feeds.get(&user) {
+            Some(feed) => feed.clone(),
+            None => {
+                let feed = self.open_feed(user).await?;
+                feeds.insert(user, feed.clone());
+                feed
+            }
+        };
+        if let Ok(mut sessions) = feed.sessions.lock() {
+            sessions.push(SessionTx {
+                id: session,
+                tx,
+                lagged: lagged.clone(),
+            });
+        }
+        Ok(Attachment {
+            rx,
+            lagged,
+            user,
+            session,
+        })
+    }
+
+    /// Unregisters a session; the last one of a user ends its subscription.
+    pub async fn detach(&self, user: UserId, session: u64) {
+        let mut feeds = self.feeds.lock().await;
+        let Some(feed) = feeds.get(&user) else {
+            return;
+        };
+        let empty = match feed.sessions.lock() {
+            Ok(mut sessions) => {
+                sessions.retain(|s| s.id != session);
+                sessions.is_empty()
+            }
+            Err(_) => true,
+        };
+        if empty {
+            feed.stop.cancel();
+            feeds.remove(&user);
+        }
+    }
+
+    /// After a reconnect to NATS live records may have been missed while the
+    /// connection was down: every session re-reads its log.
+    pub async fn resync_all(&self) {
+        for feed in self.feeds.lock().await.values() {
+            feed.flag_all_lagging();
+        }
+    }
+
+    /// Users with at least one session here.
+    pub async fn connected_users(&self) -> usize {
+        self.feeds.lock().await.len()
+    }
+
+    async fn open_feed(&self, user: UserId) -> Result<Arc<Feed>, DeliveryError> {
+        let mut subscription = self
+            .nats
+            .subscribe(subjects::live_deliver(user))
+            .await
+            .map_err(|e| DeliveryError::Nats(e.to_string()))?;
+        // The flush round trip guarantees the server has the subscription.
+        self.nats
+            .flush()
+            .await
+            .map_err(|e| DeliveryError::Nats(e.to_string()))?;
+        let feed = Arc::new(Feed {
+            sessions: Mutex::new(Vec::new()),
+            stop: CancellationToken::new(),
+        });
+        let forward = feed.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = forward.stop.cancelled() => break,
+                    message = subscription.next() => match message {
+                        Some(message) => match live_record(&message) {
+                            Some(record) => forward.dispatch(record),
+                            None => tracing::warn!(subject = %message.subject,
+                                "live record without sequence headers ignored"),
+                        },
+                        None => break,
+                    },
+                }
+            }
+            let _ = subscription.unsubscribe().await;
+        });
+        Ok(feed)
+    }
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.as_str().parse().ok()
+}
+
+fn live_record(message: &async_nats::Message) -> Option<Stored> {
+    let headers = message.headers.as_ref()?;
+    Some(Stored {
+        seq: header_u64(headers, "Nats-Sequence")?,
+        last_seq: header_u64(headers, "Nats-Last-Sequence"),
+        payload: message.payload.clone(),
+    })
+}
+
+/// Reads up to `limit` records of `user`'s log with sequence ≥ `from`, in
+/// order, with one batched direct get.
+pub async fn read_log(
+    nats: &async_nats::Client,
+    user: UserId,
+    from: u64,
+    limit: usize,
+) -> Result<Vec<Stored>, DeliveryError> {
+    let inbox = nats.new_inbox();
+    let mut replies = nats
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| DeliveryError::Nats(e.to_string()))?;
+    let request = serde_json::json!({
+        "seq": from.max(1),
+        "next_by_subj": subjects::deliver(user),
+        "batch": limit,
+    });
+    nats.publish_with_reply(
+        format!("$JS.API.DIRECT.GET.{}", subjects::DELIVERY_STREAM),
+        inbox,
+        Bytes::from(request.to_string()),
+    )
+    .await
+    .map_err(|e| DeliveryError::Nats(e.to_string()))?;
+
+    let mut records = Vec::new();
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), replies.next())
+            .await
+            .map_err(|_| DeliveryError::Timeout)?
+            .ok_or_else(|| DeliveryError::Nats("reply subscription closed".into()))?;
+        match message.status.map(|s| s.as_u16()) {
+            None => {
+                let seq = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| header_u64(h, "Nats-Sequence"))
+                    .ok_or_else(|| {
+                        DeliveryError::Protocol("record without Nats-Sequence".into())
+                    })?;
+                records.push(Stored {
+                    seq,
+                    last_seq: None,
+                    payload: message.payload,
+                });
+                if records.len() >= limit {
+                    break;
+                }
+            }
+            // 204: end of batch; 404: nothing at or after `from`.
+            Some(204) | Some(404) => break,
+            Some(other) => {
+                return Err(DeliveryError::Protocol(format!(
+                    "status {other} {}",
+                    message.description.unwrap_or_default()
+                )));
+            }
+        }
+    }
+    let _ = replies.unsubscribe().await;
+    Ok(records)
+}
+
+/// The first and last sequence `DELIVERY` holds.
+pub async fn log_bounds(stream: &jetstream::stream::Stream) -> Result<(u64, u64), DeliveryError> {
+    let info = stream
+        .get_info()
+        .await
+        .map_err(|e| DeliveryError::Nats(e.to_string()))?;
+    Ok((info.state.first_sequence, info.state.last_sequence))
+}
+
+/// Device cursors: read at connect, advanced by client acks. Acks land in
+/// memory and are written in batches; a read sees unwritten acks too.
+pub struct CursorStore {
+    pool: PgPool,
+    pending: Mutex<HashMap<(UserId, DeviceId), u64>>,
+}
+
+impl CursorStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The device's cursor, or `None` for a device never seen.
+    pub async fn load(&self, user: UserId, device: &DeviceId) -> Result<Option<u64>, sqlx::Error> {
+        let stored: Option<i64> = sqlx::query_scalar(
+            "SELECT delivered_seq FROM device_cursors WHERE user_id = $1 AND device_id = $2",
+        )
+        .bind(user.0)
+        .bind(device.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let pending = self
+            .pending
+            .lock()
+            .ok()
+            .and_then(|p| p.get(&(user, device.clone())).copied());
+        Ok(match (stored, pending) {
+            (Some(s), Some(p)) => Some((s.max(0) as u64).max(p)),
+            (Some(s), None) => Some(s.max(0) as u64),
+            (None, p) => p,
+        })
+    }
+
+    /// Registers a new device at `seq`; if it raced another registration,
+    /// returns the stored cursor.
+    pub async fn create(
+        &self,
+        user: UserId,
+        device: &DeviceId,
+        seq: u64,
+    ) -> Result<u64, sqlx::Error> {
+        let stored: i64 = sqlx::query_scalar(
+            "INSERT INTO device_cursors (user_id, device_id, delivered_seq) VALUES ($1, $2, $3)
+             ON CONFLICT (user_id, device_id) DO UPDATE SET updated_at = device_cursors.updated_at
+             RETURNING delivered_seq",
+        )
+        .bind(user.0)
+        .bind(device.as_str())
+        .bind(seq as i64)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(stored.max(0) as u64)
+    }
+
+    /// Records a client ack; written by [`CursorStore::flush`].
+    pub fn advance(&self, user: UserId, device: &DeviceId, seq: u64) {
+        if let Ok(mut pending) = self.pending.lock() {
+            let entry = pending.entry((user, device.clone())).or_insert(seq);
+            *entry = (*entry).max(seq);
+        }
+    }
+
+    /// Writes all pending acks in one statement; on failure they stay
+    /// pending for the next flush.
+    pub async fn flush(&self) -> Result<usize, sqlx::Error> {
+        let batch: Vec<((UserId, DeviceId), u64)> = match self.pending.lock() {
+            Ok(mut pending) => pending.drain().collect(),
+            Err(_) => return Ok(0),
+        };
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let users: Vec<Uuid> = batch.iter().map(|((u, _), _)| u.0).collect();
+        let devices: Vec<&str> = batch.iter().map(|((_, d), _)| d.as_str()).collect();
+        let seqs: Vec<i64> = batch.iter().map(|(_, s)| *s as i64).collect();
+        let written = sqlx::query(
+            "INSERT INTO device_cursors (user_id, device_id, delivered_seq)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[])
+             ON CONFLICT (user_id, device_id) DO UPDATE
+             SET delivered_seq = GREATEST(device_cursors.delivered_seq, EXCLUDED.delivered_seq),
+                 updated_at = now()",
+        )
+        .bind(&users)
+        .bind(&devices)
+        .bind(&seqs)
+        .execute(&self.pool)
+        .await;
+        match written {
+            Ok(_) => Ok(batch.len()),
+            Err(e) => {
+                for ((user, device), seq) in batch {
+                    self.advance(user, &device, seq);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Flushes every `interval` until `shutdown`, then once more.
+    pub async fn run_writer(&self, interval: Duration, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            let stop = tokio::select! {
+                _ = shutdown.cancelled() => true,
+                _ = tick.tick() => false,
+            };
+            if let Err(e) = self.flush().await {
+                tracing::warn!(error = %e, "cursor write failed; will retry");
+            }
+            if stop {
+                return;
+            }
+        }
+    }
+}

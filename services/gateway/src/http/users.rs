@@ -1,0 +1,82 @@
+//! The caller and the people they can talk to.
+
+use super::auth::user_json;
+use crate::auth::AuthUser;
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use natter_core::{ConversationId, Message, UserId};
+use serde_json::{Value, json};
+use sqlx::types::Json as SqlJson;
+use uuid::Uuid;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/me", get(me))
+        .route("/api/users", get(users))
+}
+
+async fn me(State(state): State<AppState>, caller: AuthUser) -> Result<Json<Value>, ApiError> {
+    let user = state
+        .directory
+        .get(caller.id)
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("unknown user".into()))?;
+    Ok(Json(user_json(&user)))
+}
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    id: Uuid,
+    username: String,
+    display_name: String,
+    unread_count: Option<i32>,
+    last_message: Option<SqlJson<Message>>,
+}
+
+/// Everyone else, with the direct conversation's unread count and last message.
+async fn users(State(state): State<AppState>, caller: AuthUser) -> Result<Json<Value>, ApiError> {
+    let rows: Vec<UserRow> = sqlx::query_as(
+        "SELECT u.id, u.username, u.display_name, mine.unread_count, last.message AS last_message
+         FROM users u
+         LEFT JOIN LATERAL (
+             SELECT c.id, c.last_seq, me.unread_count
+             FROM conversation_members me
+             JOIN conversation_members them
+               ON them.conversation_id = me.conversation_id AND them.user_id = u.id
+             JOIN conversations c ON c.id = me.conversation_id AND c.kind = 'direct'
+             WHERE me.user_id = $1
+         ) mine ON true
+         LEFT JOIN LATERAL (
+             SELECT json_build_object(
+                 'id', m.id, 'conversationId', m.conversation_id, 'seq', m.seq,
+                 'senderId', m.sender_id, 'senderName', s.display_name,
+                 'receiverId', m.receiver_id, 'groupId', m.group_id, 'content', m.content,
+                 'clientMsgId', m.client_msg_id, 'createdAt', m.created_at) AS message
+             FROM messages m JOIN users s ON s.id = m.sender_id
+             WHERE m.conversation_id = mine.id AND m.seq = mine.last_seq
+         ) last ON true
+         WHERE u.id <> $1
+         ORDER BY u.display_name, u.id",
+    )
+    .bind(caller.id.0)
+    .fetch_all(&state.pool)
+    .await?;
+    let users: Vec<Value> = rows
+        .into_iter()
+        .map(|row| {
+            json!({
+                "id": row.id,
+                "username": row.username,
+                "displayName": row.display_name,
+                "online": false,
+                "conversationId": ConversationId::direct(caller.id, UserId(row.id)),
+                "unreadCount": row.unread_count.unwrap_or(0),
+                "lastMessage": row.last_message.map(|SqlJson(m)| m),
+            })
+        })
+        .collect();
+    Ok(Json(Value::Array(users)))
+}

@@ -1,0 +1,14 @@
+//! The `natter-gateway` binary: parse configuration, install telemetry, run.
+
+use clap::Parser;
+use natter_gateway::Config;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    natter_runtime::telemetry::init(config.log.log_format, "info")?;
+    let listener =
+        tokio::net::TcpListener::bind((config.bind_address.as_str(), config.port)).await?;
+    let shutdown = natter_runtime::shutdown::on_signal();
+    natter_gateway::run(config, listener, shutdown).await
+}

@@ -1,0 +1,408 @@
+//! One WebSocket connection: the handshake checks, then a single task that
+//! multiplexes client frames, live delivery records, catch-up replays and
+//! the acks of in-flight sends. Writes are bounded in time (a reader that
+//! stops reading is closed) and every queue is bounded.
+
+use crate::chat;
+use crate::delivery::{self, Attachment, Stored};
+use crate::directory::UserRecord;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::ws::protocol::{self, Command};
+use async_nats::jetstream::context::PublishError;
+use async_nats::jetstream::publish::PublishAck;
+use axum::extract::ws::{
+    CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade, close_code,
+};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use futures::stream::{FuturesOrdered, SplitSink};
+use futures::{SinkExt, StreamExt};
+use natter_core::{DeviceId, MessageSent, UserId, delivery::frame_with_cursor};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// Records read from the log per direct-get batch.
+const REPLAY_BATCH: usize = 256;
+/// Per-connection socket buffers: small, since most connections are idle.
+const SOCKET_BUFFER: usize = 4 * 1024;
+/// Bytes a connection may have queued for the network before writes block.
+const MAX_WRITE_BUFFER: usize = 256 * 1024;
+
+#[derive(Debug, Deserialize)]
+pub struct Params {
+    token: Option<String>,
+    device: Option<String>,
+}
+
+/// `GET /ws?token=&device=`: authenticate, check the origin, upgrade.
+pub async fn upgrade(
+    State(state): State<AppState>,
+    Query(params): Query<Params>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    check_origin(&state, &headers)?;
+    let token = params
+        .token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .or_else(|| crate::auth::bearer_token(&headers))
+        .ok_or_else(|| ApiError::Unauthorized("missing token".into()))?;
+    let claims = state.tokens().verify(token)?;
+    let device = match params.device.as_deref() {
+        Some(raw) => DeviceId::parse(raw)?,
+        None => DeviceId::default(),
+    };
+    let user = state
+        .directory
+        .get(UserId(claims.sub))
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("unknown user".into()))?;
+    let max_frame = state.config.max_frame_bytes;
+    Ok(ws
+        .read_buffer_size(SOCKET_BUFFER)
+        .write_buffer_size(SOCKET_BUFFER)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .max_message_size(max_frame)
+        .max_frame_size(max_frame)
+        .on_upgrade(move |socket| run(state, socket, user, device)))
+}
+
+/// A handshake with an `Origin` must come from an allowed origin or the
+/// gateway's own; one without (a non-browser client) is judged by its token.
+fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin
+        .to_str()
+        .map_err(|_| ApiError::Forbidden("origin not allowed".into()))?;
+    let own = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|host| {
+            origin == format!("http://{host}") || origin == format!("https://{host}")
+        });
+    if own || state.config.allowed_origins.iter().any(|o| o == origin) {
+        Ok(())
+    } else {
+        tracing::warn!(origin, "WebSocket handshake from a foreign origin refused");
+        Err(ApiError::Forbidden("origin not allowed".into()))
+    }
+}
+
+type Ack = Pin<
+    Box<dyn Future<Output = (Option<Value>, MessageSent, Result<PublishAck, PublishError>)> + Send>,
+>;
+
+struct Session {
+    state: AppState,
+    user: Arc<UserRecord>,
+    device: DeviceId,
+    sink: SplitSink<WebSocket, WsMessage>,
+    /// The highest `DELIVERY` sequence written to this socket (or the
+    /// device's cursor before anything was).
+    last_sent: u64,
+}
+
+/// Why a session ends.
+enum End {
+    ClientGone,
+    Close(u16, &'static str),
+}
+
+async fn run(state: AppState, socket: WebSocket, user: Arc<UserRecord>, device: DeviceId) {
+    let (sink, mut stream) = socket.split();
+    let attachment = match state.hub.attach(user.id).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, user = %user.id, "cannot subscribe to live delivery");
+            let mut sink = sink;
+            let _ = sink
+                .send(close(close_code::AGAIN, "delivery unavailable; retry"))
+                .await;
+            return;
+        }
+    };
+    let (user_id, session_id) = (attachment.user, attachment.session);
+    let mut session = Session {
+        state: state.clone(),
+        user,
+        device,
+        sink,
+        last_sent: 0,
+    };
+    tracing::info!(user = %session.user.id, device = %session.device, "[CONNECTION] user connected");
+    let end = session.serve(&mut stream, attachment).await;
+    state.hub.detach(user_id, session_id).await;
+    if let Err(e) = state.cursors.flush().await {
+        tracing::warn!(error = %e, "cursor write at disconnect failed; will retry");
+    }
+    if let End::Close(code, reason) = end {
+        let _ = session.sink.send(close(code, reason)).await;
+    }
+    tracing::info!(user = %session.user.id, device = %session.device, "[DISCONNECT] user disconnected");
+}
+
+fn close(code: u16, reason: &'static str) -> WsMessage {
+    WsMessage::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+impl Session {
+    async fn serve(
+        &mut self,
+        stream: &mut futures::stream::SplitStream<WebSocket>,
+        mut live: Attachment,
+    ) -> End {
+        if let Err(end) = self.start().await {
+            return end;
+        }
+        let max_inflight = self.state.config.session_max_inflight.max(1);
+        let shutdown = self.state.shutdown.clone();
+        let mut inflight: FuturesOrdered<Ack> = FuturesOrdered::new();
+        loop {
+            let step = tokio::select! {
+                _ = shutdown.cancelled() => Err(End::Close(close_code::AWAY, "server shutting down")),
+                frame = stream.next(), if inflight.len() < max_inflight => match frame {
+                    Some(Ok(frame)) => self.on_frame(frame, &mut inflight).await,
+                    Some(Err(e)) => Err(self.read_failed(e)),
+                    None => Err(End::ClientGone),
+                },
+                Some(record) = live.rx.recv() => self.on_live(record).await,
+                _ = live.lagged.notified() => self.catch_up().await,
+                Some((reference, sent, ack)) = inflight.next(), if !inflight.is_empty() => {
+                    self.on_ack(reference, sent, ack).await
+                }
+            };
+            if let Err(end) = step {
+                // Replies to accepted sends must not be lost to a close.
+                while let Some((reference, sent, ack)) = inflight.next().await {
+                    if self.on_ack(reference, sent, ack).await.is_err() {
+                        break;
+                    }
+                }
+                return end;
+            }
+        }
+    }
+
+    /// `ready`, then everything the device missed.
+    async fn start(&mut self) -> Result<(), End> {
+        let state = self.state.clone();
+        let cursor = match state.cursors.load(self.user.id, &self.device).await {
+            Ok(Some(cursor)) => {
+                self.last_sent = cursor;
+                self.send_text(protocol::frame(
+                    "ready",
+                    json!({"userId": self.user.id, "deviceId": self.device, "cursor": cursor}),
+                    None,
+                ))
+                .await?;
+                let (first, _) = delivery::log_bounds(&state.delivery)
+                    .await
+                    .map_err(|e| self.unavailable(e))?;
+                if cursor + 1 < first {
+                    tracing::warn!(user = %self.user.id, device = %self.device, cursor, first,
+                        "device cursor is older than the delivery log; resync required");
+                    self.send_text(protocol::frame(
+                        "resync_required",
+                        json!({"reason": "the device was away longer than the delivery log is kept; reload over REST"}),
+                        None,
+                    ))
+                    .await?;
+                }
+                cursor
+            }
+            Ok(None) => {
+                // A new device starts at the current end of the log.
+                let (_, last) = delivery::log_bounds(&state.delivery)
+                    .await
+                    .map_err(|e| self.unavailable(e))?;
+                let cursor = state
+                    .cursors
+                    .create(self.user.id, &self.device, last)
+                    .await
+                    .map_err(|e| self.unavailable(e))?;
+                self.last_sent = cursor;
+                self.send_text(protocol::frame(
+                    "ready",
+                    json!({"userId": self.user.id, "deviceId": self.device, "cursor": cursor}),
+                    None,
+                ))
+                .await?;
+                cursor
+            }
+            Err(e) => return Err(self.unavailable(e)),
+        };
+        tracing::debug!(user = %self.user.id, device = %self.device, cursor, "replaying from cursor");
+        self.catch_up().await
+    }
+
+    fn unavailable(&self, e: impl std::fmt::Display) -> End {
+        tracing::warn!(error = %e, user = %self.user.id, "session cannot start");
+        End::Close(close_code::AGAIN, "temporarily unavailable; reconnect")
+    }
+
+    /// Sends every record of the user's log after `last_sent`.
+    async fn catch_up(&mut self) -> Result<(), End> {
+        loop {
+            let records = delivery::read_log(
+                &self.state.nats,
+                self.user.id,
+                self.last_sent + 1,
+                REPLAY_BATCH,
+            )
+            .await
+            .map_err(|e| self.unavailable(e))?;
+            let full = records.len() >= REPLAY_BATCH;
+            for record in records {
+                self.deliver(record).await?;
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn on_live(&mut self, record: Stored) -> Result<(), End> {
+        if record.seq <= self.last_sent {
+            return Ok(());
+        }
+        match record.last_seq {
+            // Something of this user's was stored between what we sent and
+            // this record: fetch it from the log, which includes this one.
+            Some(previous) if previous > self.last_sent => self.catch_up().await,
+            _ => self.deliver(record).await,
+        }
+    }
+
+    async fn deliver(&mut self, record: Stored) -> Result<(), End> {
+        if record.seq <= self.last_sent {
+            return Ok(());
+        }
+        match frame_with_cursor(&record.payload, record.seq) {
+            Some(frame) => self.send_text(frame).await?,
+            None => tracing::error!(seq = record.seq, "malformed delivery record skipped"),
+        }
+        self.last_sent = record.seq;
+        Ok(())
+    }
+
+    async fn on_frame(
+        &mut self,
+        frame: WsMessage,
+        inflight: &mut FuturesOrdered<Ack>,
+    ) -> Result<(), End> {
+        let text = match frame {
+            WsMessage::Text(text) => text,
+            WsMessage::Binary(_) => {
+                let error =
+                    ApiError::bad_request("binary frames are not supported; send JSON text");
+                return self.send_text(protocol::error_frame(&error, None)).await;
+            }
+            WsMessage::Close(_) => return Err(End::ClientGone),
+            WsMessage::Ping(_) | WsMessage::Pong(_) => return Ok(()),
+        };
+        let incoming = protocol::parse(text.as_str(), self.state.config.max_message_bytes);
+        let reference = incoming.reference;
+        let result = match incoming.command {
+            Ok(command) => self.execute(command, reference.clone(), inflight).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(Some(reply)) => self.send_text(reply).await,
+            Ok(None) => Ok(()),
+            Err(e) => {
+                tracing::debug!(user = %self.user.id, code = e.code(), error = %e, "command refused");
+                self.send_text(protocol::error_frame(&e, reference.as_ref()))
+                    .await
+            }
+        }
+    }
+
+    async fn execute(
+        &mut self,
+        command: Command,
+        reference: Option<Value>,
+        inflight: &mut FuturesOrdered<Ack>,
+    ) -> Result<Option<String>, ApiError> {
+        match command {
+            Command::SendDirectMessage(send) => {
+                let sent = chat::prepare(&self.state, &self.user, send).await?;
+                let ack = chat::publish(&self.state, &sent).await?;
+                tracing::info!(sender = %sent.sender_id, receiver = ?sent.receiver_id,
+                    message = %sent.id, "[DIRECT MESSAGE] accepted for publishing");
+                inflight.push_back(Box::pin(async move { (reference, sent, ack.await) }));
+                Ok(None)
+            }
+            Command::MarkRead {
+                conversation_id,
+                up_to_seq,
+            } => {
+                chat::mark_read(&self.state, self.user.id, conversation_id, up_to_seq).await?;
+                tracing::info!(user = %self.user.id, conversation = %conversation_id, "messages marked as read");
+                Ok(None)
+            }
+            Command::Ack { cursor } => {
+                if cursor > self.last_sent {
+                    return Err(ApiError::bad_request(format!(
+                        "cursor {cursor} is ahead of what was delivered ({})",
+                        self.last_sent
+                    )));
+                }
+                self.state
+                    .cursors
+                    .advance(self.user.id, &self.device, cursor);
+                Ok(None)
+            }
+            Command::Ping => Ok(Some(protocol::frame("pong", json!({}), reference.as_ref()))),
+        }
+    }
+
+    async fn on_ack(
+        &mut self,
+        reference: Option<Value>,
+        sent: MessageSent,
+        ack: Result<PublishAck, PublishError>,
+    ) -> Result<(), End> {
+        let frame = match chat::confirm(&self.state, sent, ack).await {
+            Ok(message) => {
+                tracing::info!(message = %message.id, seq = message.seq, "confirmation sent to sender");
+                protocol::message_sent(&message, reference.as_ref())
+            }
+            Err(e) => protocol::error_frame(&e, reference.as_ref()),
+        };
+        self.send_text(frame).await
+    }
+
+    async fn send_text(&mut self, text: String) -> Result<(), End> {
+        let write = self.sink.send(WsMessage::Text(text.into()));
+        match tokio::time::timeout(self.state.config.slow_reader_timeout(), write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::ClientGone),
+            Err(_) => {
+                tracing::warn!(user = %self.user.id, device = %self.device, "slow reader disconnected");
+                Err(End::Close(close_code::POLICY, "slow reader"))
+            }
+        }
+    }
+
+    fn read_failed(&self, e: axum::Error) -> End {
+        let text = e.to_string();
+        if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
+            tracing::warn!(user = %self.user.id, "frame over the size limit; closing");
+            End::Close(close_code::SIZE, "frame too large")
+        } else {
+            tracing::debug!(error = %text, "socket read failed");
+            End::ClientGone
+        }
+    }
+}

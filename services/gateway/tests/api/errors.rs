@@ -1,0 +1,184 @@
+//! Seed test case 8: every bad input gets a clear error and the connection
+//! stays usable; frames over the hard cap close it with 1009.
+
+use natter_testkit::TestApp;
+use serde_json::json;
+
+#[tokio::test]
+async fn bad_frames_get_errors_and_the_socket_stays_open() {
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let mut a = app.connect(&alice, "d").await;
+    let bob_id = bob.id.to_string();
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let too_long = "x".repeat(16 * 1024 + 1);
+
+    let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+        (
+            "empty content",
+            json!({"event": "send_direct_message", "data": {"receiverId": bob_id, "content": ""}}),
+            "bad_request",
+        ),
+        (
+            "blank content",
+            json!({"event": "send_direct_message", "data": {"receiverId": bob_id, "content": "  \n\t "}}),
+            "bad_request",
+        ),
+        (
+            "non-string content",
+            json!({"event": "send_direct_message", "data": {"receiverId": bob_id, "content": 42}}),
+            "bad_request",
+        ),
+        (
+            "missing content",
+            json!({"event": "send_direct_message", "data": {"receiverId": bob_id}}),
+            "bad_request",
+        ),
+        (
+            "missing receiver",
+            json!({"event": "send_direct_message", "data": {"content": "hi"}}),
+            "bad_request",
+        ),
+        (
+            "malformed receiver",
+            json!({"event": "send_direct_message", "data": {"receiverId": "fake-user-id-12345", "content": "test"}}),
+            "bad_request",
+        ),
+        (
+            "unknown receiver",
+            json!({"event": "send_direct_message", "data": {"receiverId": unknown, "content": "test"}}),
+            "not_found",
+        ),
+        (
+            "oversized content",
+            json!({"event": "send_direct_message", "data": {"receiverId": bob_id, "content": too_long}}),
+            "payload_too_large",
+        ),
+        (
+            "unknown event",
+            json!({"event": "launch_rockets", "data": {}}),
+            "bad_request",
+        ),
+        ("missing event", json!({"data": {}}), "bad_request"),
+        (
+            "data not an object",
+            json!({"event": "send_direct_message", "data": "hello"}),
+            "bad_request",
+        ),
+        (
+            "mark_read of a stranger's conversation",
+            json!({"event": "mark_read", "data": {"conversationId": unknown}}),
+            "not_found",
+        ),
+        (
+            "ack ahead of delivery",
+            json!({"event": "ack", "data": {"cursor": 1_000_000}}),
+            "bad_request",
+        ),
+    ];
+    for (i, (name, mut frame, code)) in cases.into_iter().enumerate() {
+        let reference = format!("case-{i}");
+        frame["ref"] = json!(reference);
+        a.send_frame(frame).await;
+        let reply = a.reply_to(&reference).await;
+        assert_eq!(reply["event"], "error", "{name}: {reply}");
+        assert_eq!(reply["data"]["code"], code, "{name}: {reply}");
+        assert!(
+            reply["data"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{name}"
+        );
+    }
+
+    a.send_text("this is not json".into()).await;
+    let reply = a.next_event("error").await;
+    assert_eq!(reply["data"]["code"], "bad_request");
+
+    // Still usable after all of that.
+    let sent = a.send_direct(bob.id, "still here", "after").await;
+    assert_eq!(sent["event"], "message_sent", "{sent}");
+    a.send_ref("ping", json!({}), "p").await;
+    assert_eq!(a.reply_to("p").await["event"], "pong");
+
+    // Nothing refused was stored.
+    let conversation = sent["data"]["message"]["conversationId"].as_str().unwrap();
+    let history = app.history_eventually(&bob, conversation, 1).await;
+    let contents: Vec<_> = history.iter().map(|m| m["content"].clone()).collect();
+    assert_eq!(contents, [json!("still here")]);
+}
+
+#[tokio::test]
+async fn frame_over_the_hard_cap_closes_with_1009() {
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice").await;
+    let mut a = app.connect(&alice, "d").await;
+    a.send_text(format!(
+        r#"{{"event":"ping","data":{{"pad":"{}"}}}}"#,
+        "x".repeat(70 * 1024)
+    ))
+    .await;
+    let closed = a.next_event("__closed").await;
+    assert_eq!(closed["data"]["code"], 1009, "{closed}");
+}
+
+#[tokio::test]
+async fn rest_send_validates_like_the_socket() {
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let token = Some(alice.token.as_str());
+    let unknown = uuid::Uuid::now_v7().to_string();
+    for (body, status, code) in [
+        (
+            json!({"receiverId": bob.id.to_string(), "content": ""}),
+            400,
+            "bad_request",
+        ),
+        (
+            json!({"receiverId": "nope", "content": "x"}),
+            400,
+            "bad_request",
+        ),
+        (
+            json!({"receiverId": unknown, "content": "x"}),
+            404,
+            "not_found",
+        ),
+        (
+            json!({"receiverId": bob.id.to_string(), "content": "x".repeat(20_000)}),
+            413,
+            "payload_too_large",
+        ),
+        (json!({"content": "x"}), 400, "bad_request"),
+    ] {
+        let (got, reply) = app.post("/api/messages", token, body.clone()).await;
+        assert_eq!(got, status, "{body}: {reply}");
+        assert_eq!(reply["error"]["code"], code, "{body}: {reply}");
+    }
+    let (status, reply) = app
+        .post(
+            "/api/messages",
+            token,
+            json!({"receiverId": bob.id.to_string(), "content": "over REST", "clientMsgId": "c-1"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(reply["message"]["content"], "over REST");
+    assert!(reply["message"]["seq"].as_u64().unwrap() > 0);
+
+    // Malformed JSON is a clear 400 too.
+    let response = app
+        .http
+        .post(app.url("/api/messages"))
+        .bearer_auth(&alice.token)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_request");
+}

@@ -1,0 +1,218 @@
+//! Invariant 4, gap-free replay: a known device gets everything it missed,
+//! in order, once, across dropped connections, gateway restarts and broker
+//! restarts; a cursor older than the log gets `resync_required`.
+
+use natter_testkit::{TestApp, TestOptions, TestUser, WsClient};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn contents(frames: &[Value]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|f| f["data"]["message"]["content"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn send_n(sender: &mut WsClient, receiver: &TestUser, prefix: &str, n: usize) {
+    for i in 0..n {
+        let reply = sender
+            .send_direct(
+                receiver.id,
+                &format!("{prefix}{i}"),
+                &format!("{prefix}-r{i}"),
+            )
+            .await;
+        assert_eq!(reply["event"], "message_sent", "{reply}");
+    }
+}
+
+#[tokio::test]
+async fn dropped_connection_gets_missed_messages_in_order_once() {
+    // Seed test case 5.
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let mut a = app.connect(&alice, "a").await;
+    let b = app.connect(&bob, "phone").await;
+    b.drop_connection();
+
+    send_n(&mut a, &bob, "m", 20).await;
+
+    let mut b = app.connect(&bob, "phone").await;
+    let received = b.receive_messages(20).await;
+    let expected: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    assert_eq!(contents(&received), expected);
+    let cursors: Vec<u64> = received
+        .iter()
+        .map(|f| f["cursor"].as_u64().unwrap())
+        .collect();
+    assert!(cursors.windows(2).all(|w| w[0] < w[1]), "cursors increase");
+    assert!(
+        b.drain(Duration::from_millis(300))
+            .await
+            .iter()
+            .all(|f| f["event"] != "receive_direct_message"),
+        "no duplicates"
+    );
+
+    // After the ack, a reconnect replays nothing.
+    b.ack(*cursors.last().unwrap()).await;
+    b.close().await;
+    let mut b = app.connect(&bob, "phone").await;
+    assert_eq!(b.ready_cursor(), *cursors.last().unwrap());
+    let again = b.drain(Duration::from_millis(500)).await;
+    assert!(
+        again.iter().all(|f| f["event"] != "receive_direct_message"),
+        "replayed after ack: {again:?}"
+    );
+}
+
+#[tokio::test]
+async fn unacked_messages_are_replayed_again() {
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let mut a = app.connect(&alice, "a").await;
+    let mut b = app.connect(&bob, "phone").await;
+    send_n(&mut a, &bob, "m", 5).await;
+    let first = b.receive_messages(5).await;
+    b.ack(first[1]["cursor"].as_u64().unwrap()).await;
+    b.close().await;
+    let mut b = app.connect(&bob, "phone").await;
+    let again = b.receive_messages(3).await;
+    assert_eq!(contents(&again), ["m2", "m3", "m4"]);
+}
+
+#[tokio::test]
+async fn a_new_device_starts_at_the_end_of_the_log() {
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let mut a = app.connect(&alice, "a").await;
+    send_n(&mut a, &bob, "old", 3).await;
+    // Let the fan-out land before the new device looks at the log.
+    let conversation =
+        a.next_event("receive_direct_message").await["data"]["message"]["conversationId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    app.history_eventually(&bob, &conversation, 3).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut tablet = app.connect(&bob, "tablet").await;
+    send_n(&mut a, &bob, "new", 1).await;
+    let received = tablet.receive_messages(1).await;
+    assert_eq!(contents(&received), ["new0"]);
+}
+
+#[tokio::test]
+async fn replay_survives_a_gateway_restart() {
+    let mut app = TestApp::spawn().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let b = app.connect(&bob, "phone").await;
+    b.drop_connection();
+    let mut a = app.connect(&alice, "a").await;
+    send_n(&mut a, &bob, "before", 5).await;
+    drop(a);
+
+    app.restart_gateway().await;
+
+    let mut a = app.connect(&alice, "a").await;
+    send_n(&mut a, &bob, "after", 5).await;
+    let mut b = app.connect(&bob, "phone").await;
+    let received = b.receive_messages(10).await;
+    let expected: Vec<String> = (0..5)
+        .map(|i| format!("before{i}"))
+        .chain((0..5).map(|i| format!("after{i}")))
+        .collect();
+    assert_eq!(contents(&received), expected);
+}
+
+#[tokio::test]
+async fn replay_survives_a_broker_crash_and_restart() {
+    let mut app = TestApp::spawn().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let mut a = app.connect(&alice, "a").await;
+    let mut b = app.connect(&bob, "phone").await;
+    send_n(&mut a, &bob, "before", 5).await;
+    let live = b.receive_messages(5).await;
+    assert_eq!(contents(&live)[4], "before4");
+    drop(a);
+    drop(b);
+
+    app.crash_and_restart_nats().await;
+
+    let mut a = app.connect(&alice, "a").await;
+    send_n(&mut a, &bob, "after", 5).await;
+    let mut b = app.connect(&bob, "phone").await;
+    // Nothing was acked: everything since the device's first connection.
+    let received = b.receive_messages(10).await;
+    let expected: Vec<String> = (0..5)
+        .map(|i| format!("before{i}"))
+        .chain((0..5).map(|i| format!("after{i}")))
+        .collect();
+    assert_eq!(contents(&received), expected);
+}
+
+#[tokio::test]
+async fn a_lagging_session_catches_up_from_the_log() {
+    // A queue of 2 records per session: a burst overflows it, and the
+    // session must fill the gap from the stream without loss or reordering.
+    let app = TestApp::spawn_with(TestOptions {
+        gateway_args: vec!["--session-queue".into(), "2".into()],
+        ..TestOptions::default()
+    })
+    .await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let mut a = app.connect(&alice, "a").await;
+    let mut b = app.connect(&bob, "phone").await;
+    for i in 0..300 {
+        a.send_ref(
+            "send_direct_message",
+            json!({"receiverId": bob.id.to_string(), "content": format!("m{i}")}),
+            &format!("r{i}"),
+        )
+        .await;
+    }
+    let received = b.receive_messages(300).await;
+    let expected: Vec<String> = (0..300).map(|i| format!("m{i}")).collect();
+    assert_eq!(contents(&received), expected);
+    let extra = b.drain(Duration::from_millis(300)).await;
+    assert!(
+        extra.iter().all(|f| f["event"] != "receive_direct_message"),
+        "duplicates: {extra:?}"
+    );
+}
+
+#[tokio::test]
+async fn cursor_older_than_the_log_gets_resync_required() {
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let b = app.connect(&bob, "phone").await;
+    b.close().await;
+    let mut a = app.connect(&alice, "a").await;
+    send_n(&mut a, &bob, "m", 3).await;
+    let conversation =
+        a.next_event("receive_direct_message").await["data"]["message"]["conversationId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    app.history_eventually(&bob, &conversation, 3).await;
+
+    // Retention drops the oldest records (as max_age would).
+    let js = app.jetstream().await;
+    let stream = js.get_stream("DELIVERY").await.unwrap();
+    let last = stream.get_info().await.unwrap().state.last_sequence;
+    stream.purge().sequence(last).await.unwrap();
+
+    let mut b = app.connect(&bob, "phone").await;
+    let frame = b.next().await;
+    assert_eq!(frame["event"], "resync_required", "{frame}");
+    assert!(frame["data"]["reason"].as_str().is_some());
+    // History is still there for the reload.
+    assert_eq!(app.history(&bob, &conversation).await.len(), 3);
+}

@@ -1,0 +1,47 @@
+//! Liveness and readiness for orchestrators: `/healthz` answers while the
+//! process runs; `/readyz` only while NATS and PostgreSQL are reachable.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use sqlx::PgPool;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone)]
+pub struct HealthState {
+    pub pool: PgPool,
+    pub nats: async_nats::Client,
+}
+
+pub async fn serve(listener: TcpListener, state: HealthState, shutdown: CancellationToken) {
+    let app = Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .with_state(state);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "health server failed");
+    }
+}
+
+async fn readyz(State(state): State<HealthState>) -> (StatusCode, Json<serde_json::Value>) {
+    let nats = state.nats.connection_state() == async_nats::connection::State::Connected;
+    let postgres = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(&state.pool),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    let status = if nats && postgres {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({"nats": nats, "postgres": postgres})))
+}

@@ -1,0 +1,102 @@
+//! natter-persister: projects the `CHAT` stream into PostgreSQL and fans each
+//! event out to its recipients' delivery logs (DESIGN.md §1–3).
+//!
+//! - [`consumer`]: leader election, the durable pull consumer, batching,
+//!   retry, dead letters and acks.
+//! - [`projection`]: one transaction per batch; idempotent SQL.
+//! - [`fanout`]: publishing `deliver.<user>` records in `CHAT` order.
+//! - [`health`]: `/healthz` and `/readyz` on `PERSISTER_PORT`.
+
+pub mod consumer;
+pub mod fanout;
+pub mod health;
+pub mod projection;
+
+use clap::Parser;
+use natter_runtime::config::{DatabaseArgs, LogArgs, NatsArgs, StreamArgs};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The persister's configuration: environment variables or flags.
+#[derive(Parser, Clone, Debug)]
+#[command(name = "natter-persister", version, about)]
+pub struct Config {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub streams: StreamArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// Port of the health endpoints.
+    #[arg(long, env = "PERSISTER_PORT", default_value_t = 8001)]
+    pub port: u16,
+    /// Most CHAT records projected in one transaction.
+    #[arg(long, env = "PERSISTER_BATCH_MAX", default_value_t = 500)]
+    pub batch_max: usize,
+    /// How long a batch waits to fill after its first record, in milliseconds.
+    #[arg(long, env = "PERSISTER_BATCH_WAIT_MS", default_value_t = 2)]
+    pub batch_wait_ms: u64,
+    /// Deliveries of a record that fails to project before it is dead-lettered.
+    #[arg(long, env = "PERSISTER_MAX_DELIVER", default_value_t = 5)]
+    pub max_deliver: i64,
+    /// Seconds JetStream waits for an ack before redelivering.
+    #[arg(long, env = "PERSISTER_ACK_WAIT_SECS", default_value_t = 30)]
+    pub ack_wait_secs: u64,
+}
+
+impl Config {
+    pub fn batch_wait(&self) -> Duration {
+        Duration::from_millis(self.batch_wait_ms)
+    }
+}
+
+/// A fault hook: given a batch's CHAT sequences, `true` means "crash here".
+pub type FaultHook = Arc<dyn Fn(&[u64]) -> bool + Send + Sync>;
+
+/// Fault injection for tests: each hook is asked after a step and, if it
+/// answers `true`, the persister behaves as if it crashed right there (the
+/// batch is neither fanned out further nor acked, and is redelivered).
+#[derive(Clone, Default)]
+pub struct FaultHooks {
+    /// Called after a batch's transaction committed, with its CHAT sequences.
+    pub after_commit: Option<FaultHook>,
+    /// Called after a batch's fan-out was published, before the acks.
+    pub after_fanout: Option<FaultHook>,
+}
+
+/// Runs the persister until `shutdown` fires: migrations, streams, the
+/// health endpoints on `listener`, and the consumer.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    hooks: FaultHooks,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let pool = natter_runtime::database::pool(&config.database)?;
+    let client = natter_runtime::jetstream::connect(&config.nats, "natter-persister", None).await?;
+    let js = async_nats::jetstream::new(client.clone());
+
+    let health = tokio::spawn(health::serve(
+        listener,
+        health::HealthState {
+            pool: pool.clone(),
+            nats: client.clone(),
+        },
+        shutdown.clone(),
+    ));
+
+    consumer::run(&config, pool.clone(), js, hooks, shutdown.clone()).await;
+    shutdown.cancel();
+    if let Err(e) = health.await {
+        tracing::warn!(error = %e, "health server task failed");
+    }
+    if let Err(e) = client.flush().await {
+        tracing::warn!(error = %e, "NATS flush at shutdown failed");
+    }
+    pool.close().await;
+    Ok(())
+}

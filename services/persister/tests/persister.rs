@@ -1,0 +1,212 @@
+//! The persister against a real nats-server and PostgreSQL: dead letters,
+//! rebuilding the projections from CHAT, and leader election.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
+
+use natter_persister::FaultHooks;
+use natter_testkit::database::TestDatabase;
+use natter_testkit::{TestApp, TestUser, WsClient};
+use serde_json::json;
+use sqlx::PgPool;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+async fn send_n(sender: &mut WsClient, receiver: &TestUser, prefix: &str, n: usize) -> String {
+    let mut conversation = String::new();
+    for i in 0..n {
+        let reply = sender
+            .send_direct(
+                receiver.id,
+                &format!("{prefix}{i}"),
+                &format!("{prefix}-r{i}"),
+            )
+            .await;
+        assert_eq!(reply["event"], "message_sent", "{reply}");
+        conversation = reply["data"]["message"]["conversationId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    }
+    conversation
+}
+
+#[tokio::test]
+async fn an_unprojectable_record_is_dead_lettered_and_blocks_nothing() {
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let mut b = app.connect(&bob, "phone").await;
+    let js = app.jetstream().await;
+    let conversation = uuid::Uuid::now_v7();
+    js.publish(format!("chat.msg.{conversation}"), "{not a record".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut a = app.connect(&alice, "a").await;
+    send_n(&mut a, &bob, "m", 3).await;
+    let received = b.receive_messages(3).await;
+    assert_eq!(received[2]["data"]["message"]["content"], "m2");
+
+    let pool = app.db.pool().await.unwrap();
+    let dead: Vec<(String, String)> = sqlx::query_as("SELECT subject, error FROM dead_letters")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].0, format!("chat.msg.{conversation}"));
+    assert!(dead[0].1.contains("undecodable"), "{}", dead[0].1);
+}
+
+async fn snapshot(pool: &PgPool) -> Vec<String> {
+    let mut rows: Vec<String> = Vec::new();
+    for sql in [
+        "SELECT row_to_json(t)::text FROM (SELECT id, kind, name, created_at, last_seq, last_activity_at FROM conversations ORDER BY id) t",
+        "SELECT row_to_json(t)::text FROM (SELECT * FROM conversation_members ORDER BY conversation_id, user_id) t",
+        "SELECT row_to_json(t)::text FROM (SELECT * FROM messages ORDER BY seq) t",
+    ] {
+        let part: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        rows.extend(part);
+    }
+    rows
+}
+
+#[tokio::test]
+async fn replaying_chat_into_an_empty_database_rebuilds_the_same_projections() {
+    let mut app = TestApp::spawn().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let carol = app.signup("carol").await;
+    let mut a = app.connect(&alice, "a").await;
+    let mut b = app.connect(&bob, "b").await;
+    let ab = send_n(&mut a, &bob, "ab", 4).await;
+    send_n(&mut a, &carol, "ac", 2).await;
+    b.receive_messages(4).await;
+    b.send("mark_read", json!({"conversationId": ab, "upToSeq": 2}))
+        .await;
+    send_n(&mut b, &alice, "ba", 3).await;
+    b.send("mark_read", json!({"conversationId": ab})).await;
+    a.next_event("messages_read").await;
+    a.next_event("messages_read").await;
+    let original = snapshot(&app.db.pool().await.unwrap()).await;
+    assert!(original.len() > 9);
+
+    // A second database, and the consumer rewound to the start of CHAT.
+    app.stop_persister().await;
+    let js = app.jetstream().await;
+    js.get_stream("CHAT")
+        .await
+        .unwrap()
+        .delete_consumer("persister")
+        .await
+        .unwrap();
+    let empty = TestDatabase::create(false).await.unwrap();
+    let mut config = app.persister_config();
+    config.database.database_url = empty.url.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let shutdown = CancellationToken::new();
+    let rebuild = tokio::spawn(natter_persister::run(
+        config,
+        listener,
+        FaultHooks::default(),
+        shutdown.clone(),
+    ));
+    let pool = empty.pool().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let rebuilt = loop {
+        let rebuilt = snapshot(&pool).await;
+        if rebuilt == original || std::time::Instant::now() > deadline {
+            break rebuilt;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    shutdown.cancel();
+    rebuild.await.unwrap().unwrap();
+    assert_eq!(rebuilt, original);
+}
+
+#[tokio::test]
+async fn a_standby_persister_takes_over_when_the_active_one_dies() {
+    let mut app = TestApp::spawn().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let mut a = app.connect(&alice, "a").await;
+    let mut b = app.connect(&bob, "b").await;
+    send_n(&mut a, &bob, "first", 2).await;
+    b.receive_messages(2).await;
+
+    // A second persister waits while the first holds the lock.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let shutdown = CancellationToken::new();
+    let standby = tokio::spawn(natter_persister::run(
+        app.persister_config(),
+        listener,
+        FaultHooks::default(),
+        shutdown.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    app.crash_persister().await;
+    send_n(&mut a, &bob, "second", 3).await;
+    let received = b.receive_messages(3).await;
+    assert_eq!(received[2]["data"]["message"]["content"], "second2");
+    shutdown.cancel();
+    standby.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_record_the_database_refuses_is_dead_lettered_after_max_deliver() {
+    let app = TestApp::spawn_with(natter_testkit::TestOptions {
+        persister_args: vec![
+            "--max-deliver".into(),
+            "2".into(),
+            "--ack-wait-secs".into(),
+            "5".into(),
+        ],
+        ..natter_testkit::TestOptions::default()
+    })
+    .await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let mut b = app.connect(&bob, "phone").await;
+    // A record that decodes but that PostgreSQL refuses (text cannot hold NUL);
+    // the gateway never accepts such content, so it is published by hand.
+    let conversation = natter_core::ConversationId::direct(alice.id, bob.id);
+    let record = json!({
+        "v": 1, "type": "message_sent", "id": uuid::Uuid::now_v7(), "conversationId": conversation,
+        "senderId": alice.id, "senderName": "alice", "receiverId": bob.id,
+        "content": "bad\u{0}byte", "createdAt": "2026-01-01T00:00:00Z"
+    });
+    let js = app.jetstream().await;
+    js.publish(
+        format!("chat.msg.{conversation}"),
+        record.to_string().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let mut a = app.connect(&alice, "a").await;
+    send_n(&mut a, &bob, "m", 3).await;
+    let received = b.receive_messages(3).await;
+    assert_eq!(received[0]["data"]["message"]["content"], "m0");
+
+    let pool = app.db.pool().await.unwrap();
+    let mut dead: Vec<(i64, i32)> = Vec::new();
+    for _ in 0..200 {
+        dead = sqlx::query_as("SELECT chat_seq, deliveries FROM dead_letters")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        if !dead.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dead.len(), 1, "dead-lettered");
+    assert_eq!(dead[0].0, 1);
+    assert!(dead[0].1 >= 2);
+}
