@@ -243,7 +243,7 @@ fn start_and_supervise(
         (
             "persister",
             format!("http://127.0.0.1:{persister_port}/readyz"),
-            "health and metrics".to_owned(),
+            "health (/healthz, /readyz)".to_owned(),
         ),
     );
     table.insert(

@@ -24,6 +24,15 @@ impl TestDatabase {
     /// A fresh, migrated database. `own_cluster` forces a cluster of the
     /// test's own (for tests that stop PostgreSQL).
     pub async fn create(own_cluster: bool) -> anyhow::Result<Self> {
+        Self::create_from(own_cluster, true).await
+    }
+
+    /// A fresh database without natter's schema, for tests of migrating.
+    pub async fn create_blank() -> anyhow::Result<Self> {
+        Self::create_from(false, false).await
+    }
+
+    async fn create_from(own_cluster: bool, migrated: bool) -> anyhow::Result<Self> {
         let shared = std::env::var(CLUSTER_URL_ENV).ok().filter(|_| !own_cluster);
         let (admin_url, cluster, dir) = match shared {
             Some(url) => (url, None, None),
@@ -40,7 +49,11 @@ impl TestDatabase {
                 (cluster.url("postgres"), Some(cluster), Some(dir))
             }
         };
-        let template = ensure_template(&admin_url).await?;
+        let template = if migrated {
+            ensure_template(&admin_url).await?
+        } else {
+            "template0".to_owned()
+        };
         let name = format!("natter_test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = PgConnection::connect(&admin_url).await?;
         admin

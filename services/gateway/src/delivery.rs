@@ -161,11 +161,6 @@ impl Hub {
         }
     }
 
-    /// Users with at least one session here.
-    pub async fn connected_users(&self) -> usize {
-        self.feeds.lock().await.len()
-    }
-
     async fn open_feed(&self, user: UserId) -> Result<Arc<Feed>, DeliveryError> {
         let mut subscription = self
             .nats

@@ -1,5 +1,6 @@
 //! Liveness and readiness for orchestrators: `/healthz` answers while the
-//! process runs; `/readyz` only while NATS and PostgreSQL are reachable.
+//! process runs; `/readyz` only once the schema is applied and while NATS
+//! and PostgreSQL are reachable.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -7,6 +8,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use sqlx::PgPool;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 pub struct HealthState {
     pub pool: PgPool,
     pub nats: async_nats::Client,
+    /// Set once the schema is applied: not ready before.
+    pub migrated: Arc<AtomicBool>,
 }
 
 pub async fn serve(listener: TcpListener, state: HealthState, shutdown: CancellationToken) {
@@ -38,10 +43,14 @@ async fn readyz(State(state): State<HealthState>) -> (StatusCode, Json<serde_jso
     )
     .await
     .is_ok_and(|r| r.is_ok());
-    let status = if nats && postgres {
+    let migrated = state.migrated.load(Ordering::Relaxed);
+    let status = if nats && postgres && migrated {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({"nats": nats, "postgres": postgres})))
+    (
+        status,
+        Json(json!({"nats": nats, "postgres": postgres, "migrated": migrated})),
+    )
 }

@@ -68,6 +68,26 @@ pub struct FaultHooks {
     pub after_fanout: Option<FaultHook>,
 }
 
+/// Applies the schema, retrying while PostgreSQL is unreachable. `false`
+/// if `shutdown` came first.
+async fn migrate(pool: &sqlx::PgPool, shutdown: &CancellationToken) -> bool {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match natter_runtime::database::migrate(pool).await {
+            Ok(()) => {
+                tracing::info!("database schema is up to date");
+                return true;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot apply migrations yet; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(3));
+    }
+}
+
 /// Runs the persister until `shutdown` fires: migrations, streams, the
 /// health endpoints on `listener`, and the consumer.
 pub async fn run(
@@ -80,16 +100,21 @@ pub async fn run(
     let client = natter_runtime::jetstream::connect(&config.nats, "natter-persister", None).await?;
     let js = async_nats::jetstream::new(client.clone());
 
+    let migrated = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let health = tokio::spawn(health::serve(
         listener,
         health::HealthState {
             pool: pool.clone(),
             nats: client.clone(),
+            migrated: migrated.clone(),
         },
         shutdown.clone(),
     ));
 
-    consumer::run(&config, pool.clone(), js, hooks, shutdown.clone()).await;
+    if migrate(&pool, &shutdown).await {
+        migrated.store(true, std::sync::atomic::Ordering::Relaxed);
+        consumer::run(&config, pool.clone(), js, hooks, shutdown.clone()).await;
+    }
     shutdown.cancel();
     if let Err(e) = health.await {
         tracing::warn!(error = %e, "health server task failed");

@@ -210,3 +210,44 @@ async fn a_record_the_database_refuses_is_dead_lettered_after_max_deliver() {
     assert_eq!(dead[0].0, 1);
     assert!(dead[0].1 >= 2);
 }
+
+#[tokio::test]
+async fn the_persister_applies_the_schema_to_an_empty_database() {
+    let app = TestApp::spawn_with(natter_testkit::TestOptions {
+        persister: false,
+        ..natter_testkit::TestOptions::default()
+    })
+    .await;
+    let blank = TestDatabase::create_blank().await.unwrap();
+    let pool = blank.pool().await.unwrap();
+    let tables = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('users', 'messages', 'device_cursors')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(tables(pool.clone()).await, 0);
+    let mut config = app.persister_config();
+    config.database.database_url = blank.url.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let shutdown = CancellationToken::new();
+    let persister = tokio::spawn(natter_persister::run(
+        config,
+        listener,
+        FaultHooks::default(),
+        shutdown.clone(),
+    ));
+    let mut migrated = 0;
+    for _ in 0..200 {
+        migrated = tables(pool.clone()).await;
+        if migrated == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.cancel();
+    persister.await.unwrap().unwrap();
+    assert_eq!(migrated, 3);
+}

@@ -273,3 +273,34 @@ async fn a_persister_crash_loses_and_duplicates_nothing() {
             .all(|f| f["event"] != "receive_direct_message")
     );
 }
+
+#[tokio::test]
+async fn accepted_messages_survive_a_broker_crash_before_they_are_persisted() {
+    let mut app = TestApp::spawn().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let b = app.connect(&bob, "phone").await;
+    b.close().await;
+    app.stop_persister().await;
+    let mut a = app.connect(&alice, "a").await;
+    for i in 0..10 {
+        let reply = a
+            .send_direct(bob.id, &format!("m{i}"), &format!("r{i}"))
+            .await;
+        assert_eq!(reply["event"], "message_sent", "{reply}");
+    }
+    drop(a);
+
+    // kill -9 of nats-server with everything accepted but nothing projected.
+    app.crash_and_restart_nats().await;
+    app.start_persister(FaultHooks::default()).await;
+
+    let mut b = app.connect(&bob, "phone").await;
+    let received = b.receive_messages(10).await;
+    let contents: Vec<_> = received
+        .iter()
+        .map(|f| f["data"]["message"]["content"].clone())
+        .collect();
+    let expected: Vec<_> = (0..10).map(|i| json!(format!("m{i}"))).collect();
+    assert_eq!(contents, expected);
+}

@@ -216,3 +216,43 @@ async fn cursor_older_than_the_log_gets_resync_required() {
     // History is still there for the reload.
     assert_eq!(app.history(&bob, &conversation).await.len(), 3);
 }
+
+#[tokio::test]
+async fn a_connected_session_keeps_receiving_across_a_broker_crash() {
+    let mut app = TestApp::spawn().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let mut a = app.connect(&alice, "a").await;
+    let mut b = app.connect(&bob, "phone").await;
+    send_n(&mut a, &bob, "before", 3).await;
+    assert_eq!(
+        contents(&b.receive_messages(3).await),
+        ["before0", "before1", "before2"]
+    );
+
+    app.crash_and_restart_nats().await;
+
+    // The same sockets, still open: sends are accepted again and delivered
+    // live to the session that never disconnected.
+    let mut accepted = 0;
+    for i in 0..50 {
+        let reply = a
+            .send_direct(bob.id, &format!("after{accepted}"), &format!("after-r{i}"))
+            .await;
+        if reply["event"] == "message_sent" {
+            accepted += 1;
+            if accepted == 3 {
+                break;
+            }
+        } else {
+            // While the client reconnects, a send may be refused (never lost).
+            assert_eq!(reply["data"]["code"], "unavailable", "{reply}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(accepted, 3);
+    assert_eq!(
+        contents(&b.receive_messages(3).await),
+        ["after0", "after1", "after2"]
+    );
+}

@@ -1,0 +1,77 @@
+//! The `natter-gateway` binary: refuses a weak secret, serves with a good one,
+//! stops cleanly on SIGTERM.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
+
+use natter_testkit::TestApp;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn refuses_to_start_without_a_strong_secret() {
+    for secret in [None, Some("too-short")] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_natter-gateway"));
+        command
+            .env_remove("JWT_SECRET")
+            .env_remove("NATTER_DEV")
+            .env("PORT", natter_localinfra::free_port().to_string())
+            .env("NATS_URL", "nats://127.0.0.1:1")
+            .stdout(Stdio::null());
+        if let Some(secret) = secret {
+            command.env("JWT_SECRET", secret);
+        }
+        let output = command.output().unwrap();
+        assert!(!output.status.success(), "started with {secret:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("JWT_SECRET"), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn the_binary_serves_the_api_and_stops_on_sigterm() {
+    let app = TestApp::spawn().await;
+    let port = natter_localinfra::free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_natter-gateway"))
+        .env("NATS_URL", app.nats.url())
+        .env("DATABASE_URL", &app.db.url)
+        .env("JWT_SECRET", "a-strong-secret-of-at-least-32-bytes!!")
+        .env("PORT", port.to_string())
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = app.http.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "gateway binary not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let signup = app
+        .http
+        .post(format!("{base}/api/auth/signup"))
+        .json(&serde_json::json!({"username": "alice", "password": "password-123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signup.status().as_u16(), 201);
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "gateway did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+}

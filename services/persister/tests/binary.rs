@@ -1,0 +1,66 @@
+//! The `natter-persister` binary: configured by environment, ready once the
+//! schema is applied, and stopping cleanly on SIGTERM.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
+
+use natter_testkit::TestApp;
+use natter_testkit::TestOptions;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn the_binary_serves_readyz_and_stops_on_sigterm() {
+    let app = TestApp::spawn_with(TestOptions {
+        persister: false,
+        ..TestOptions::default()
+    })
+    .await;
+    let port = natter_localinfra::free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_natter-persister"))
+        .env("NATS_URL", app.nats.url())
+        .env("DATABASE_URL", &app.db.url)
+        .env("PERSISTER_PORT", port.to_string())
+        .env("LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    let ready = loop {
+        if let Ok(r) = app.http.get(&url).send().await
+            && r.status().is_success()
+        {
+            break r.json::<serde_json::Value>().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "persister binary not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(ready["migrated"], true);
+
+    // A message sent now is projected by the binary.
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let mut b = app.connect(&bob, "d").await;
+    let mut a = app.connect(&alice, "d").await;
+    a.send_direct(bob.id, "via the binary", "r").await;
+    let received = b.receive_messages(1).await;
+    assert_eq!(received[0]["data"]["message"]["content"], "via the binary");
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "persister did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+}
