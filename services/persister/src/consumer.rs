@@ -140,6 +140,8 @@ enum ConsumeError {
     Stream(String),
     #[error("another persister took over")]
     Deposed,
+    #[error("fault injected")]
+    Crashed,
 }
 
 async fn consume(
@@ -165,6 +167,15 @@ async fn consume(
         })
         .await
         .map_err(|e| ConsumeError::Consumer(e.to_string()))?;
+    // Records a previous leader (or our own previous attempt) pulled but
+    // never acked would come back only after the ack wait, behind newer
+    // ones, and fan out out of order. Rewinding to the ack floor redelivers
+    // them first; projection and fan-out are idempotent, so records above
+    // the floor that were already done cost a no-op each.
+    stream
+        .reset_consumer(subjects::PERSISTER_CONSUMER, None)
+        .await
+        .map_err(|e| ConsumeError::Consumer(format!("cannot rewind to the ack floor: {e}")))?;
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(config.batch_max)
@@ -242,13 +253,9 @@ async fn process(
                 }
                 return Ok(());
             }
-            Err(Failure::Crash) => {
-                // A simulated crash: leave everything unacked for redelivery.
-                for p in &pending {
-                    ack(&p.message, AckKind::Nak(None)).await;
-                }
-                return Ok(());
-            }
+            // A simulated crash: stop here with nothing acked, as a dead
+            // process would; consumption restarts from the ack floor.
+            Err(Failure::Crash) => return Err(ConsumeError::Crashed),
             Err(Failure::Database(e)) if !e.is_transient() && pending.len() > 1 => {
                 tracing::warn!(error = %e, size = pending.len(),
                     "batch refused; projecting its records one by one");
@@ -274,12 +281,7 @@ async fn process(
                 if matches!(failure, Failure::Database(_)) {
                     match leader.recover().await {
                         Ok(true) | Err(_) => {}
-                        Ok(false) => {
-                            for p in &pending {
-                                ack(&p.message, AckKind::Nak(None)).await;
-                            }
-                            return Err(ConsumeError::Deposed);
-                        }
+                        Ok(false) => return Err(ConsumeError::Deposed),
                     }
                 }
                 // Keep the batch ours while we wait.
@@ -316,10 +318,7 @@ async fn retry_single(
                 ack(&p.message, AckKind::Ack).await;
                 return Ok(());
             }
-            Err(Failure::Crash) => {
-                ack(&p.message, AckKind::Nak(None)).await;
-                return Ok(());
-            }
+            Err(Failure::Crash) => return Err(ConsumeError::Crashed),
             Err(Failure::Database(e)) if !e.is_transient() => {
                 if p.delivered >= config.max_deliver {
                     dead_letter(leader, p, &e.to_string(), shutdown).await?;

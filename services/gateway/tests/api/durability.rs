@@ -170,7 +170,14 @@ async fn redelivery_after_commit_creates_no_duplicate_row_or_delivery() {
         }
         app.start_persister(hooks).await;
         let received = b.receive_messages(5).await;
-        assert!(crashed.load(Ordering::SeqCst), "{stage}: the fault fired");
+        // (after_fanout fires only once the fan-out's acks are in, which can
+        // be just after the records reach the socket.)
+        let fired = app
+            .eventually(Duration::from_secs(5), || async {
+                crashed.load(Ordering::SeqCst)
+            })
+            .await;
+        assert!(fired, "{stage}: the fault fired");
         let extra = b.drain(Duration::from_millis(500)).await;
         assert!(
             extra.iter().all(|f| f["event"] != "receive_direct_message"),
