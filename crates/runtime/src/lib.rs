@@ -5,9 +5,11 @@
 //! - [`shutdown`]: a cancellation token fired by SIGINT/SIGTERM.
 //! - [`jetstream`]: connecting to NATS and declaring the streams idempotently.
 //! - [`database`]: the PostgreSQL pool and the embedded migrations.
+//! - [`health`]: the readiness probe behind `/readyz`.
 
 pub mod config;
 pub mod database;
+pub mod health;
 pub mod jetstream;
 pub mod shutdown;
 pub mod telemetry;

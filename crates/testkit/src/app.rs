@@ -435,3 +435,36 @@ impl Drop for TestApp {
         }
     }
 }
+
+/// Polls `url` until it answers 2xx (or panics after 30 s); returns the body.
+pub async fn wait_until_ok(http: &reqwest::Client, url: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(response) = http.get(url).send().await
+            && response.status().is_success()
+        {
+            return response.json().await.unwrap_or(Value::Null);
+        }
+        assert!(Instant::now() < deadline, "{url} not ready within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends SIGTERM to a child process and waits (up to 15 s) for its exit.
+pub async fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {} ignored SIGTERM",
+            child.id()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

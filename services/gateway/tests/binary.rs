@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 use natter_testkit::TestApp;
+use natter_testkit::app::{terminate, wait_until_ok};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn refuses_to_start_without_a_strong_secret() {
@@ -42,16 +42,7 @@ async fn the_binary_serves_the_api_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = app.http.get(format!("{base}/readyz")).send().await
-            && r.status().is_success()
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "gateway binary not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_ok(&app.http, &format!("{base}/readyz")).await;
     let signup = app
         .http
         .post(format!("{base}/api/auth/signup"))
@@ -61,17 +52,6 @@ async fn the_binary_serves_the_api_and_stops_on_sigterm() {
         .unwrap();
     assert_eq!(signup.status().as_u16(), 201);
 
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "gateway did not stop on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = terminate(&mut child).await;
     assert!(status.success(), "{status}");
 }

@@ -237,109 +237,100 @@ async fn process(
         }
     }
     let pending: Vec<&Pulled> = pulled.iter().filter(|p| p.record.is_some()).collect();
-    let mut backoff = RETRY_MIN;
-    loop {
-        if pending.is_empty() {
-            return Ok(());
-        }
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let mut step = Step {
+        config,
+        leader,
+        js,
+        hooks,
+        shutdown,
+    };
+    step.settle(&pending).await
+}
+
+/// What settling records needs.
+struct Step<'a> {
+    config: &'a Config,
+    leader: &'a mut Leader,
+    js: &'a jetstream::Context,
+    hooks: &'a FaultHooks,
+    shutdown: &'a CancellationToken,
+}
+
+impl Step<'_> {
+    /// Projects, fans out and acks `pending` (in CHAT order), retrying
+    /// transient failures in place so nothing is reordered. If the database
+    /// refuses a batch, its records are settled one by one so that only the
+    /// bad one is held back.
+    async fn settle(&mut self, pending: &[&Pulled]) -> Result<(), ConsumeError> {
         let records: Vec<Record> = pending
             .iter()
             .filter_map(|p| p.record.as_ref().and_then(|r| r.as_ref().ok()).cloned())
             .collect();
-        match apply(leader, js, hooks, &records).await {
-            Ok(()) => {
-                for p in &pending {
-                    ack(&p.message, AckKind::Ack).await;
-                }
-                return Ok(());
-            }
-            // A simulated crash: stop here with nothing acked, as a dead
-            // process would; consumption restarts from the ack floor.
-            Err(Failure::Crash) => return Err(ConsumeError::Crashed),
-            Err(Failure::Database(e)) if !e.is_transient() && pending.len() > 1 => {
-                tracing::warn!(error = %e, size = pending.len(),
-                    "batch refused; projecting its records one by one");
-                for p in pending {
-                    let single = [p];
-                    retry_single(config, leader, js, hooks, shutdown, &single).await?;
-                }
-                return Ok(());
-            }
-            Err(Failure::Database(e)) if !e.is_transient() => {
-                let p = pending[0];
-                if p.delivered >= config.max_deliver {
-                    dead_letter(leader, p, &e.to_string(), shutdown).await?;
-                } else {
-                    tracing::warn!(error = %e, chat_seq = p.chat_seq, delivered = p.delivered,
-                        "record refused; redelivering later");
-                    ack(&p.message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                }
-                return Ok(());
-            }
-            Err(failure) => {
-                tracing::warn!(error = %failure, "batch failed; retrying");
-                if matches!(failure, Failure::Database(_)) {
-                    match leader.recover().await {
-                        Ok(true) | Err(_) => {}
-                        Ok(false) => return Err(ConsumeError::Deposed),
+        let mut backoff = RETRY_MIN;
+        loop {
+            match apply(self.leader, self.js, self.hooks, &records).await {
+                Ok(()) => {
+                    for p in pending {
+                        ack(&p.message, AckKind::Ack).await;
                     }
+                    return Ok(());
                 }
-                // Keep the batch ours while we wait.
-                for p in &pending {
-                    ack(&p.message, AckKind::Progress).await;
+                // A simulated crash: stop here with nothing acked, as a dead
+                // process would; consumption restarts from the ack floor.
+                Err(Failure::Crash) => return Err(ConsumeError::Crashed),
+                Err(Failure::Database(e)) if !e.is_transient() => {
+                    if let [single] = pending {
+                        return refused(self.config, self.leader, single, &e, self.shutdown).await;
+                    }
+                    tracing::warn!(error = %e, size = pending.len(),
+                        "batch refused; projecting its records one by one");
+                    for p in pending {
+                        Box::pin(self.settle(&[*p])).await?;
+                    }
+                    return Ok(());
                 }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = sleep(backoff) => {}
+                Err(failure) => {
+                    tracing::warn!(error = %failure, size = pending.len(), "batch failed; retrying");
+                    if matches!(failure, Failure::Database(_))
+                        && let Ok(false) = self.leader.recover().await
+                    {
+                        return Err(ConsumeError::Deposed);
+                    }
+                    // Keep the records ours while we wait.
+                    for p in pending {
+                        ack(&p.message, AckKind::Progress).await;
+                    }
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return Ok(()),
+                        _ = sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(RETRY_MAX);
                 }
-                backoff = (backoff * 2).min(RETRY_MAX);
             }
         }
     }
 }
 
-async fn retry_single(
+/// A record the database refuses: redelivered later (it may have met a
+/// passing conflict) until `max_deliver`, then dead-lettered so it blocks
+/// nothing.
+async fn refused(
     config: &Config,
     leader: &mut Leader,
-    js: &jetstream::Context,
-    hooks: &FaultHooks,
+    p: &Pulled,
+    error: &ProjectionError,
     shutdown: &CancellationToken,
-    single: &[&Pulled],
 ) -> Result<(), ConsumeError> {
-    let p = single[0];
-    let Some(Ok(record)) = &p.record else {
-        return Ok(());
-    };
-    let records = [record.clone()];
-    let mut backoff = RETRY_MIN;
-    loop {
-        match apply(leader, js, hooks, &records).await {
-            Ok(()) => {
-                ack(&p.message, AckKind::Ack).await;
-                return Ok(());
-            }
-            Err(Failure::Crash) => return Err(ConsumeError::Crashed),
-            Err(Failure::Database(e)) if !e.is_transient() => {
-                if p.delivered >= config.max_deliver {
-                    dead_letter(leader, p, &e.to_string(), shutdown).await?;
-                } else {
-                    tracing::warn!(error = %e, chat_seq = p.chat_seq, delivered = p.delivered,
-                        "record refused; redelivering later");
-                    ack(&p.message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                }
-                return Ok(());
-            }
-            Err(failure) => {
-                tracing::warn!(error = %failure, chat_seq = p.chat_seq, "record failed; retrying");
-                ack(&p.message, AckKind::Progress).await;
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(RETRY_MAX);
-            }
-        }
+    if p.delivered >= config.max_deliver {
+        return dead_letter(leader, p, &error.to_string(), shutdown).await;
     }
+    tracing::warn!(%error, chat_seq = p.chat_seq, delivered = p.delivered,
+        "record refused; redelivering later");
+    ack(&p.message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]

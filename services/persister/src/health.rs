@@ -10,7 +10,6 @@ use serde_json::json;
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -36,21 +35,15 @@ pub async fn serve(listener: TcpListener, state: HealthState, shutdown: Cancella
 }
 
 async fn readyz(State(state): State<HealthState>) -> (StatusCode, Json<serde_json::Value>) {
-    let nats = state.nats.connection_state() == async_nats::connection::State::Connected;
-    let postgres = tokio::time::timeout(
-        Duration::from_secs(2),
-        sqlx::query("SELECT 1").execute(&state.pool),
-    )
-    .await
-    .is_ok_and(|r| r.is_ok());
+    let readiness = natter_runtime::health::probe(&state.nats, &state.pool).await;
     let migrated = state.migrated.load(Ordering::Relaxed);
-    let status = if nats && postgres && migrated {
+    let status = if readiness.ready() && migrated {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (
         status,
-        Json(json!({"nats": nats, "postgres": postgres, "migrated": migrated})),
+        Json(json!({"nats": readiness.nats, "postgres": readiness.postgres, "migrated": migrated})),
     )
 }

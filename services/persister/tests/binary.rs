@@ -3,10 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
-use natter_testkit::TestApp;
-use natter_testkit::TestOptions;
+use natter_testkit::app::{terminate, wait_until_ok};
+use natter_testkit::{TestApp, TestOptions};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn the_binary_serves_readyz_and_stops_on_sigterm() {
@@ -25,17 +24,7 @@ async fn the_binary_serves_readyz_and_stops_on_sigterm() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let url = format!("http://127.0.0.1:{port}/readyz");
-    let ready = loop {
-        if let Ok(r) = app.http.get(&url).send().await
-            && r.status().is_success()
-        {
-            break r.json::<serde_json::Value>().await.unwrap();
-        }
-        assert!(Instant::now() < deadline, "persister binary not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let ready = wait_until_ok(&app.http, &format!("http://127.0.0.1:{port}/readyz")).await;
     assert_eq!(ready["migrated"], true);
 
     // A message sent now is projected by the binary.
@@ -47,20 +36,6 @@ async fn the_binary_serves_readyz_and_stops_on_sigterm() {
     let received = b.receive_messages(1).await;
     assert_eq!(received[0]["data"]["message"]["content"], "via the binary");
 
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "persister did not stop on SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = terminate(&mut child).await;
     assert!(status.success(), "{status}");
 }

@@ -6,7 +6,6 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
-use std::time::Duration;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -16,17 +15,14 @@ pub fn router() -> Router<AppState> {
 
 /// Ready while NATS is connected and PostgreSQL answers.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let nats = state.nats.connection_state() == async_nats::connection::State::Connected;
-    let postgres = tokio::time::timeout(
-        Duration::from_secs(2),
-        sqlx::query("SELECT 1").execute(&state.pool),
-    )
-    .await
-    .is_ok_and(|r| r.is_ok());
-    let status = if nats && postgres {
+    let readiness = natter_runtime::health::probe(&state.nats, &state.pool).await;
+    let status = if readiness.ready() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({"nats": nats, "postgres": postgres})))
+    (
+        status,
+        Json(json!({"nats": readiness.nats, "postgres": readiness.postgres})),
+    )
 }
