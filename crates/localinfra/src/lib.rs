@@ -1,5 +1,5 @@
 //! Local infrastructure for `cargo xtask` and the testkit: finds or installs nats-server
-//! (>= 2.12) and PostgreSQL, and runs them on loopback ports with their data under a
+//! (>= 2.14) and PostgreSQL, and runs them on loopback ports with their data under a
 //! directory the caller chooses. Synchronous and std-only: callers start servers before their
 //! async runtime needs them.
 //!

