@@ -5,7 +5,8 @@
 //! front, so a record is serialised once by the persister and never again.
 
 use crate::events::Message;
-use crate::ids::{ConversationId, UserId};
+use crate::ids::{ConversationId, GroupId, UserId};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -23,6 +24,44 @@ pub enum DeliveryEvent {
         reader_id: UserId,
         up_to_seq: u64,
     },
+    GroupUpdated {
+        group: Group,
+        change: GroupChange,
+    },
+}
+
+/// A group as clients see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Group {
+    pub id: GroupId,
+    pub name: String,
+    pub created_by: UserId,
+    pub created_at: DateTime<Utc>,
+    pub members: Vec<Member>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Member {
+    pub id: UserId,
+    pub username: String,
+    pub display_name: String,
+}
+
+/// What a `group_updated` reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum GroupChange {
+    #[serde(rename_all = "camelCase")]
+    Created { actor_id: UserId },
+    #[serde(rename_all = "camelCase")]
+    MembersAdded {
+        actor_id: UserId,
+        user_ids: Vec<UserId>,
+    },
+    #[serde(rename_all = "camelCase")]
+    MemberRemoved { actor_id: UserId, user_id: UserId },
 }
 
 /// The socket frame for a delivery record stored at `cursor`: the record

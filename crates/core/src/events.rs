@@ -30,6 +30,53 @@ impl ChatRecord {
 pub enum ChatEvent {
     MessageSent(MessageSent),
     MessagesRead(MessagesRead),
+    GroupCreated(GroupCreated),
+    MembersAdded(MembersAdded),
+    MemberRemoved(MemberRemoved),
+}
+
+impl ChatEvent {
+    /// The group whose membership this event changes, if any.
+    pub fn changed_group(&self) -> Option<GroupId> {
+        match self {
+            Self::GroupCreated(e) => Some(e.group_id),
+            Self::MembersAdded(e) => Some(e.group_id),
+            Self::MemberRemoved(e) => Some(e.group_id),
+            Self::MessageSent(_) | Self::MessagesRead(_) => None,
+        }
+    }
+}
+
+/// A group came into being with its creator and first members.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupCreated {
+    pub group_id: GroupId,
+    pub name: String,
+    pub creator_id: UserId,
+    /// Every member, the creator included.
+    pub member_ids: Vec<UserId>,
+    pub at: DateTime<Utc>,
+}
+
+/// `actor` added users to a group.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MembersAdded {
+    pub group_id: GroupId,
+    pub actor_id: UserId,
+    pub user_ids: Vec<UserId>,
+    pub at: DateTime<Utc>,
+}
+
+/// `actor` removed a member (the member itself: it left).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberRemoved {
+    pub group_id: GroupId,
+    pub actor_id: UserId,
+    pub user_id: UserId,
+    pub at: DateTime<Utc>,
 }
 
 /// A message the gateway accepted. Its `seq` is the `CHAT` sequence the

@@ -15,9 +15,12 @@ pub mod ids;
 pub mod subjects;
 pub mod values;
 
-pub use delivery::DeliveryEvent;
-pub use events::{ChatEvent, ChatRecord, Message, MessageSent, MessagesRead, SCHEMA_VERSION};
+pub use delivery::{DeliveryEvent, Group, GroupChange, Member};
+pub use events::{
+    ChatEvent, ChatRecord, GroupCreated, MemberRemoved, MembersAdded, Message, MessageSent,
+    MessagesRead, SCHEMA_VERSION,
+};
 pub use ids::{ConversationId, GroupId, MessageId, UserId};
 pub use values::{
-    ClientMsgId, DeviceId, DisplayName, MessageContent, Password, Username, ValueError,
+    ClientMsgId, DeviceId, DisplayName, GroupName, MessageContent, Password, Username, ValueError,
 };

@@ -53,21 +53,43 @@ impl Username {
 #[serde(transparent)]
 pub struct DisplayName(String);
 
+/// A trimmed, single-line label of 1 to `max` characters.
+fn label(raw: &str, what: &str, max: usize) -> Result<String, ValueError> {
+    let text = raw.trim();
+    let chars = text.chars().count();
+    if chars == 0 || chars > max {
+        return Err(invalid(format!("{what} must be 1 to {max} characters")));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(invalid(format!(
+            "{what} must not contain control characters"
+        )));
+    }
+    Ok(text.to_owned())
+}
+
 impl DisplayName {
     pub fn parse(raw: &str) -> Result<Self, ValueError> {
-        let name = raw.trim();
-        let chars = name.chars().count();
-        if chars == 0 || chars > 64 {
-            return Err(invalid("display name must be 1 to 64 characters"));
-        }
-        if name.chars().any(char::is_control) {
-            return Err(invalid("display name must not contain control characters"));
-        }
-        Ok(Self(name.to_owned()))
+        label(raw, "display name", 64).map(Self)
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// A group's name: 1–100 characters after trimming, no control characters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct GroupName(String);
+
+impl GroupName {
+    pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        label(raw, "group name", 100).map(Self)
     }
 
     pub fn into_string(self) -> String {
@@ -241,5 +263,8 @@ mod tests {
     fn display_name_rejects_control_characters() {
         assert!(DisplayName::parse("Ann\u{7}").is_err());
         assert_eq!(DisplayName::parse("  Ann ").unwrap().as_str(), "Ann");
+        assert!(GroupName::parse("  ").is_err());
+        assert!(GroupName::parse(&"g".repeat(101)).is_err());
+        assert_eq!(GroupName::parse(" Team ").unwrap().into_string(), "Team");
     }
 }

@@ -6,6 +6,7 @@
 //! - [`jetstream`]: connecting to NATS and declaring the streams idempotently.
 //! - [`database`]: the PostgreSQL pool and the embedded migrations.
 //! - [`health`]: the readiness probe behind `/readyz`.
+//! - [`views`]: read-model queries shared by the services.
 
 pub mod config;
 pub mod database;
@@ -13,3 +14,4 @@ pub mod health;
 pub mod jetstream;
 pub mod shutdown;
 pub mod telemetry;
+pub mod views;

@@ -326,6 +326,68 @@ impl TestApp {
         }
     }
 
+    /// Creates `count` users straight in the database, with tokens signed by
+    /// the test secret: for tests that need many users and not sign-up.
+    pub async fn seed_users(&self, prefix: &str, count: usize) -> Vec<TestUser> {
+        let keys = natter_gateway::auth::TokenKeys::new(
+            Some(TEST_JWT_SECRET),
+            false,
+            Duration::from_secs(3600),
+        )
+        .expect("test keys");
+        let pool = self.db.pool().await.expect("test database");
+        let mut users = Vec::with_capacity(count);
+        for i in 0..count {
+            let id = UserId::generate();
+            let username = format!("{prefix}{i}");
+            let display_name = format!("{username} (display)");
+            sqlx::query(
+                "INSERT INTO users (id, username, display_name, password_hash) VALUES ($1, $2, $3, 'seeded')",
+            )
+            .bind(id.0)
+            .bind(&username)
+            .bind(&display_name)
+            .execute(&pool)
+            .await
+            .expect("seeded user");
+            users.push(TestUser {
+                id,
+                username,
+                display_name,
+                token: keys.issue(id).expect("token"),
+            });
+        }
+        pool.close().await;
+        users
+    }
+
+    /// Creates a group over REST and returns its JSON.
+    pub async fn create_group(
+        &self,
+        creator: &TestUser,
+        name: &str,
+        members: &[&TestUser],
+    ) -> Value {
+        let ids: Vec<String> = members.iter().map(|m| m.id.to_string()).collect();
+        let (status, body) = self
+            .post(
+                "/api/groups",
+                Some(&creator.token),
+                json!({"name": name, "memberIds": ids}),
+            )
+            .await;
+        assert_eq!(status, 201, "group creation: {body}");
+        body["group"].clone()
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.delete(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        response(request.send().await.expect("DELETE is answered")).await
+    }
+
     /// Opens a socket for `user` on `device` and waits for `ready`.
     pub async fn connect(&self, user: &TestUser, device: &str) -> WsClient {
         WsClient::connect(&self.ws_url(&user.token, device))

@@ -31,22 +31,37 @@ pub struct SendMessage {
     pub client_msg_id: Option<ClientMsgId>,
 }
 
+/// Which targets a send accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    Direct,
+    Group,
+    Either,
+}
+
 impl SendMessage {
-    /// Parses `{receiverId | groupId, content, clientMsgId?}`; `allow_group`
-    /// says whether `groupId` is accepted in place of `receiverId`.
-    pub fn parse(data: &Value, max_bytes: usize, allow_group: bool) -> Result<Self, ApiError> {
+    /// Parses `{receiverId | groupId, content, clientMsgId?}`.
+    pub fn parse(data: &Value, max_bytes: usize, expect: Expect) -> Result<Self, ApiError> {
         let data = data
             .as_object()
             .ok_or_else(|| ApiError::bad_request("data must be an object"))?;
-        let target = match (data.get("receiverId"), data.get("groupId")) {
-            (Some(receiver), None) => Target::Direct(UserId(parse_uuid(receiver, "receiverId")?)),
-            (None, Some(group)) if allow_group => {
+        let receiver = data.get("receiverId").filter(|v| !v.is_null());
+        let group = data.get("groupId").filter(|v| !v.is_null());
+        let target = match (expect, receiver, group) {
+            (Expect::Direct | Expect::Either, Some(receiver), None) => {
+                Target::Direct(UserId(parse_uuid(receiver, "receiverId")?))
+            }
+            (Expect::Group | Expect::Either, None, Some(group)) => {
                 Target::Group(GroupId(parse_uuid(group, "groupId")?))
             }
-            (Some(_), Some(_)) if allow_group => {
+            (Expect::Either, Some(_), Some(_)) => {
                 return Err(ApiError::bad_request(
                     "give receiverId or groupId, not both",
                 ));
+            }
+            (Expect::Group, _, None) => return Err(ApiError::bad_request("groupId is required")),
+            (Expect::Either, None, None) => {
+                return Err(ApiError::bad_request("receiverId or groupId is required"));
             }
             _ => return Err(ApiError::bad_request("receiverId is required")),
         };
@@ -96,33 +111,46 @@ pub fn optional_u64(data: &Map<String, Value>, field: &str) -> Result<Option<u64
     }
 }
 
-/// Checks a send and builds its record. Needs no database round trip when
-/// the receiver is already known to this gateway.
+/// Checks a send and builds its record. A direct send needs no database
+/// round trip when the receiver is already known to this gateway; a group
+/// send checks the sender's membership.
 pub async fn prepare(
     state: &AppState,
     sender: &UserRecord,
     command: SendMessage,
 ) -> Result<MessageSent, ApiError> {
-    let receiver = match command.target {
-        Target::Direct(receiver) => receiver,
+    let client_msg_id = command.client_msg_id.map(|c| c.as_str().to_owned());
+    let (conversation_id, receiver_id, group_id) = match command.target {
+        Target::Direct(receiver) => {
+            if receiver == sender.id {
+                return Err(ApiError::bad_request("cannot send a message to yourself"));
+            }
+            if state.directory.get(receiver).await?.is_none() {
+                return Err(ApiError::NotFound(format!("user {receiver} not found")));
+            }
+            (
+                ConversationId::direct(sender.id, receiver),
+                Some(receiver),
+                None,
+            )
+        }
         Target::Group(group) => {
-            return Err(ApiError::NotFound(format!("group {group} not found")));
+            // Non-members and unknown groups look alike: nothing leaks.
+            if !is_member(state, sender.id, group.into()).await? {
+                return Err(ApiError::Forbidden(format!(
+                    "not a member of group {group}"
+                )));
+            }
+            (ConversationId::from(group), None, Some(group))
         }
     };
-    if receiver == sender.id {
-        return Err(ApiError::bad_request("cannot send a message to yourself"));
-    }
-    if state.directory.get(receiver).await?.is_none() {
-        return Err(ApiError::NotFound(format!("user {receiver} not found")));
-    }
-    let client_msg_id = command.client_msg_id.map(|c| c.as_str().to_owned());
     Ok(MessageSent {
         id: MessageId::for_send(sender.id, client_msg_id.as_deref()),
-        conversation_id: ConversationId::direct(sender.id, receiver),
+        conversation_id,
         sender_id: sender.id,
         sender_name: sender.display_name.clone(),
-        receiver_id: Some(receiver),
-        group_id: None,
+        receiver_id,
+        group_id,
         content: command.content.into_string(),
         client_msg_id,
         // PostgreSQL keeps microseconds: so does the wire, from the start.
@@ -194,20 +222,29 @@ pub async fn mark_read(
     up_to_seq: Option<u64>,
 ) -> Result<(), ApiError> {
     ensure_member(state, reader, conversation).await?;
-    let record = ChatRecord::new(ChatEvent::MessagesRead(MessagesRead {
-        conversation_id: conversation,
-        reader_id: reader,
-        up_to_seq,
-        at: Utc::now(),
-    }));
-    let payload = serde_json::to_vec(&record).map_err(ApiError::internal)?;
+    append(
+        state,
+        subjects::chat_read(conversation),
+        ChatEvent::MessagesRead(MessagesRead {
+            conversation_id: conversation,
+            reader_id: reader,
+            up_to_seq,
+            at: Utc::now(),
+        }),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Appends one event to `CHAT` and waits for its ack: its sequence.
+pub async fn append(state: &AppState, subject: String, event: ChatEvent) -> Result<u64, ApiError> {
+    let payload = serde_json::to_vec(&ChatRecord::new(event)).map_err(ApiError::internal)?;
     let ack = state
         .js
-        .publish(subjects::chat_read(conversation), Bytes::from(payload))
+        .publish(subject, Bytes::from(payload))
         .await
         .map_err(not_accepted)?;
-    ack.await.map_err(not_accepted)?;
-    Ok(())
+    Ok(ack.await.map_err(not_accepted)?.sequence)
 }
 
 /// `not_found` unless `user` is a member: a non-member learns nothing, not
@@ -217,16 +254,28 @@ pub async fn ensure_member(
     user: UserId,
     conversation: ConversationId,
 ) -> Result<(), ApiError> {
-    let member: Option<i32> = sqlx::query_scalar(
-        "SELECT 1 FROM conversation_members WHERE conversation_id = $1 AND user_id = $2",
+    if is_member(state, user, conversation).await? {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(format!(
+            "conversation {conversation} not found"
+        )))
+    }
+}
+
+/// Whether `user` is a member of `conversation` now.
+pub async fn is_member(
+    state: &AppState,
+    user: UserId,
+    conversation: ConversationId,
+) -> Result<bool, ApiError> {
+    Ok(sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (SELECT 1 FROM conversation_members WHERE conversation_id = $1 AND user_id = $2)",
     )
     .bind(conversation.0)
     .bind(user.0)
-    .fetch_optional(&state.pool)
-    .await?;
-    member
-        .map(|_| ())
-        .ok_or_else(|| ApiError::NotFound(format!("conversation {conversation} not found")))
+    .fetch_one(&state.pool)
+    .await?)
 }
 
 fn not_accepted(e: impl std::fmt::Display) -> ApiError {

@@ -7,6 +7,7 @@
 //! - [`error`]: the one error type, for HTTP and WebSocket alike.
 //! - [`directory`]: a read-through cache of users.
 //! - [`chat`]: commands shared by REST and WebSocket (send, mark read).
+//! - [`groups`]: group management, one `CHAT` event per change.
 //! - [`delivery`]: live subscriptions, log replay, device cursors.
 //! - [`http`]: the REST routers; [`ws`]: the WebSocket protocol and sessions.
 
@@ -16,6 +17,7 @@ pub mod config;
 pub mod delivery;
 pub mod directory;
 pub mod error;
+pub mod groups;
 pub mod http;
 pub mod state;
 pub mod ws;

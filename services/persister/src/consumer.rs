@@ -6,6 +6,7 @@
 //! standbys. Each batch is projected, fanned out and only then acked; a
 //! failure before the ack leaves the batch to be retried, in order.
 
+use crate::membership::Membership;
 use crate::projection::{self, ProjectionError, Record};
 use crate::{Config, FaultHooks, fanout};
 use async_nats::jetstream::{self, AckKind, consumer::pull};
@@ -64,6 +65,7 @@ async fn pause(shutdown: &CancellationToken, backoff: &mut Duration) {
 struct Leader {
     pool: PgPool,
     conn: PgConnection,
+    members: Membership,
 }
 
 impl Leader {
@@ -77,6 +79,7 @@ impl Leader {
                     return Some(Leader {
                         pool: pool.clone(),
                         conn,
+                        members: Membership::default(),
                     });
                 }
                 Ok(None) => {
@@ -351,7 +354,7 @@ async fn apply(
     records: &[Record],
 ) -> Result<(), Failure> {
     let started = Instant::now();
-    let fanouts = projection::project(&mut leader.conn, records).await?;
+    let fanouts = projection::project(&mut leader.conn, &mut leader.members, records).await?;
     let seqs: Vec<u64> = records.iter().map(|r| r.chat_seq).collect();
     if hooks.after_commit.as_ref().is_some_and(|h| h(&seqs)) {
         return Err(Failure::Crash);

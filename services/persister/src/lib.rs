@@ -4,12 +4,14 @@
 //! - [`consumer`]: leader election, the durable pull consumer, batching,
 //!   retry, dead letters and acks.
 //! - [`projection`]: one transaction per batch; idempotent SQL.
+//! - [`membership`]: group membership events and the membership cache.
 //! - [`fanout`]: publishing `deliver.<user>` records in `CHAT` order.
 //! - [`health`]: `/healthz` and `/readyz` on `PERSISTER_PORT`.
 
 pub mod consumer;
 pub mod fanout;
 pub mod health;
+pub mod membership;
 pub mod projection;
 
 use clap::Parser;

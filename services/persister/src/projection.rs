@@ -3,13 +3,15 @@
 //! deterministic so replaying `CHAT` into an empty database rebuilds the same
 //! state. It returns what must be fanned out, in `CHAT` order.
 
+use crate::membership::Membership;
 use chrono::{DateTime, Utc};
 use natter_core::{
     ChatEvent, ConversationId, DeliveryEvent, MessageId, MessageSent, MessagesRead, UserId,
     subjects,
 };
 use sqlx::{Connection, PgConnection};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// A decoded `CHAT` record and the sequence it is stored at.
@@ -25,11 +27,11 @@ pub struct Fanout {
     pub chat_seq: u64,
     pub event: DeliveryEvent,
     pub recipients: Vec<UserId>,
-    dedupe: Dedupe,
+    pub(crate) dedupe: Dedupe,
 }
 
 #[derive(Clone, Copy, Debug)]
-enum Dedupe {
+pub(crate) enum Dedupe {
     Message(MessageId),
     Record(u64),
 }
@@ -82,36 +84,110 @@ impl From<sqlx::Error> for ProjectionError {
 }
 
 /// Projects `records` (in `CHAT` order) in one transaction on `conn`.
+/// Membership events split the batch: the records before one are projected
+/// against the membership before it, the records after against the
+/// membership after it.
 pub async fn project(
     conn: &mut PgConnection,
+    members: &mut Membership,
     records: &[Record],
 ) -> Result<Vec<Fanout>, ProjectionError> {
-    let mut tx = conn.begin().await?;
-    let mut fanouts = Vec::with_capacity(records.len());
-
-    let messages: Vec<(u64, &MessageSent)> = records
+    let changed: HashSet<ConversationId> = records
         .iter()
-        .filter_map(|r| match &r.event {
-            ChatEvent::MessageSent(m) => Some((r.chat_seq, m)),
-            ChatEvent::MessagesRead(_) => None,
-        })
+        .filter_map(|r| r.event.changed_group())
+        .map(ConversationId::from)
         .collect();
-    if !messages.is_empty() {
-        project_messages(&mut tx, &messages, &mut fanouts).await?;
-    }
-    for record in records {
-        if let ChatEvent::MessagesRead(read) = &record.event {
-            project_read(&mut tx, record.chat_seq, read, &mut fanouts).await?;
-        }
-    }
-    tx.commit().await?;
+    let result = project_in_tx(conn, members, &changed, records).await;
+    // Whether committed or rolled back, what the cache holds for a group
+    // this batch touched may be stale.
+    members.forget(&changed);
+    let mut fanouts = result?;
     fanouts.sort_by_key(|f| f.chat_seq);
     Ok(fanouts)
 }
 
+async fn project_in_tx(
+    conn: &mut PgConnection,
+    members: &mut Membership,
+    changed: &HashSet<ConversationId>,
+    records: &[Record],
+) -> Result<Vec<Fanout>, ProjectionError> {
+    let mut tx = conn.begin().await?;
+    let mut fanouts = Vec::with_capacity(records.len());
+    let mut segment: Vec<&Record> = Vec::new();
+    for record in records {
+        if record.event.changed_group().is_some() {
+            project_segment(&mut tx, members, changed, &segment, &mut fanouts).await?;
+            segment.clear();
+            crate::membership::project_group_event(&mut tx, record, &mut fanouts).await?;
+        } else {
+            segment.push(record);
+        }
+    }
+    project_segment(&mut tx, members, changed, &segment, &mut fanouts).await?;
+    tx.commit().await?;
+    Ok(fanouts)
+}
+
+/// Messages and reads between two membership events.
+async fn project_segment(
+    tx: &mut PgConnection,
+    members: &mut Membership,
+    changed: &HashSet<ConversationId>,
+    segment: &[&Record],
+    fanouts: &mut Vec<Fanout>,
+) -> Result<(), ProjectionError> {
+    let mut messages: Vec<(u64, &MessageSent, Arc<Vec<UserId>>)> = Vec::new();
+    for record in segment {
+        let ChatEvent::MessageSent(m) = &record.event else {
+            continue;
+        };
+        let recipients = match m.receiver_id {
+            Some(receiver) if receiver != m.sender_id => Arc::new(vec![m.sender_id, receiver]),
+            Some(_) => Arc::new(vec![m.sender_id]),
+            None => {
+                let current = members.of(tx, m.conversation_id, changed).await?;
+                // Membership is decided at the message's place in CHAT: a
+                // sender removed before it is refused here too.
+                if !current.contains(&m.sender_id) {
+                    let reason = format!(
+                        "sender {} is not a member of {} at this point",
+                        m.sender_id, m.conversation_id
+                    );
+                    tracing::warn!(chat_seq = record.chat_seq, %reason, "group message refused");
+                    let payload =
+                        serde_json::to_vec(&natter_core::ChatRecord::new(record.event.clone()))
+                            .unwrap_or_default();
+                    dead_letter(
+                        tx,
+                        record.chat_seq,
+                        &subjects::chat_message(m.conversation_id),
+                        &payload,
+                        &reason,
+                        1,
+                    )
+                    .await?;
+                    continue;
+                }
+                current
+            }
+        };
+        messages.push((record.chat_seq, m, recipients));
+    }
+    if !messages.is_empty() {
+        project_messages(tx, &messages, fanouts).await?;
+    }
+    for record in segment {
+        if let ChatEvent::MessagesRead(read) = &record.event {
+            project_read(tx, record.chat_seq, read, fanouts).await?;
+        }
+    }
+    Ok(())
+}
+
 async fn project_messages(
     tx: &mut PgConnection,
-    messages: &[(u64, &MessageSent)],
+    messages: &[(u64, &MessageSent, Arc<Vec<UserId>>)],
     fanouts: &mut Vec<Fanout>,
 ) -> Result<(), ProjectionError> {
     // Conversations and memberships first (a direct conversation comes into
@@ -127,7 +203,7 @@ async fn project_messages(
     }
     let mut conversations: BTreeMap<ConversationId, Touched> = BTreeMap::new();
     let mut members: BTreeMap<(ConversationId, UserId), ()> = BTreeMap::new();
-    for (seq, m) in messages {
+    for (seq, m, _) in messages {
         let kind = if m.group_id.is_some() {
             "group"
         } else {
@@ -190,7 +266,7 @@ async fn project_messages(
     let mut content = Vec::with_capacity(n);
     let mut client_msg_id = Vec::with_capacity(n);
     let mut created_at = Vec::with_capacity(n);
-    for (s, m) in messages {
+    for (s, m, _) in messages {
         id.push(m.id.0);
         conversation.push(m.conversation_id.0);
         seq.push(*s as i64);
@@ -225,9 +301,12 @@ async fn project_messages(
     // redelivered record counts once.
     let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
     let mut unread: BTreeMap<(Uuid, Uuid), i32> = BTreeMap::new();
-    for (_, m) in messages.iter().filter(|(_, m)| inserted.contains(&m.id.0)) {
-        if let Some(receiver) = m.receiver_id.filter(|r| *r != m.sender_id) {
-            *unread.entry((m.conversation_id.0, receiver.0)).or_default() += 1;
+    for (_, m, recipients) in messages
+        .iter()
+        .filter(|(_, m, _)| inserted.contains(&m.id.0))
+    {
+        for reader in recipients.iter().filter(|r| **r != m.sender_id) {
+            *unread.entry((m.conversation_id.0, reader.0)).or_default() += 1;
         }
     }
     if !unread.is_empty() {
@@ -256,14 +335,11 @@ async fn project_messages(
             .await?
             .into_iter()
             .collect();
-    for (chat_seq, m) in messages {
+    for (chat_seq, m, recipients) in messages {
         if stored.get(&m.id.0) != Some(&(*chat_seq as i64)) {
             continue;
         }
-        let mut recipients = vec![m.sender_id];
-        if let Some(receiver) = m.receiver_id.filter(|r| *r != m.sender_id) {
-            recipients.push(receiver);
-        }
+        let recipients = recipients.as_ref().clone();
         let message = (*m).clone().into_message(*chat_seq);
         let event = if m.group_id.is_some() {
             DeliveryEvent::ReceiveGroupMessage { message }

@@ -61,7 +61,7 @@ async fn an_unprojectable_record_is_dead_lettered_and_blocks_nothing() {
 async fn snapshot(pool: &PgPool) -> Vec<String> {
     let mut rows: Vec<String> = Vec::new();
     for sql in [
-        "SELECT row_to_json(t)::text FROM (SELECT id, kind, name, created_at, last_seq, last_activity_at FROM conversations ORDER BY id) t",
+        "SELECT row_to_json(t)::text FROM (SELECT * FROM conversations ORDER BY id) t",
         "SELECT row_to_json(t)::text FROM (SELECT * FROM conversation_members ORDER BY conversation_id, user_id) t",
         "SELECT row_to_json(t)::text FROM (SELECT * FROM messages ORDER BY seq) t",
     ] {
@@ -91,6 +91,46 @@ async fn replaying_chat_into_an_empty_database_rebuilds_the_same_projections() {
     b.send("mark_read", json!({"conversationId": ab})).await;
     a.next_event("messages_read").await;
     a.next_event("messages_read").await;
+    // Group membership changes between group messages.
+    let group = app.create_group(&alice, "Rebuilt", &[&bob]).await;
+    let group_id = group["id"].as_str().unwrap().to_owned();
+    a.send_ref(
+        "send_group_message",
+        json!({"groupId": group_id, "content": "g0"}),
+        "g0",
+    )
+    .await;
+    assert_eq!(a.reply_to("g0").await["event"], "message_sent");
+    let (status, _) = app
+        .post(
+            &format!("/api/groups/{group_id}/members"),
+            Some(&alice.token),
+            json!({"userIds": [carol.id.to_string()]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    a.send_ref(
+        "send_group_message",
+        json!({"groupId": group_id, "content": "g1"}),
+        "g1",
+    )
+    .await;
+    assert_eq!(a.reply_to("g1").await["event"], "message_sent");
+    let (status, _) = app
+        .delete(
+            &format!("/api/groups/{group_id}/members/{}", bob.id),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(status, 204);
+    a.send_ref(
+        "send_group_message",
+        json!({"groupId": group_id, "content": "g2"}),
+        "g2",
+    )
+    .await;
+    assert_eq!(a.reply_to("g2").await["event"], "message_sent");
+    app.history_eventually(&carol, &group_id, 3).await;
     let original = snapshot(&app.db.pool().await.unwrap()).await;
     assert!(original.len() > 9);
 

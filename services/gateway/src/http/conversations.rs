@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use natter_core::{ConversationId, GroupId, Message, MessageId, UserId};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sqlx::types::Json as SqlJson;
 use uuid::Uuid;
 
 const DEFAULT_PAGE: i64 = 50;
@@ -20,6 +21,7 @@ const MAX_PAGE: i64 = 200;
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/api/conversations", get(list))
         .route("/api/conversations/{id}/messages", get(history))
         .route("/api/conversations/{id}/read", post(read))
 }
@@ -40,6 +42,81 @@ fn conversation_id(raw: &str) -> Result<ConversationId, ApiError> {
 /// the sender as `s`.
 pub(crate) const MESSAGE_COLUMNS: &str = "m.id, m.conversation_id, m.seq, m.sender_id, \
      s.display_name AS sender_name, m.receiver_id, m.group_id, m.content, m.client_msg_id, m.created_at";
+
+/// A stored message `m` (sender joined as `s`) as a JSON object in the
+/// shape of [`Message`], or NULL when there is no row.
+pub(crate) const MESSAGE_JSON: &str = "CASE WHEN m.id IS NULL THEN NULL ELSE json_build_object(
+     'id', m.id, 'conversationId', m.conversation_id, 'seq', m.seq,
+     'senderId', m.sender_id, 'senderName', s.display_name,
+     'receiverId', m.receiver_id, 'groupId', m.group_id, 'content', m.content,
+     'clientMsgId', m.client_msg_id, 'createdAt', m.created_at) END";
+
+#[derive(sqlx::FromRow)]
+struct ConversationRow {
+    id: Uuid,
+    kind: String,
+    name: Option<String>,
+    last_activity_at: DateTime<Utc>,
+    unread_count: i32,
+    last_read_seq: i64,
+    peer_id: Option<Uuid>,
+    peer_username: Option<String>,
+    peer_display_name: Option<String>,
+    last_message: Option<SqlJson<Message>>,
+}
+
+/// Every conversation of the caller, direct and group, newest activity
+/// first. The plan walks the caller's memberships by index and touches one
+/// conversation row, at most one peer and one message per conversation.
+async fn list(State(state): State<AppState>, caller: AuthUser) -> Result<Json<Value>, ApiError> {
+    let sql = format!(
+        "SELECT c.id, c.kind, c.name, c.last_activity_at, me.unread_count, me.last_read_seq,
+                peer.user_id AS peer_id, pu.username AS peer_username,
+                pu.display_name AS peer_display_name, {MESSAGE_JSON} AS last_message
+         FROM conversation_members me
+         JOIN conversations c ON c.id = me.conversation_id
+         LEFT JOIN LATERAL (
+             SELECT o.user_id FROM conversation_members o
+             WHERE c.kind = 'direct' AND o.conversation_id = c.id AND o.user_id <> me.user_id
+             LIMIT 1
+         ) peer ON true
+         LEFT JOIN users pu ON pu.id = peer.user_id
+         LEFT JOIN messages m ON m.conversation_id = c.id AND m.seq = c.last_seq
+         LEFT JOIN users s ON s.id = m.sender_id
+         WHERE me.user_id = $1
+         ORDER BY c.last_activity_at DESC, c.id"
+    );
+    let rows: Vec<ConversationRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(caller.id.0)
+        .fetch_all(&state.pool)
+        .await?;
+    let conversations: Vec<Value> = rows
+        .into_iter()
+        .map(|row| {
+            let mut entry = json!({
+                "id": row.id,
+                "kind": row.kind,
+                "unreadCount": row.unread_count,
+                "lastReadSeq": row.last_read_seq,
+                "lastActivityAt": row.last_activity_at,
+                "lastMessage": row.last_message.map(|SqlJson(m)| m),
+            });
+            if let Some(name) = row.name {
+                entry["name"] = json!(name);
+                entry["groupId"] = json!(row.id);
+            }
+            if let Some(peer) = row.peer_id {
+                entry["peer"] = json!({
+                    "id": peer,
+                    "username": row.peer_username,
+                    "displayName": row.peer_display_name,
+                });
+            }
+            entry
+        })
+        .collect();
+    Ok(Json(Value::Array(conversations)))
+}
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct MessageRow {

@@ -2,7 +2,7 @@
 
 use super::JsonBody;
 use crate::auth::AuthUser;
-use crate::chat::{self, SendMessage};
+use crate::chat::{self, Expect, SendMessage};
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::extract::State;
@@ -20,7 +20,7 @@ async fn send(
     caller: AuthUser,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let command = SendMessage::parse(&body, state.config.max_message_bytes, true)?;
+    let command = SendMessage::parse(&body, state.config.max_message_bytes, Expect::Either)?;
     let sender = state
         .directory
         .get(caller.id)

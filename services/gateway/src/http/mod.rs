@@ -3,6 +3,7 @@
 
 mod auth;
 mod conversations;
+mod groups;
 mod health;
 mod messages;
 mod users;
@@ -28,6 +29,7 @@ pub fn router(state: AppState) -> Router {
         .merge(users::router())
         .merge(conversations::router())
         .merge(messages::router())
+        .merge(groups::router())
         .merge(health::router())
         .route("/ws", axum::routing::get(crate::ws::session::upgrade))
         .layer(cors)

@@ -3,6 +3,7 @@
 use super::auth::user_json;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
+use crate::http::conversations::MESSAGE_JSON;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::routing::get;
@@ -38,7 +39,7 @@ struct UserRow {
 
 /// Everyone else, with the direct conversation's unread count and last message.
 async fn users(State(state): State<AppState>, caller: AuthUser) -> Result<Json<Value>, ApiError> {
-    let rows: Vec<UserRow> = sqlx::query_as(
+    let sql = format!(
         "SELECT u.id, u.username, u.display_name, mine.unread_count, last.message AS last_message
          FROM users u
          LEFT JOIN LATERAL (
@@ -50,20 +51,17 @@ async fn users(State(state): State<AppState>, caller: AuthUser) -> Result<Json<V
              WHERE me.user_id = $1
          ) mine ON true
          LEFT JOIN LATERAL (
-             SELECT json_build_object(
-                 'id', m.id, 'conversationId', m.conversation_id, 'seq', m.seq,
-                 'senderId', m.sender_id, 'senderName', s.display_name,
-                 'receiverId', m.receiver_id, 'groupId', m.group_id, 'content', m.content,
-                 'clientMsgId', m.client_msg_id, 'createdAt', m.created_at) AS message
+             SELECT {MESSAGE_JSON} AS message
              FROM messages m JOIN users s ON s.id = m.sender_id
              WHERE m.conversation_id = mine.id AND m.seq = mine.last_seq
          ) last ON true
          WHERE u.id <> $1
-         ORDER BY u.display_name, u.id",
-    )
-    .bind(caller.id.0)
-    .fetch_all(&state.pool)
-    .await?;
+         ORDER BY u.display_name, u.id"
+    );
+    let rows: Vec<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(caller.id.0)
+        .fetch_all(&state.pool)
+        .await?;
     let users: Vec<Value> = rows
         .into_iter()
         .map(|row| {

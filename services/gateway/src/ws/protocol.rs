@@ -2,7 +2,7 @@
 //! frame into a [`Command`] or an error that names what is wrong; it never
 //! fails the connection.
 
-use crate::chat::{SendMessage, optional_u64, parse_uuid};
+use crate::chat::{Expect, SendMessage, optional_u64, parse_uuid};
 use crate::error::ApiError;
 use natter_core::{ConversationId, Message};
 use serde::Serialize;
@@ -11,7 +11,10 @@ use serde_json::{Value, json};
 /// A client's command.
 #[derive(Debug)]
 pub enum Command {
-    SendDirectMessage(SendMessage),
+    SendMessage(SendMessage),
+    /// The seed's client joins socket rooms; membership is the server's
+    /// business here, so this is accepted and does nothing.
+    JoinGroup,
     MarkRead {
         conversation_id: ConversationId,
         up_to_seq: Option<u64>,
@@ -59,11 +62,17 @@ pub fn parse(text: &str, max_message_bytes: usize) -> Incoming {
 
 fn command(event: &str, data: &Value, max_message_bytes: usize) -> Result<Command, ApiError> {
     match event {
-        "send_direct_message" => Ok(Command::SendDirectMessage(SendMessage::parse(
+        "send_direct_message" => Ok(Command::SendMessage(SendMessage::parse(
             data,
             max_message_bytes,
-            false,
+            Expect::Direct,
         )?)),
+        "send_group_message" => Ok(Command::SendMessage(SendMessage::parse(
+            data,
+            max_message_bytes,
+            Expect::Group,
+        )?)),
+        "join_group" => Ok(Command::JoinGroup),
         "mark_read" => {
             let data = object(data)?;
             let conversation = data

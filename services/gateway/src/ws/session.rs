@@ -335,11 +335,15 @@ impl Session {
         inflight: &mut FuturesOrdered<Ack>,
     ) -> Result<Option<String>, ApiError> {
         match command {
-            Command::SendDirectMessage(send) => {
+            Command::SendMessage(send) => {
                 let sent = chat::prepare(&self.state, &self.user, send).await?;
                 let ack = chat::publish(&self.state, &sent).await?;
-                tracing::info!(sender = %sent.sender_id, receiver = ?sent.receiver_id,
-                    message = %sent.id, "[DIRECT MESSAGE] accepted for publishing");
+                match sent.group_id {
+                    Some(group) => tracing::info!(sender = %sent.sender_id, %group,
+                        message = %sent.id, "[GROUP MESSAGE] accepted for publishing"),
+                    None => tracing::info!(sender = %sent.sender_id, receiver = ?sent.receiver_id,
+                        message = %sent.id, "[DIRECT MESSAGE] accepted for publishing"),
+                }
                 inflight.push_back(Box::pin(async move { (reference, sent, ack.await) }));
                 Ok(None)
             }
@@ -364,6 +368,7 @@ impl Session {
                 Ok(None)
             }
             Command::Ping => Ok(Some(protocol::frame("pong", json!({}), reference.as_ref()))),
+            Command::JoinGroup => Ok(None),
         }
     }
 

@@ -7,4 +7,5 @@ mod auth;
 mod direct_messages;
 mod durability;
 mod errors;
+mod groups;
 mod replay;
