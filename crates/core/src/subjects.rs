@@ -36,6 +36,29 @@ pub fn live_deliver(user: UserId) -> String {
     format!("live.deliver.{user}")
 }
 
+/// Session control for one user (core NATS, never stored): a device
+/// connected elsewhere, the profile changed.
+pub fn control(user: UserId) -> String {
+    format!("live.control.{user}")
+}
+
+/// Every user's session control.
+pub const CONTROL_ALL: &str = "live.control.*";
+
+/// Typing signals for a conversation (core NATS, never stored).
+pub fn typing(conversation: ConversationId) -> String {
+    format!("live.typing.{conversation}")
+}
+
+/// Every conversation's typing signals.
+pub const TYPING_ALL: &str = "live.typing.*";
+
+/// The JetStream KV bucket of revoked token ids.
+pub const REVOCATIONS_BUCKET: &str = "revocations";
+
+/// The JetStream KV bucket of live connections, a key per connection.
+pub const PRESENCE_BUCKET: &str = "presence";
+
 /// The `Nats-Msg-Id` of a message's delivery record for one recipient, so a
 /// re-run fan-out stores nothing twice.
 pub fn delivery_message_id(message: MessageId, recipient: UserId) -> String {

@@ -147,12 +147,21 @@ impl FromRequestParts<AppState> for AuthUser {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer_token(&parts.headers)
             .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
-        let claims = state.tokens().verify(token)?;
+        let claims = authenticate(state, token)?;
         Ok(AuthUser {
             id: UserId(claims.sub),
             claims,
         })
     }
+}
+
+/// A token's claims if it is valid and not revoked.
+pub fn authenticate(state: &AppState, token: &str) -> Result<Claims, ApiError> {
+    let claims = state.tokens().verify(token)?;
+    if state.revocations.is_revoked(claims.jti) {
+        return Err(ApiError::Unauthorized("token revoked".into()));
+    }
+    Ok(claims)
 }
 
 /// The token of an `Authorization: Bearer` header, if any.

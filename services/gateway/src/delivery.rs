@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -45,18 +45,44 @@ pub enum DeliveryError {
     Protocol(String),
 }
 
+/// What the hub pushes to a session.
+#[derive(Clone, Debug)]
+pub enum Push {
+    /// A record of the user's delivery log.
+    Record(Stored),
+    /// An ephemeral frame (typing, presence), dropped if the session is behind.
+    Frame(Arc<str>),
+}
+
+/// Why the server closes a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Closing {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+/// What the hub knows of a session, to pick sessions to close.
+#[derive(Clone, Debug)]
+pub struct SessionInfo {
+    pub id: u64,
+    pub device: DeviceId,
+    pub jti: Uuid,
+}
+
 /// One session's view of the hub.
 pub struct Attachment {
-    pub rx: mpsc::Receiver<Stored>,
+    pub rx: mpsc::Receiver<Push>,
     pub lagged: Arc<Notify>,
+    pub closed: watch::Receiver<Option<Closing>>,
     pub user: UserId,
     pub session: u64,
 }
 
 struct SessionTx {
-    id: u64,
-    tx: mpsc::Sender<Stored>,
+    info: SessionInfo,
+    tx: mpsc::Sender<Push>,
     lagged: Arc<Notify>,
+    close: watch::Sender<Option<Closing>>,
 }
 
 struct Feed {
@@ -70,7 +96,7 @@ impl Feed {
             return;
         };
         for session in sessions.iter() {
-            if session.tx.try_send(record.clone()).is_err() {
+            if session.tx.try_send(Push::Record(record.clone())).is_err() {
                 session.lagged.notify_one();
             }
         }
@@ -106,8 +132,14 @@ impl Hub {
     /// Registers a session. When this returns, the user's live subscription
     /// is active on the server, so anything stored afterwards reaches the
     /// session (live, or as a detectable gap).
-    pub async fn attach(&self, user: UserId) -> Result<Attachment, DeliveryError> {
+    pub async fn attach(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        jti: Uuid,
+    ) -> Result<Attachment, DeliveryError> {
         let (tx, rx) = mpsc::channel(self.queue);
+        let (close, closed) = watch::channel(None);
         let lagged = Arc::new(Notify::new());
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let mut feeds = self.feeds.lock().await;
@@ -121,14 +153,20 @@ impl Hub {
         };
         if let Ok(mut sessions) = feed.sessions.lock() {
             sessions.push(SessionTx {
-                id: session,
+                info: SessionInfo {
+                    id: session,
+                    device,
+                    jti,
+                },
                 tx,
                 lagged: lagged.clone(),
+                close,
             });
         }
         Ok(Attachment {
             rx,
             lagged,
+            closed,
             user,
             session,
         })
@@ -142,7 +180,7 @@ impl Hub {
         };
         let empty = match feed.sessions.lock() {
             Ok(mut sessions) => {
-                sessions.retain(|s| s.id != session);
+                sessions.retain(|s| s.info.id != session);
                 sessions.is_empty()
             }
             Err(_) => true,
@@ -151,6 +189,46 @@ impl Hub {
             feed.stop.cancel();
             feeds.remove(&user);
         }
+    }
+
+    /// Pushes an ephemeral frame to every session of `user` here.
+    pub async fn push_frame(&self, user: UserId, frame: Arc<str>) {
+        let feed = self.feeds.lock().await.get(&user).cloned();
+        if let Some(feed) = feed
+            && let Ok(sessions) = feed.sessions.lock()
+        {
+            for session in sessions.iter() {
+                // Ephemeral: a session that is behind does without.
+                let _ = session.tx.try_send(Push::Frame(frame.clone()));
+            }
+        }
+    }
+
+    /// Closes `user`'s sessions here that `matches` picks; returns how many.
+    pub async fn close_sessions(
+        &self,
+        user: UserId,
+        closing: Closing,
+        matches: impl Fn(&SessionInfo) -> bool,
+    ) -> usize {
+        let feed = self.feeds.lock().await.get(&user).cloned();
+        let Some(feed) = feed else {
+            return 0;
+        };
+        let Ok(sessions) = feed.sessions.lock() else {
+            return 0;
+        };
+        let mut closed = 0;
+        for session in sessions.iter().filter(|s| matches(&s.info)) {
+            session.close.send_replace(Some(closing));
+            closed += 1;
+        }
+        closed
+    }
+
+    /// Users with at least one session here.
+    pub async fn local_users(&self) -> Vec<UserId> {
+        self.feeds.lock().await.keys().copied().collect()
     }
 
     /// After a reconnect to NATS live records may have been missed while the

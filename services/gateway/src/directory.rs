@@ -56,6 +56,13 @@ impl Directory {
         user
     }
 
+    /// Drops a user's cached record (its profile changed).
+    pub fn forget(&self, id: UserId) {
+        if let Ok(mut cache) = self.cache.write() {
+            cache.remove(&id);
+        }
+    }
+
     fn cached(&self, id: UserId) -> Option<Arc<UserRecord>> {
         self.cache.read().ok()?.get(&id).cloned()
     }

@@ -9,17 +9,23 @@
 //! - [`chat`]: commands shared by REST and WebSocket (send, mark read).
 //! - [`groups`]: group management, one `CHAT` event per change.
 //! - [`delivery`]: live subscriptions, log replay, device cursors.
+//! - [`control`]: cross-gateway session control (device replacement, profile changes).
+//! - [`revocation`]: logged-out tokens, cluster-wide.
+//! - [`typing`]: typing signals over core NATS.
 //! - [`http`]: the REST routers; [`ws`]: the WebSocket protocol and sessions.
 
 pub mod auth;
 pub mod chat;
 pub mod config;
+pub mod control;
 pub mod delivery;
 pub mod directory;
 pub mod error;
 pub mod groups;
 pub mod http;
+pub mod revocation;
 pub mod state;
+pub mod typing;
 pub mod ws;
 
 pub use config::Config;
@@ -62,6 +68,8 @@ pub async fn run(
             }
         }
     }
+    let revocations =
+        revocation::Revocations::open(&js, config.token_ttl(), settings.replicas).await?;
     let chat = js.get_stream(subjects::CHAT_STREAM).await?;
     let delivery = js.get_stream(subjects::DELIVERY_STREAM).await?;
 
@@ -76,8 +84,13 @@ pub async fn run(
         chat,
         delivery,
         tokens,
+        revocations,
+        gateway_id: uuid::Uuid::now_v7(),
         shutdown: shutdown.clone(),
     });
+    revocation::follow(state.clone(), shutdown.clone()).await?;
+    tokio::spawn(control::run(state.clone(), shutdown.clone()));
+    tokio::spawn(typing::run(state.clone(), shutdown.clone()));
 
     let writer_state = state.clone();
     let writer_shutdown = shutdown.clone();

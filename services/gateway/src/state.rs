@@ -4,6 +4,7 @@ use crate::auth::TokenKeys;
 use crate::config::Config;
 use crate::delivery::{CursorStore, Hub};
 use crate::directory::Directory;
+use crate::revocation::Revocations;
 use async_nats::jetstream;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -23,6 +24,9 @@ pub struct Inner {
     pub directory: Directory,
     pub hub: Hub,
     pub cursors: CursorStore,
+    pub revocations: Revocations,
+    /// This gateway's name among its peers.
+    pub gateway_id: uuid::Uuid,
     pub shutdown: CancellationToken,
 }
 

@@ -1,7 +1,7 @@
 //! Sign-up and log-in.
 
 use super::JsonBody;
-use crate::auth::{hash_password, verify_password};
+use crate::auth::{AuthUser, hash_password, verify_password};
 use crate::directory::UserRecord;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -18,6 +18,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/auth/signup", post(signup))
         .route("/api/auth/login", post(login))
+        .route("/api/auth/logout", post(logout))
 }
 
 #[derive(Deserialize)]
@@ -105,4 +106,19 @@ async fn login(
     });
     let token = state.tokens().issue(user.id)?;
     Ok(Json(json!({"token": token, "user": user_json(&user)})))
+}
+
+/// Revokes the caller's token everywhere and closes the sockets it opened.
+async fn logout(State(state): State<AppState>, caller: AuthUser) -> Result<StatusCode, ApiError> {
+    state.revocations.revoke(&caller.claims).await?;
+    // The cluster-wide watch closes them too; this gateway need not wait for it.
+    let jti = caller.claims.jti;
+    state
+        .hub
+        .close_sessions(caller.id, crate::revocation::REVOKED, |info| {
+            info.jti == jti
+        })
+        .await;
+    tracing::info!(user = %caller.id, "logged out");
+    Ok(StatusCode::NO_CONTENT)
 }

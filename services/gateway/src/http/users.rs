@@ -1,21 +1,24 @@
 //! The caller and the people they can talk to.
 
+use super::JsonBody;
 use super::auth::user_json;
 use crate::auth::AuthUser;
+use crate::control::{self, Control};
+use crate::directory::UserRecord;
 use crate::error::ApiError;
 use crate::http::conversations::MESSAGE_JSON;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use natter_core::{ConversationId, Message, UserId};
+use natter_core::{ConversationId, DisplayName, Message, UserId};
 use serde_json::{Value, json};
 use sqlx::types::Json as SqlJson;
 use uuid::Uuid;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/api/me", get(me))
+        .route("/api/me", get(me).patch(update_me))
         .route("/api/users", get(users))
 }
 
@@ -25,6 +28,36 @@ async fn me(State(state): State<AppState>, caller: AuthUser) -> Result<Json<Valu
         .get(caller.id)
         .await?
         .ok_or_else(|| ApiError::Unauthorized("unknown user".into()))?;
+    Ok(Json(user_json(&user)))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProfileChange {
+    display_name: String,
+}
+
+/// `PATCH /api/me {displayName}`: others see the new name in the user list
+/// and on the caller's later messages.
+async fn update_me(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    JsonBody(change): JsonBody<ProfileChange>,
+) -> Result<Json<Value>, ApiError> {
+    let display_name = DisplayName::parse(&change.display_name)?;
+    let username: Option<String> =
+        sqlx::query_scalar("UPDATE users SET display_name = $2 WHERE id = $1 RETURNING username")
+            .bind(caller.id.0)
+            .bind(display_name.as_str())
+            .fetch_optional(&state.pool)
+            .await?;
+    let username = username.ok_or_else(|| ApiError::Unauthorized("unknown user".into()))?;
+    let user = state.directory.remember(UserRecord {
+        id: caller.id,
+        username,
+        display_name: display_name.into_string(),
+    });
+    control::announce(&state, caller.id, &Control::ProfileChanged).await;
     Ok(Json(user_json(&user)))
 }
 

@@ -22,6 +22,9 @@ pub enum Command {
     Ack {
         cursor: u64,
     },
+    Typing {
+        conversation_id: ConversationId,
+    },
     Ping,
 }
 
@@ -75,14 +78,14 @@ fn command(event: &str, data: &Value, max_message_bytes: usize) -> Result<Comman
         "join_group" => Ok(Command::JoinGroup),
         "mark_read" => {
             let data = object(data)?;
-            let conversation = data
-                .get("conversationId")
-                .ok_or_else(|| ApiError::bad_request("conversationId is required"))?;
             Ok(Command::MarkRead {
-                conversation_id: ConversationId(parse_uuid(conversation, "conversationId")?),
+                conversation_id: conversation_id(data)?,
                 up_to_seq: optional_u64(data, "upToSeq")?,
             })
         }
+        "typing" => Ok(Command::Typing {
+            conversation_id: conversation_id(object(data)?)?,
+        }),
         "ack" => {
             let data = object(data)?;
             let cursor = optional_u64(data, "cursor")?
@@ -92,6 +95,13 @@ fn command(event: &str, data: &Value, max_message_bytes: usize) -> Result<Comman
         "ping" => Ok(Command::Ping),
         other => Err(ApiError::bad_request(format!("unknown event {other:?}"))),
     }
+}
+
+fn conversation_id(data: &serde_json::Map<String, Value>) -> Result<ConversationId, ApiError> {
+    let raw = data
+        .get("conversationId")
+        .ok_or_else(|| ApiError::bad_request("conversationId is required"))?;
+    Ok(ConversationId(parse_uuid(raw, "conversationId")?))
 }
 
 fn object(data: &Value) -> Result<&serde_json::Map<String, Value>, ApiError> {

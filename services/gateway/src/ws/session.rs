@@ -4,11 +4,13 @@
 //! stops reading is closed) and every queue is bounded.
 
 use crate::chat;
-use crate::delivery::{self, Attachment, Stored};
-use crate::directory::UserRecord;
+use crate::control::{self, Control};
+use crate::delivery::{self, Attachment, Push, Stored};
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::typing;
 use crate::ws::protocol::{self, Command};
+use crate::ws::throttle::Throttle;
 use async_nats::jetstream::context::PublishError;
 use async_nats::jetstream::publish::PublishAck;
 use axum::extract::ws::{
@@ -24,7 +26,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 
 /// Records read from the log per direct-get batch.
 const REPLAY_BATCH: usize = 256;
@@ -32,6 +33,9 @@ const REPLAY_BATCH: usize = 256;
 const SOCKET_BUFFER: usize = 4 * 1024;
 /// Bytes a connection may have queued for the network before writes block.
 const MAX_WRITE_BUFFER: usize = 256 * 1024;
+/// Typing signals a connection may send per second, and in a burst.
+const TYPING_RATE: f64 = 2.0;
+const TYPING_BURST: f64 = 5.0;
 
 #[derive(Debug, Deserialize)]
 pub struct Params {
@@ -53,7 +57,7 @@ pub async fn upgrade(
         .filter(|t| !t.is_empty())
         .or_else(|| crate::auth::bearer_token(&headers))
         .ok_or_else(|| ApiError::Unauthorized("missing token".into()))?;
-    let claims = state.tokens().verify(token)?;
+    let claims = crate::auth::authenticate(&state, token)?;
     let device = match params.device.as_deref() {
         Some(raw) => DeviceId::parse(raw)?,
         None => DeviceId::default(),
@@ -63,6 +67,7 @@ pub async fn upgrade(
         .get(UserId(claims.sub))
         .await?
         .ok_or_else(|| ApiError::Unauthorized("unknown user".into()))?;
+    tracing::debug!(user = %user.id, username = %user.username, "handshake accepted");
     let max_frame = state.config.max_frame_bytes;
     Ok(ws
         .read_buffer_size(SOCKET_BUFFER)
@@ -70,7 +75,7 @@ pub async fn upgrade(
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .max_message_size(max_frame)
         .max_frame_size(max_frame)
-        .on_upgrade(move |socket| run(state, socket, user, device)))
+        .on_upgrade(move |socket| run(state, socket, user.id, device, claims.jti)))
 }
 
 /// A handshake with an `Origin` must come from an allowed origin or the
@@ -102,8 +107,10 @@ type Ack = Pin<
 
 struct Session {
     state: AppState,
-    user: Arc<UserRecord>,
+    user: UserId,
     device: DeviceId,
+    /// Typing signals allowed per second (and burst).
+    typing: Throttle,
     sink: SplitSink<WebSocket, WsMessage>,
     /// The highest `DELIVERY` sequence written to this socket (or the
     /// device's cursor before anything was).
@@ -116,12 +123,12 @@ enum End {
     Close(u16, &'static str),
 }
 
-async fn run(state: AppState, socket: WebSocket, user: Arc<UserRecord>, device: DeviceId) {
+async fn run(state: AppState, socket: WebSocket, user: UserId, device: DeviceId, jti: uuid::Uuid) {
     let (sink, mut stream) = socket.split();
-    let attachment = match state.hub.attach(user.id).await {
+    let attachment = match state.hub.attach(user, device.clone(), jti).await {
         Ok(a) => a,
         Err(e) => {
-            tracing::warn!(error = %e, user = %user.id, "cannot subscribe to live delivery");
+            tracing::warn!(error = %e, %user, "cannot subscribe to live delivery");
             let mut sink = sink;
             let _ = sink
                 .send(close(close_code::AGAIN, "delivery unavailable; retry"))
@@ -129,24 +136,35 @@ async fn run(state: AppState, socket: WebSocket, user: Arc<UserRecord>, device: 
             return;
         }
     };
-    let (user_id, session_id) = (attachment.user, attachment.session);
+    let session_id = attachment.session;
+    // This device's older connection, on any gateway, gives way.
+    control::announce(
+        &state,
+        user,
+        &Control::DeviceConnected {
+            device_id: device.clone(),
+            session: control::session_key(&state, session_id),
+        },
+    )
+    .await;
     let mut session = Session {
         state: state.clone(),
         user,
         device,
+        typing: Throttle::new(TYPING_RATE, TYPING_BURST),
         sink,
         last_sent: 0,
     };
-    tracing::info!(user = %session.user.id, device = %session.device, "[CONNECTION] user connected");
+    tracing::info!(user = %session.user, device = %session.device, "[CONNECTION] user connected");
     let end = session.serve(&mut stream, attachment).await;
-    state.hub.detach(user_id, session_id).await;
+    state.hub.detach(user, session_id).await;
     if let Err(e) = state.cursors.flush().await {
         tracing::warn!(error = %e, "cursor write at disconnect failed; will retry");
     }
     if let End::Close(code, reason) = end {
         let _ = session.sink.send(close(code, reason)).await;
     }
-    tracing::info!(user = %session.user.id, device = %session.device, "[DISCONNECT] user disconnected");
+    tracing::info!(user = %session.user, device = %session.device, "[DISCONNECT] user disconnected");
 }
 
 fn close(code: u16, reason: &'static str) -> WsMessage {
@@ -176,7 +194,14 @@ impl Session {
                     Some(Err(e)) => Err(self.read_failed(e)),
                     None => Err(End::ClientGone),
                 },
-                Some(record) = live.rx.recv() => self.on_live(record).await,
+                Some(push) = live.rx.recv() => match push {
+                    Push::Record(record) => self.on_live(record).await,
+                    Push::Frame(frame) => self.send_text(frame.to_string()).await,
+                },
+                Ok(()) = live.closed.changed() => match *live.closed.borrow() {
+                    Some(closing) => Err(End::Close(closing.code, closing.reason)),
+                    None => Ok(()),
+                },
                 _ = live.lagged.notified() => self.catch_up().await,
                 Some((reference, sent, ack)) = inflight.next(), if !inflight.is_empty() => {
                     self.on_ack(reference, sent, ack).await
@@ -197,12 +222,12 @@ impl Session {
     /// `ready`, then everything the device missed.
     async fn start(&mut self) -> Result<(), End> {
         let state = self.state.clone();
-        let cursor = match state.cursors.load(self.user.id, &self.device).await {
+        let cursor = match state.cursors.load(self.user, &self.device).await {
             Ok(Some(cursor)) => {
                 self.last_sent = cursor;
                 self.send_text(protocol::frame(
                     "ready",
-                    json!({"userId": self.user.id, "deviceId": self.device, "cursor": cursor}),
+                    json!({"userId": self.user, "deviceId": self.device, "cursor": cursor}),
                     None,
                 ))
                 .await?;
@@ -210,7 +235,7 @@ impl Session {
                     .await
                     .map_err(|e| self.unavailable(e))?;
                 if cursor + 1 < first {
-                    tracing::warn!(user = %self.user.id, device = %self.device, cursor, first,
+                    tracing::warn!(user = %self.user, device = %self.device, cursor, first,
                         "device cursor is older than the delivery log; resync required");
                     self.send_text(protocol::frame(
                         "resync_required",
@@ -228,13 +253,13 @@ impl Session {
                     .map_err(|e| self.unavailable(e))?;
                 let cursor = state
                     .cursors
-                    .create(self.user.id, &self.device, last)
+                    .create(self.user, &self.device, last)
                     .await
                     .map_err(|e| self.unavailable(e))?;
                 self.last_sent = cursor;
                 self.send_text(protocol::frame(
                     "ready",
-                    json!({"userId": self.user.id, "deviceId": self.device, "cursor": cursor}),
+                    json!({"userId": self.user, "deviceId": self.device, "cursor": cursor}),
                     None,
                 ))
                 .await?;
@@ -242,12 +267,12 @@ impl Session {
             }
             Err(e) => return Err(self.unavailable(e)),
         };
-        tracing::debug!(user = %self.user.id, device = %self.device, cursor, "replaying from cursor");
+        tracing::debug!(user = %self.user, device = %self.device, cursor, "replaying from cursor");
         self.catch_up().await
     }
 
     fn unavailable(&self, e: impl std::fmt::Display) -> End {
-        tracing::warn!(error = %e, user = %self.user.id, "session cannot start");
+        tracing::warn!(error = %e, user = %self.user, "session cannot start");
         End::Close(close_code::AGAIN, "temporarily unavailable; reconnect")
     }
 
@@ -256,7 +281,7 @@ impl Session {
         loop {
             let records = delivery::read_log(
                 &self.state.nats,
-                self.user.id,
+                self.user,
                 self.last_sent + 1,
                 REPLAY_BATCH,
             )
@@ -321,7 +346,7 @@ impl Session {
             Ok(Some(reply)) => self.send_text(reply).await,
             Ok(None) => Ok(()),
             Err(e) => {
-                tracing::debug!(user = %self.user.id, code = e.code(), error = %e, "command refused");
+                tracing::debug!(user = %self.user, code = e.code(), error = %e, "command refused");
                 self.send_text(protocol::error_frame(&e, reference.as_ref()))
                     .await
             }
@@ -336,7 +361,15 @@ impl Session {
     ) -> Result<Option<String>, ApiError> {
         match command {
             Command::SendMessage(send) => {
-                let sent = chat::prepare(&self.state, &self.user, send).await?;
+                // Looked up per send (a cache hit), so a new display name
+                // shows on the next message.
+                let sender = self
+                    .state
+                    .directory
+                    .get(self.user)
+                    .await?
+                    .ok_or_else(|| ApiError::Unauthorized("unknown user".into()))?;
+                let sent = chat::prepare(&self.state, &sender, send).await?;
                 let ack = chat::publish(&self.state, &sent).await?;
                 match sent.group_id {
                     Some(group) => tracing::info!(sender = %sent.sender_id, %group,
@@ -351,8 +384,8 @@ impl Session {
                 conversation_id,
                 up_to_seq,
             } => {
-                chat::mark_read(&self.state, self.user.id, conversation_id, up_to_seq).await?;
-                tracing::info!(user = %self.user.id, conversation = %conversation_id, "messages marked as read");
+                chat::mark_read(&self.state, self.user, conversation_id, up_to_seq).await?;
+                tracing::info!(user = %self.user, conversation = %conversation_id, "messages marked as read");
                 Ok(None)
             }
             Command::Ack { cursor } => {
@@ -362,13 +395,20 @@ impl Session {
                         self.last_sent
                     )));
                 }
-                self.state
-                    .cursors
-                    .advance(self.user.id, &self.device, cursor);
+                self.state.cursors.advance(self.user, &self.device, cursor);
                 Ok(None)
             }
             Command::Ping => Ok(Some(protocol::frame("pong", json!({}), reference.as_ref()))),
             Command::JoinGroup => Ok(None),
+            Command::Typing { conversation_id } => {
+                if !self.typing.allow() {
+                    return Err(ApiError::RateLimited(
+                        "too many typing signals; slow down".into(),
+                    ));
+                }
+                typing::publish(&self.state, self.user, conversation_id).await?;
+                Ok(None)
+            }
         }
     }
 
@@ -394,7 +434,7 @@ impl Session {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::ClientGone),
             Err(_) => {
-                tracing::warn!(user = %self.user.id, device = %self.device, "slow reader disconnected");
+                tracing::warn!(user = %self.user, device = %self.device, "slow reader disconnected");
                 Err(End::Close(close_code::POLICY, "slow reader"))
             }
         }
@@ -403,7 +443,7 @@ impl Session {
     fn read_failed(&self, e: axum::Error) -> End {
         let text = e.to_string();
         if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
-            tracing::warn!(user = %self.user.id, "frame over the size limit; closing");
+            tracing::warn!(user = %self.user, "frame over the size limit; closing");
             End::Close(close_code::SIZE, "frame too large")
         } else {
             tracing::debug!(error = %text, "socket read failed");

@@ -9,3 +9,4 @@ mod durability;
 mod errors;
 mod groups;
 mod replay;
+mod sessions;

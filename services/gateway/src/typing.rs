@@ -1,0 +1,86 @@
+//! Typing signals: published once on `live.typing.<conversation>` with the
+//! members to tell, and pushed by every gateway to those of them connected
+//! to it. Never stored.
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use bytes::Bytes;
+use futures::StreamExt;
+use natter_core::{ConversationId, UserId, subjects};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Typing {
+    conversation_id: ConversationId,
+    user_id: UserId,
+    recipients: Vec<UserId>,
+}
+
+/// `user` is typing in `conversation` (members only).
+pub async fn publish(
+    state: &AppState,
+    user: UserId,
+    conversation: ConversationId,
+) -> Result<(), ApiError> {
+    let members: Vec<Uuid> =
+        sqlx::query_scalar("SELECT user_id FROM conversation_members WHERE conversation_id = $1")
+            .bind(conversation.0)
+            .fetch_all(&state.pool)
+            .await?;
+    if !members.contains(&user.0) {
+        return Err(ApiError::NotFound(format!(
+            "conversation {conversation} not found"
+        )));
+    }
+    let signal = Typing {
+        conversation_id: conversation,
+        user_id: user,
+        recipients: members
+            .into_iter()
+            .map(UserId)
+            .filter(|m| *m != user)
+            .collect(),
+    };
+    let payload = serde_json::to_vec(&signal).map_err(ApiError::internal)?;
+    state
+        .nats
+        .publish(subjects::typing(conversation), Bytes::from(payload))
+        .await
+        .map_err(|_| ApiError::Unavailable("typing signal not sent".into()))
+}
+
+/// Pushes typing signals to this gateway's sessions until `shutdown`.
+pub async fn run(state: AppState, shutdown: CancellationToken) {
+    let mut subscription = match state.nats.subscribe(subjects::TYPING_ALL).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot subscribe to typing signals");
+            return;
+        }
+    };
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            message = subscription.next() => match message {
+                Some(message) => message,
+                None => return,
+            },
+        };
+        let Ok(signal) = serde_json::from_slice::<Typing>(&message.payload) else {
+            continue;
+        };
+        let frame: Arc<str> = crate::ws::protocol::frame(
+            "typing",
+            serde_json::json!({"conversationId": signal.conversation_id, "userId": signal.user_id}),
+            None,
+        )
+        .into();
+        for recipient in signal.recipients {
+            state.hub.push_frame(recipient, frame.clone()).await;
+        }
+    }
+}
