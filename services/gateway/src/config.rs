@@ -48,6 +48,16 @@ pub struct Config {
     /// Sends one connection may have awaiting their JetStream ack.
     #[arg(long, env = "SESSION_MAX_INFLIGHT", default_value_t = 256)]
     pub session_max_inflight: usize,
+    /// Seconds a connection's presence outlives its gateway's last heartbeat.
+    #[arg(long, env = "PRESENCE_TTL_SECS", default_value_t = 30)]
+    pub presence_ttl_secs: u64,
+    /// Usernames allowed to see `/debug/active-users`.
+    #[arg(long, env = "ADMIN_USERS", value_delimiter = ',')]
+    pub admin_users: Vec<String>,
+    /// Seconds between server pings; a client silent for two of them is
+    /// gone (a dead network sends no close).
+    #[arg(long, env = "WS_PING_SECS", default_value_t = 20)]
+    pub ws_ping_secs: u64,
     /// Seconds a socket write may block before the reader counts as too slow.
     #[arg(long, env = "SLOW_READER_SECS", default_value_t = 10)]
     pub slow_reader_secs: u64,
@@ -56,6 +66,14 @@ pub struct Config {
 impl Config {
     pub fn token_ttl(&self) -> Duration {
         Duration::from_secs(self.token_ttl_secs)
+    }
+
+    pub fn presence_ttl(&self) -> Duration {
+        Duration::from_secs(self.presence_ttl_secs.max(1))
+    }
+
+    pub fn ws_ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ws_ping_secs.max(1))
     }
 
     pub fn slow_reader_timeout(&self) -> Duration {

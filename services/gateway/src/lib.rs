@@ -11,6 +11,7 @@
 //! - [`delivery`]: live subscriptions, log replay, device cursors.
 //! - [`control`]: cross-gateway session control (device replacement, profile changes).
 //! - [`revocation`]: logged-out tokens, cluster-wide.
+//! - [`presence`]: who is online, cluster-wide.
 //! - [`typing`]: typing signals over core NATS.
 //! - [`http`]: the REST routers; [`ws`]: the WebSocket protocol and sessions.
 
@@ -23,6 +24,7 @@ pub mod directory;
 pub mod error;
 pub mod groups;
 pub mod http;
+pub mod presence;
 pub mod revocation;
 pub mod state;
 pub mod typing;
@@ -70,6 +72,7 @@ pub async fn run(
     }
     let revocations =
         revocation::Revocations::open(&js, config.token_ttl(), settings.replicas).await?;
+    let presence = presence::Presence::open(&js, config.presence_ttl(), settings.replicas).await?;
     let chat = js.get_stream(subjects::CHAT_STREAM).await?;
     let delivery = js.get_stream(subjects::DELIVERY_STREAM).await?;
 
@@ -85,12 +88,14 @@ pub async fn run(
         delivery,
         tokens,
         revocations,
+        presence,
         gateway_id: uuid::Uuid::now_v7(),
         shutdown: shutdown.clone(),
     });
     revocation::follow(state.clone(), shutdown.clone()).await?;
     tokio::spawn(control::run(state.clone(), shutdown.clone()));
     tokio::spawn(typing::run(state.clone(), shutdown.clone()));
+    let presence_task = tokio::spawn(presence::run(state.clone(), shutdown.clone()));
 
     let writer_state = state.clone();
     let writer_shutdown = shutdown.clone();
@@ -120,6 +125,7 @@ pub async fn run(
         .await?;
     shutdown.cancel();
     let _ = cursor_writer.await;
+    let _ = presence_task.await;
     nats.flush().await.ok();
     pool.close().await;
     Ok(())

@@ -4,6 +4,7 @@ use crate::auth::TokenKeys;
 use crate::config::Config;
 use crate::delivery::{CursorStore, Hub};
 use crate::directory::Directory;
+use crate::presence::Presence;
 use crate::revocation::Revocations;
 use async_nats::jetstream;
 use sqlx::PgPool;
@@ -25,6 +26,7 @@ pub struct Inner {
     pub hub: Hub,
     pub cursors: CursorStore,
     pub revocations: Revocations,
+    pub presence: Presence,
     /// This gateway's name among its peers.
     pub gateway_id: uuid::Uuid,
     pub shutdown: CancellationToken,

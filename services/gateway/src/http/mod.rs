@@ -3,6 +3,7 @@
 
 mod auth;
 mod conversations;
+mod debug;
 mod groups;
 mod health;
 mod messages;
@@ -30,6 +31,7 @@ pub fn router(state: AppState) -> Router {
         .merge(conversations::router())
         .merge(messages::router())
         .merge(groups::router())
+        .merge(debug::router())
         .merge(health::router())
         .route("/ws", axum::routing::get(crate::ws::session::upgrade))
         .layer(cors)

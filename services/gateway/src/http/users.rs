@@ -102,7 +102,7 @@ async fn users(State(state): State<AppState>, caller: AuthUser) -> Result<Json<V
                 "id": row.id,
                 "username": row.username,
                 "displayName": row.display_name,
-                "online": false,
+                "online": state.presence.is_online(UserId(row.id)),
                 "conversationId": ConversationId::direct(caller.id, UserId(row.id)),
                 "unreadCount": row.unread_count.unwrap_or(0),
                 "lastMessage": row.last_message.map(|SqlJson(m)| m),

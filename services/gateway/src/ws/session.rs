@@ -147,6 +147,10 @@ async fn run(state: AppState, socket: WebSocket, user: UserId, device: DeviceId,
         },
     )
     .await;
+    let presence_key = state
+        .presence
+        .connected(user, device.clone(), state.gateway_id, session_id)
+        .await;
     let mut session = Session {
         state: state.clone(),
         user,
@@ -158,6 +162,7 @@ async fn run(state: AppState, socket: WebSocket, user: UserId, device: DeviceId,
     tracing::info!(user = %session.user, device = %session.device, "[CONNECTION] user connected");
     let end = session.serve(&mut stream, attachment).await;
     state.hub.detach(user, session_id).await;
+    state.presence.disconnected(&presence_key).await;
     if let Err(e) = state.cursors.flush().await {
         tracing::warn!(error = %e, "cursor write at disconnect failed; will retry");
     }
@@ -186,11 +191,26 @@ impl Session {
         let max_inflight = self.state.config.session_max_inflight.max(1);
         let shutdown = self.state.shutdown.clone();
         let mut inflight: FuturesOrdered<Ack> = FuturesOrdered::new();
+        let ping_every = self.state.config.ws_ping_interval();
+        let mut keepalive =
+            tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+        let mut last_heard = tokio::time::Instant::now();
         loop {
             let step = tokio::select! {
                 _ = shutdown.cancelled() => Err(End::Close(close_code::AWAY, "server shutting down")),
+                _ = keepalive.tick() => {
+                    if last_heard.elapsed() > ping_every * 2 {
+                        tracing::info!(user = %self.user, device = %self.device, "client silent; connection dropped");
+                        Err(End::ClientGone)
+                    } else {
+                        self.send(WsMessage::Ping(Default::default())).await
+                    }
+                }
                 frame = stream.next(), if inflight.len() < max_inflight => match frame {
-                    Some(Ok(frame)) => self.on_frame(frame, &mut inflight).await,
+                    Some(Ok(frame)) => {
+                        last_heard = tokio::time::Instant::now();
+                        self.on_frame(frame, &mut inflight).await
+                    }
                     Some(Err(e)) => Err(self.read_failed(e)),
                     None => Err(End::ClientGone),
                 },
@@ -429,7 +449,11 @@ impl Session {
     }
 
     async fn send_text(&mut self, text: String) -> Result<(), End> {
-        let write = self.sink.send(WsMessage::Text(text.into()));
+        self.send(WsMessage::Text(text.into())).await
+    }
+
+    async fn send(&mut self, message: WsMessage) -> Result<(), End> {
+        let write = self.sink.send(message);
         match tokio::time::timeout(self.state.config.slow_reader_timeout(), write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::ClientGone),

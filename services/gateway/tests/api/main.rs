@@ -8,5 +8,6 @@ mod direct_messages;
 mod durability;
 mod errors;
 mod groups;
+mod presence;
 mod replay;
 mod sessions;

@@ -1,0 +1,277 @@
+//! Who is online, cluster-wide: a JetStream KV bucket with a key per
+//! connection (`<user>.<gateway>.<session>`), refreshed by a heartbeat and
+//! expiring after the TTL, so a crashed gateway's users go offline by
+//! themselves (the bucket places delete markers on expiry). Every gateway
+//! follows the bucket into a local view, which answers `online`, and tells
+//! its connected users when one of their contacts comes or goes.
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use chrono::{DateTime, SubsecRound, Utc};
+use futures::StreamExt;
+use natter_core::{DeviceId, UserId, subjects};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// One live connection, as stored under its key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Connection {
+    pub user_id: UserId,
+    pub device_id: DeviceId,
+    pub gateway: Uuid,
+    pub connected_at: DateTime<Utc>,
+}
+
+#[derive(Default)]
+struct UserView {
+    connections: HashMap<String, Connection>,
+    last_seen: Option<DateTime<Utc>>,
+}
+
+pub struct Presence {
+    store: kv::Store,
+    ttl: Duration,
+    /// The cluster as this gateway last heard it.
+    view: RwLock<HashMap<UserId, UserView>>,
+    /// This gateway's own keys, re-put by the heartbeat.
+    own: Mutex<HashMap<String, Bytes>>,
+}
+
+/// A user's presence, for lists and the admin view.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActiveUser {
+    pub user_id: UserId,
+    pub connections: usize,
+    pub gateways: Vec<Uuid>,
+}
+
+impl Presence {
+    pub async fn open(
+        js: &jetstream::Context,
+        ttl: Duration,
+        replicas: usize,
+    ) -> Result<Self, ApiError> {
+        let store = js
+            .create_or_update_key_value(kv::Config {
+                bucket: subjects::PRESENCE_BUCKET.to_owned(),
+                history: 1,
+                max_age: ttl,
+                // Expiry leaves a delete marker, which is how watchers learn
+                // of a connection whose gateway died.
+                limit_markers: Some(ttl),
+                storage: jetstream::stream::StorageType::Memory,
+                num_replicas: replicas.max(1),
+                ..Default::default()
+            })
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(Self {
+            store,
+            ttl,
+            view: RwLock::new(HashMap::new()),
+            own: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn key(user: UserId, gateway: Uuid, session: u64) -> String {
+        format!("{}.{}.{session}", user.0.simple(), gateway.simple())
+    }
+
+    /// Records a connection of this gateway; its key is returned for
+    /// [`Presence::disconnected`].
+    pub async fn connected(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        gateway: Uuid,
+        session: u64,
+    ) -> String {
+        let key = Self::key(user, gateway, session);
+        let connection = Connection {
+            user_id: user,
+            device_id: device,
+            gateway,
+            connected_at: Utc::now().trunc_subsecs(3),
+        };
+        let value = Bytes::from(serde_json::to_vec(&connection).unwrap_or_default());
+        if let Ok(mut own) = self.own.lock() {
+            own.insert(key.clone(), value.clone());
+        }
+        if let Err(e) = self.store.put(&key, value).await {
+            tracing::warn!(error = %e, %user, "presence not recorded; the heartbeat retries");
+        }
+        key
+    }
+
+    pub async fn disconnected(&self, key: &str) {
+        if let Ok(mut own) = self.own.lock() {
+            own.remove(key);
+        }
+        if let Err(e) = self.store.delete(key).await {
+            tracing::warn!(error = %e, "presence not cleared; it expires with the TTL");
+        }
+    }
+
+    pub fn is_online(&self, user: UserId) -> bool {
+        self.view
+            .read()
+            .map(|v| v.get(&user).is_some_and(|u| !u.connections.is_empty()))
+            .unwrap_or(false)
+    }
+
+    /// Everyone connected anywhere, with their connection counts.
+    pub fn active_users(&self) -> Vec<ActiveUser> {
+        let Ok(view) = self.view.read() else {
+            return Vec::new();
+        };
+        let mut users: Vec<ActiveUser> = view
+            .iter()
+            .filter(|(_, u)| !u.connections.is_empty())
+            .map(|(id, u)| {
+                let gateways: HashSet<Uuid> = u.connections.values().map(|c| c.gateway).collect();
+                let mut gateways: Vec<Uuid> = gateways.into_iter().collect();
+                gateways.sort();
+                ActiveUser {
+                    user_id: *id,
+                    connections: u.connections.len(),
+                    gateways,
+                }
+            })
+            .collect();
+        users.sort_by_key(|u| u.user_id);
+        users
+    }
+
+    /// Applies one bucket entry; `Some((user, online, at))` when the user's
+    /// online state flipped.
+    fn apply(&self, entry: &kv::Entry) -> Option<(UserId, bool, DateTime<Utc>)> {
+        let user: UserId = entry
+            .key
+            .split('.')
+            .next()
+            .and_then(|raw| Uuid::parse_str(raw).ok())
+            .map(UserId)?;
+        let mut view = self.view.write().ok()?;
+        let state = view.entry(user).or_default();
+        let was_online = !state.connections.is_empty();
+        let now = Utc::now().trunc_subsecs(3);
+        match entry.operation {
+            kv::Operation::Put => {
+                let connection: Connection = serde_json::from_slice(&entry.value).ok()?;
+                state.connections.insert(entry.key.clone(), connection);
+            }
+            kv::Operation::Delete | kv::Operation::Purge => {
+                state.connections.remove(&entry.key);
+            }
+        }
+        state.last_seen = Some(now);
+        let online = !state.connections.is_empty();
+        (online != was_online).then_some((user, online, now))
+    }
+}
+
+/// Follows the bucket, tells contacts of changes, and beats the heart of
+/// this gateway's keys, until `shutdown`; then removes this gateway's keys.
+pub async fn run(state: AppState, shutdown: CancellationToken) {
+    let mut watch = match state.presence.store.watch_all().await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot follow presence");
+            return;
+        }
+    };
+    let mut heartbeat =
+        tokio::time::interval((state.presence.ttl / 3).max(Duration::from_millis(200)));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = heartbeat.tick() => beat(&state).await,
+            entry = watch.next() => match entry {
+                Some(Ok(entry)) => {
+                    if let Some((user, online, at)) = state.presence.apply(&entry)
+                        && entry.seen_current
+                    {
+                        tracing::info!(%user, online, "presence changed");
+                        tell_contacts(&state, user, online, at).await;
+                    }
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "presence watch error"),
+                None => break,
+            },
+        }
+    }
+    let keys: Vec<String> = state
+        .presence
+        .own
+        .lock()
+        .map(|own| own.keys().cloned().collect())
+        .unwrap_or_default();
+    for key in keys {
+        state.presence.disconnected(&key).await;
+    }
+}
+
+async fn beat(state: &AppState) {
+    let own: Vec<(String, Bytes)> = state
+        .presence
+        .own
+        .lock()
+        .map(|own| own.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    for (key, value) in own {
+        if let Err(e) = state.presence.store.put(&key, value).await {
+            tracing::warn!(error = %e, "presence heartbeat failed");
+            return;
+        }
+    }
+}
+
+/// Pushes `presence` to this gateway's users who share a conversation with
+/// `user`.
+async fn tell_contacts(state: &AppState, user: UserId, online: bool, at: DateTime<Utc>) {
+    let local: Vec<Uuid> = state
+        .hub
+        .local_users()
+        .await
+        .into_iter()
+        .map(|u| u.0)
+        .collect();
+    if local.is_empty() {
+        return;
+    }
+    let contacts: Result<Vec<Uuid>, sqlx::Error> = sqlx::query_scalar(
+        "SELECT DISTINCT other.user_id
+         FROM conversation_members me
+         JOIN conversation_members other ON other.conversation_id = me.conversation_id
+         WHERE me.user_id = $1 AND other.user_id = ANY($2) AND other.user_id <> $1",
+    )
+    .bind(user.0)
+    .bind(&local)
+    .fetch_all(&state.pool)
+    .await;
+    let contacts = match contacts {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look up contacts for a presence change");
+            return;
+        }
+    };
+    let frame: Arc<str> = crate::ws::protocol::frame(
+        "presence",
+        json!({"userId": user, "online": online, "lastSeen": at}),
+        None,
+    )
+    .into();
+    for contact in contacts {
+        state.hub.push_frame(UserId(contact), frame.clone()).await;
+    }
+}
