@@ -88,7 +88,7 @@ pub async fn project_group_event(
             .bind(seq)
             .execute(&mut *tx)
             .await?;
-            add_members(tx, e.group_id, &e.member_ids, seq).await?;
+            add_members(tx, e.group_id, &e.member_ids, seq, e.at).await?;
             (
                 e.group_id,
                 GroupChange::Created {
@@ -102,7 +102,7 @@ pub async fn project_group_event(
                 tracing::warn!(chat_seq = seq, group = %e.group_id, "members added to an unknown group ignored");
                 return Ok(());
             }
-            add_members(tx, e.group_id, &e.user_ids, seq).await?;
+            add_members(tx, e.group_id, &e.user_ids, seq, e.at).await?;
             (
                 e.group_id,
                 GroupChange::MembersAdded {
@@ -160,21 +160,24 @@ pub async fn project_group_event(
     Ok(())
 }
 
+/// New members see the group as active from when they joined.
 async fn add_members(
     tx: &mut PgConnection,
     group: GroupId,
     users: &[UserId],
     seq: i64,
+    at: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), ProjectionError> {
     let ids: Vec<Uuid> = users.iter().map(|u| u.0).collect();
     sqlx::query(
-        "INSERT INTO conversation_members (conversation_id, user_id, joined_seq)
-         SELECT $1, user_id, $3 FROM UNNEST($2::uuid[]) AS t(user_id)
+        "INSERT INTO conversation_members (conversation_id, user_id, joined_seq, last_activity_at)
+         SELECT $1, user_id, $3, $4 FROM UNNEST($2::uuid[]) AS t(user_id)
          ON CONFLICT DO NOTHING",
     )
     .bind(group.0)
     .bind(&ids)
     .bind(seq)
+    .bind(at)
     .execute(&mut *tx)
     .await?;
     Ok(())

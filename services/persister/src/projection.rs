@@ -256,6 +256,17 @@ async fn project_messages(
         .await?;
     }
 
+    // Every member's copy of the conversation's latest activity.
+    sqlx::query(
+        "UPDATE conversation_members m SET last_activity_at = GREATEST(m.last_activity_at, t.at)
+         FROM UNNEST($1::uuid[], $2::timestamptz[]) AS t(conversation_id, at)
+         WHERE m.conversation_id = t.conversation_id",
+    )
+    .bind(&ids)
+    .bind(&last_ats)
+    .execute(&mut *tx)
+    .await?;
+
     let n = messages.len();
     let mut id = Vec::with_capacity(n);
     let mut conversation = Vec::with_capacity(n);

@@ -65,29 +65,62 @@ struct ConversationRow {
     last_message: Option<SqlJson<Message>>,
 }
 
-/// Every conversation of the caller, direct and group, newest activity
-/// first. The plan walks the caller's memberships by index and touches one
-/// conversation row, at most one peer and one message per conversation.
-async fn list(State(state): State<AppState>, caller: AuthUser) -> Result<Json<Value>, ApiError> {
+/// Conversations one page lists by default, and at most.
+const DEFAULT_CONVERSATIONS: i64 = 200;
+const MAX_CONVERSATIONS: i64 = 1000;
+
+#[derive(Deserialize)]
+struct ConversationPage {
+    /// Only conversations whose last activity is older (the previous page's
+    /// last `lastActivityAt`).
+    before: Option<DateTime<Utc>>,
+    limit: Option<i64>,
+}
+
+/// The caller's conversations, direct and group, newest activity first
+/// (`?limit=`, default 200, at most 1000; `?before=` for the next page). The plan is an index
+/// range scan on the caller's memberships by activity, then one conversation
+/// row, at most one peer and one message per listed conversation.
+async fn list(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Query(page): Query<ConversationPage>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = page.limit.unwrap_or(DEFAULT_CONVERSATIONS);
+    if !(1..=MAX_CONVERSATIONS).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1 to {MAX_CONVERSATIONS}"
+        )));
+    }
+    // The caller's page comes first, straight off the member index; peers
+    // and last messages are looked up for that page only.
     let sql = format!(
-        "SELECT c.id, c.kind, c.name, c.last_activity_at, me.unread_count, me.last_read_seq,
+        "WITH mine AS (
+             SELECT me.conversation_id, me.unread_count, me.last_read_seq, me.last_activity_at
+             FROM conversation_members me
+             WHERE me.user_id = $1 AND ($2::timestamptz IS NULL OR me.last_activity_at < $2)
+             ORDER BY me.last_activity_at DESC, me.conversation_id
+             LIMIT $3
+         )
+         SELECT c.id, c.kind, c.name, mine.last_activity_at, mine.unread_count, mine.last_read_seq,
                 peer.user_id AS peer_id, pu.username AS peer_username,
                 pu.display_name AS peer_display_name, {MESSAGE_JSON} AS last_message
-         FROM conversation_members me
-         JOIN conversations c ON c.id = me.conversation_id
+         FROM mine
+         JOIN conversations c ON c.id = mine.conversation_id
          LEFT JOIN LATERAL (
              SELECT o.user_id FROM conversation_members o
-             WHERE c.kind = 'direct' AND o.conversation_id = c.id AND o.user_id <> me.user_id
+             WHERE c.kind = 'direct' AND o.conversation_id = c.id AND o.user_id <> $1
              LIMIT 1
          ) peer ON true
          LEFT JOIN users pu ON pu.id = peer.user_id
          LEFT JOIN messages m ON m.conversation_id = c.id AND m.seq = c.last_seq
          LEFT JOIN users s ON s.id = m.sender_id
-         WHERE me.user_id = $1
-         ORDER BY c.last_activity_at DESC, c.id"
+         ORDER BY mine.last_activity_at DESC, c.id"
     );
     let rows: Vec<ConversationRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(caller.id.0)
+        .bind(page.before)
+        .bind(limit)
         .fetch_all(&state.pool)
         .await?;
     let conversations: Vec<Value> = rows

@@ -421,6 +421,34 @@ async fn conversations_list_both_kinds_newest_first() {
     assert_eq!(direct_entry["peer"]["id"], three.id.to_string());
     assert_eq!(direct_entry["lastMessage"]["content"], "Hello User3");
 
+    // Pages: the newest first, then what is older than the page's last.
+    let (status, first) = app
+        .get("/api/conversations?limit=2", Some(&one.token))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(first.as_array().unwrap().len(), 2);
+    let before = first[1]["lastActivityAt"]
+        .as_str()
+        .unwrap()
+        .replace('+', "%2B");
+    let (_, rest) = app
+        .get(
+            &format!("/api/conversations?limit=2&before={before}"),
+            Some(&one.token),
+        )
+        .await;
+    let rest: Vec<&str> = rest
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(rest, [conv_two.as_str()]);
+    let (status, _) = app
+        .get("/api/conversations?limit=0", Some(&one.token))
+        .await;
+    assert_eq!(status, 400);
+
     // Histories stay apart.
     for (conversation, content) in [
         (&conv_two, "Hello User2"),
