@@ -336,6 +336,9 @@ async fn non_members_and_removed_members_learn_nothing() {
             s.send_ref("mark_read", json!({"conversationId": conversation}), "m")
                 .await;
             assert_eq!(s.reply_to("m").await["data"]["code"], "not_found");
+            s.send_ref("typing", json!({"conversationId": conversation}), "t")
+                .await;
+            assert_eq!(s.reply_to("t").await["data"]["code"], "not_found");
         }
         let (_, list) = app.get("/api/conversations", token).await;
         assert!(
