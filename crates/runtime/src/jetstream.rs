@@ -137,3 +137,33 @@ pub async fn ensure_streams(
         })?;
     Ok(())
 }
+
+/// Hands every message on `subject` (core NATS) to `handle`, in order,
+/// until `shutdown` or the subscription ends.
+pub async fn for_each_message<F, Fut>(
+    client: &async_nats::Client,
+    subject: &'static str,
+    shutdown: tokio_util::sync::CancellationToken,
+    mut handle: F,
+) where
+    F: FnMut(async_nats::Message) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use futures::StreamExt;
+    let mut subscription = match client.subscribe(subject).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, subject, "cannot subscribe");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            message = subscription.next() => match message {
+                Some(message) => handle(message).await,
+                None => return,
+            },
+        }
+    }
+}

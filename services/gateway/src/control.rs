@@ -5,7 +5,6 @@
 use crate::delivery::Closing;
 use crate::state::AppState;
 use bytes::Bytes;
-use futures::StreamExt;
 use natter_core::{DeviceId, UserId, subjects};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -54,44 +53,42 @@ pub async fn announce(state: &AppState, user: UserId, control: &Control) {
 
 /// Applies control messages until `shutdown`.
 pub async fn run(state: AppState, shutdown: CancellationToken) {
-    let mut subscription = match state.nats.subscribe(subjects::CONTROL_ALL).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot subscribe to session control");
-            return;
-        }
+    let nats = state.nats.clone();
+    natter_runtime::jetstream::for_each_message(
+        &nats,
+        subjects::CONTROL_ALL,
+        shutdown,
+        |message| {
+            let state = state.clone();
+            async move { apply(&state, message).await }
+        },
+    )
+    .await;
+}
+
+async fn apply(state: &AppState, message: async_nats::Message) {
+    let Some(user) = message
+        .subject
+        .rsplit('.')
+        .next()
+        .and_then(|raw| raw.parse::<UserId>().ok())
+    else {
+        return;
     };
-    loop {
-        let message = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            message = subscription.next() => match message {
-                Some(message) => message,
-                None => return,
-            },
-        };
-        let Some(user) = message
-            .subject
-            .rsplit('.')
-            .next()
-            .and_then(|raw| raw.parse::<UserId>().ok())
-        else {
-            continue;
-        };
-        match serde_json::from_slice::<Control>(&message.payload) {
-            Ok(Control::DeviceConnected { device_id, session }) => {
-                let own = state.gateway_id.to_string();
-                let replaced = state
-                    .hub
-                    .close_sessions(user, REPLACED, |info| {
-                        info.device == device_id && format!("{own}:{}", info.id) != session
-                    })
-                    .await;
-                if replaced > 0 {
-                    tracing::info!(%user, device = %device_id, "older connection of the device replaced");
-                }
+    match serde_json::from_slice::<Control>(&message.payload) {
+        Ok(Control::DeviceConnected { device_id, session }) => {
+            let own = state.gateway_id.to_string();
+            let replaced = state
+                .hub
+                .close_sessions(user, REPLACED, |info| {
+                    info.device == device_id && format!("{own}:{}", info.id) != session
+                })
+                .await;
+            if replaced > 0 {
+                tracing::info!(%user, device = %device_id, "older connection of the device replaced");
             }
-            Ok(Control::ProfileChanged) => state.directory.forget(user),
-            Err(e) => tracing::warn!(error = %e, "unreadable control message ignored"),
         }
+        Ok(Control::ProfileChanged) => state.directory.forget(user),
+        Err(e) => tracing::warn!(error = %e, "unreadable control message ignored"),
     }
 }

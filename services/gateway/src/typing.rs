@@ -5,7 +5,6 @@
 use crate::error::ApiError;
 use crate::state::AppState;
 use bytes::Bytes;
-use futures::StreamExt;
 use natter_core::{ConversationId, UserId, subjects};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -55,32 +54,25 @@ pub async fn publish(
 
 /// Pushes typing signals to this gateway's sessions until `shutdown`.
 pub async fn run(state: AppState, shutdown: CancellationToken) {
-    let mut subscription = match state.nats.subscribe(subjects::TYPING_ALL).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot subscribe to typing signals");
-            return;
-        }
+    let nats = state.nats.clone();
+    natter_runtime::jetstream::for_each_message(&nats, subjects::TYPING_ALL, shutdown, |message| {
+        let state = state.clone();
+        async move { deliver(&state, message).await }
+    })
+    .await;
+}
+
+async fn deliver(state: &AppState, message: async_nats::Message) {
+    let Ok(signal) = serde_json::from_slice::<Typing>(&message.payload) else {
+        return;
     };
-    loop {
-        let message = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            message = subscription.next() => match message {
-                Some(message) => message,
-                None => return,
-            },
-        };
-        let Ok(signal) = serde_json::from_slice::<Typing>(&message.payload) else {
-            continue;
-        };
-        let frame: Arc<str> = crate::ws::protocol::frame(
-            "typing",
-            serde_json::json!({"conversationId": signal.conversation_id, "userId": signal.user_id}),
-            None,
-        )
-        .into();
-        for recipient in signal.recipients {
-            state.hub.push_frame(recipient, frame.clone()).await;
-        }
+    let frame: Arc<str> = crate::ws::protocol::frame(
+        "typing",
+        serde_json::json!({"conversationId": signal.conversation_id, "userId": signal.user_id}),
+        None,
+    )
+    .into();
+    for recipient in signal.recipients {
+        state.hub.push_frame(recipient, frame.clone()).await;
     }
 }
