@@ -36,6 +36,8 @@ const MAX_WRITE_BUFFER: usize = 256 * 1024;
 /// Typing signals a connection may send per second, and in a burst.
 const TYPING_RATE: f64 = 2.0;
 const TYPING_BURST: f64 = 5.0;
+/// A connection may send this many seconds' worth of its rate at once.
+const SEND_BURST_SECONDS: f64 = 2.0;
 
 #[derive(Debug, Deserialize)]
 pub struct Params {
@@ -111,6 +113,8 @@ struct Session {
     device: DeviceId,
     /// Typing signals allowed per second (and burst).
     typing: Throttle,
+    /// Sends allowed per second (and burst).
+    sends: Throttle,
     sink: SplitSink<WebSocket, WsMessage>,
     /// The highest `DELIVERY` sequence written to this socket (or the
     /// device's cursor before anything was).
@@ -156,6 +160,10 @@ async fn run(state: AppState, socket: WebSocket, user: UserId, device: DeviceId,
         user,
         device,
         typing: Throttle::new(TYPING_RATE, TYPING_BURST),
+        sends: Throttle::new(
+            state.config.send_rate_per_sec,
+            state.config.send_rate_per_sec * SEND_BURST_SECONDS,
+        ),
         sink,
         last_sent: 0,
     };
@@ -167,7 +175,12 @@ async fn run(state: AppState, socket: WebSocket, user: UserId, device: DeviceId,
         tracing::warn!(error = %e, "cursor write at disconnect failed; will retry");
     }
     if let End::Close(code, reason) = end {
-        let _ = session.sink.send(close(code, reason)).await;
+        // Bounded: a reader that stopped reading would hold the task forever.
+        let _ = tokio::time::timeout(
+            state.config.slow_reader_timeout(),
+            session.sink.send(close(code, reason)),
+        )
+        .await;
     }
     tracing::info!(user = %session.user, device = %session.device, "[DISCONNECT] user disconnected");
 }
@@ -381,6 +394,9 @@ impl Session {
     ) -> Result<Option<String>, ApiError> {
         match command {
             Command::SendMessage(send) => {
+                if !self.sends.allow() {
+                    return Err(ApiError::RateLimited("too many messages; slow down".into()));
+                }
                 // Looked up per send (a cache hit), so a new display name
                 // shows on the next message.
                 let sender = self

@@ -182,3 +182,78 @@ async fn rest_send_validates_like_the_socket() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "bad_request");
 }
+
+#[tokio::test]
+async fn a_connection_sending_too_fast_is_rate_limited_not_closed() {
+    let app = TestApp::spawn_with(natter_testkit::TestOptions {
+        gateway_args: vec!["--send-rate-per-sec".into(), "5".into()],
+        ..natter_testkit::TestOptions::default()
+    })
+    .await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let mut a = app.connect(&alice, "d").await;
+    for i in 0..30 {
+        a.send_ref(
+            "send_direct_message",
+            json!({"receiverId": bob.id.to_string(), "content": format!("m{i}")}),
+            &format!("r{i}"),
+        )
+        .await;
+    }
+    let mut accepted = 0;
+    let mut limited = 0;
+    for i in 0..30 {
+        let reply = a.reply_to(&format!("r{i}")).await;
+        match reply["event"].as_str() {
+            Some("message_sent") => accepted += 1,
+            _ if reply["data"]["code"] == "rate_limited" => limited += 1,
+            _ => panic!("{reply}"),
+        }
+    }
+    assert!(
+        limited > 0 && accepted >= 10,
+        "accepted {accepted}, limited {limited}"
+    );
+    a.send_ref("ping", json!({}), "p").await;
+    assert_eq!(a.reply_to("p").await["event"], "pong");
+}
+
+#[tokio::test]
+async fn a_reader_that_stops_reading_is_disconnected() {
+    let app = TestApp::spawn_with(natter_testkit::TestOptions {
+        gateway_args: vec![
+            "--slow-reader-secs".into(),
+            "1".into(),
+            "--session-queue".into(),
+            "8".into(),
+        ],
+        ..natter_testkit::TestOptions::default()
+    })
+    .await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let mut stalled = app.connect(&bob, "phone").await;
+    // About 12 MB for bob, who reads nothing: the socket's buffers fill and
+    // the gateway's writes block. (Sent over REST, so the sender's own
+    // socket is not the one that fills.)
+    let content = "x".repeat(15_000);
+    for chunk in 0..16 {
+        let sends = (0..50).map(|i| {
+            app.post(
+                "/api/messages",
+                Some(&alice.token),
+                json!({"receiverId": bob.id.to_string(), "content": content, "clientMsgId": format!("c{chunk}-{i}")}),
+            )
+        });
+        for (status, body) in futures::future::join_all(sends).await {
+            assert_eq!(status, 202, "{body}");
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    // Reading now drains what was buffered and then finds the socket closed.
+    let closed = stalled.next_event("__closed").await;
+    if let Some(code) = closed["data"]["code"].as_u64() {
+        assert_eq!(code, 1008, "{closed}");
+    }
+}
