@@ -426,11 +426,12 @@ impl CursorStore {
         }
     }
 
-    /// Writes all pending acks in one statement; on failure they stay
-    /// pending for the next flush.
+    /// Writes all pending acks in one statement. They stay pending (and
+    /// visible to [`CursorStore::load`]) until the write has committed, so a
+    /// reconnect racing a flush never sees an older cursor.
     pub async fn flush(&self) -> Result<usize, sqlx::Error> {
         let batch: Vec<((UserId, DeviceId), u64)> = match self.pending.lock() {
-            Ok(mut pending) => pending.drain().collect(),
+            Ok(pending) => pending.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             Err(_) => return Ok(0),
         };
         if batch.is_empty() {
@@ -439,7 +440,7 @@ impl CursorStore {
         let users: Vec<Uuid> = batch.iter().map(|((u, _), _)| u.0).collect();
         let devices: Vec<&str> = batch.iter().map(|((_, d), _)| d.as_str()).collect();
         let seqs: Vec<i64> = batch.iter().map(|(_, s)| *s as i64).collect();
-        let written = sqlx::query(
+        sqlx::query(
             "INSERT INTO device_cursors (user_id, device_id, delivered_seq)
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[])
              ON CONFLICT (user_id, device_id) DO UPDATE
@@ -450,16 +451,16 @@ impl CursorStore {
         .bind(&devices)
         .bind(&seqs)
         .execute(&self.pool)
-        .await;
-        match written {
-            Ok(_) => Ok(batch.len()),
-            Err(e) => {
-                for ((user, device), seq) in batch {
-                    self.advance(user, &device, seq);
+        .await?;
+        if let Ok(mut pending) = self.pending.lock() {
+            for (key, written) in &batch {
+                // An ack that arrived during the write stays for the next flush.
+                if pending.get(key) == Some(written) {
+                    pending.remove(key);
                 }
-                Err(e)
             }
         }
+        Ok(batch.len())
     }
 
     /// Flushes every `interval` until `shutdown`, then once more.
