@@ -226,3 +226,21 @@ impl WsClient {
         drop(self.stream);
     }
 }
+
+/// The `content` of each message frame (`receive_*_message`), in order.
+pub fn contents(frames: &[Value]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|f| {
+            f["data"]["message"]["content"]
+                .as_str()
+                .expect("a message frame")
+                .to_owned()
+        })
+        .collect()
+}
+
+/// `prefix0`, `prefix1`, … `prefix{n-1}`: what a test sent, in order.
+pub fn numbered(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}

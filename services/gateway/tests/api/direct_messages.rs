@@ -1,6 +1,7 @@
 //! Seed test cases 1, 3, 7 and in-order delivery of a burst.
 
 use natter_testkit::TestApp;
+use natter_testkit::ws::{contents, numbered};
 use serde_json::json;
 use std::time::Duration;
 
@@ -161,12 +162,7 @@ async fn burst_of_500_arrives_complete_and_in_seq_order() {
         seqs.windows(2).all(|w| w[0] < w[1]),
         "seq strictly increases"
     );
-    let contents: Vec<String> = received
-        .iter()
-        .map(|f| f["data"]["message"]["content"].as_str().unwrap().to_owned())
-        .collect();
-    let expected: Vec<String> = (0..500).map(|i| format!("m{i}")).collect();
-    assert_eq!(contents, expected);
+    assert_eq!(contents(&received), numbered("m", 500));
     // Every send was confirmed, in order.
     let mut confirmed = 0;
     while confirmed < 500 {

@@ -2,6 +2,7 @@
 //! crashes), persist before deliver, idempotent everywhere.
 
 use natter_persister::FaultHooks;
+use natter_testkit::ws::{contents, numbered};
 use natter_testkit::{TestApp, TestOptions};
 use serde_json::json;
 use std::sync::Arc;
@@ -51,12 +52,7 @@ async fn messages_accepted_while_the_persister_is_down_are_delivered_after() {
 
     app.start_persister(FaultHooks::default()).await;
     let received = b.receive_messages(10).await;
-    let contents: Vec<_> = received
-        .iter()
-        .map(|f| f["data"]["message"]["content"].clone())
-        .collect();
-    let expected: Vec<_> = (0..10).map(|i| json!(format!("m{i}"))).collect();
-    assert_eq!(contents, expected);
+    assert_eq!(contents(&received), numbered("m", 10));
 }
 
 #[tokio::test]
@@ -96,12 +92,7 @@ async fn messages_accepted_during_a_database_outage_are_delivered_once_it_is_bac
 
     app.start_postgres();
     let received = b.receive_messages(5).await;
-    let contents: Vec<_> = received
-        .iter()
-        .map(|f| f["data"]["message"]["content"].clone())
-        .collect();
-    let expected: Vec<_> = (0..5).map(|i| json!(format!("during{i}"))).collect();
-    assert_eq!(contents, expected);
+    assert_eq!(contents(&received), numbered("during", 5));
     let conversation = warm["data"]["message"]["conversationId"].as_str().unwrap();
     assert_eq!(app.history_eventually(&bob, conversation, 6).await.len(), 6);
 }
@@ -267,12 +258,7 @@ async fn a_persister_crash_loses_and_duplicates_nothing() {
         }
     }
     let received = b.receive_messages(200).await;
-    let contents: Vec<_> = received
-        .iter()
-        .map(|f| f["data"]["message"]["content"].clone())
-        .collect();
-    let expected: Vec<_> = (0..200).map(|i| json!(format!("m{i}"))).collect();
-    assert_eq!(contents, expected);
+    assert_eq!(contents(&received), numbered("m", 200));
     assert!(
         b.drain(Duration::from_millis(500))
             .await
@@ -304,10 +290,5 @@ async fn accepted_messages_survive_a_broker_crash_before_they_are_persisted() {
 
     let mut b = app.connect(&bob, "phone").await;
     let received = b.receive_messages(10).await;
-    let contents: Vec<_> = received
-        .iter()
-        .map(|f| f["data"]["message"]["content"].clone())
-        .collect();
-    let expected: Vec<_> = (0..10).map(|i| json!(format!("m{i}"))).collect();
-    assert_eq!(contents, expected);
+    assert_eq!(contents(&received), numbered("m", 10));
 }

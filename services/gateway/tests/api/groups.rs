@@ -34,18 +34,53 @@ fn ids(messages: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// Three users, connected, in a group user1 created.
+struct Trio {
+    one: TestUser,
+    two: TestUser,
+    three: TestUser,
+    a: WsClient,
+    b: WsClient,
+    c: WsClient,
+    group: Value,
+    group_id: String,
+}
+
+async fn trio(app: &TestApp, name: &str) -> Trio {
+    let one = app.signup("user1").await;
+    let two = app.signup("user2").await;
+    let three = app.signup("user3").await;
+    let a = app.connect(&one, "a").await;
+    let b = app.connect(&two, "b").await;
+    let c = app.connect(&three, "c").await;
+    let group = app.create_group(&one, name, &[&two, &three]).await;
+    let group_id = group["id"].as_str().unwrap().to_owned();
+    Trio {
+        one,
+        two,
+        three,
+        a,
+        b,
+        c,
+        group,
+        group_id,
+    }
+}
+
 #[tokio::test]
 async fn group_messages_reach_every_member_once_in_one_order() {
     // Seed test case 4, with three members and two senders.
     let app = TestApp::spawn().await;
-    let one = app.signup("user1").await;
-    let two = app.signup("user2").await;
-    let three = app.signup("user3").await;
-    let mut a = app.connect(&one, "a").await;
-    let mut b = app.connect(&two, "b").await;
-    let mut c = app.connect(&three, "c").await;
-    let group = app.create_group(&one, "TestGroup", &[&two, &three]).await;
-    let group_id = group["id"].as_str().unwrap().to_owned();
+    let Trio {
+        one,
+        two,
+        three,
+        mut a,
+        mut b,
+        mut c,
+        group,
+        group_id,
+    } = trio(&app, "TestGroup").await;
     assert_eq!(group["members"].as_array().unwrap().len(), 3);
     assert_eq!(group["createdBy"], one.id.to_string());
     for client in [&mut a, &mut b, &mut c] {
@@ -129,14 +164,16 @@ async fn group_messages_reach_every_member_once_in_one_order() {
 #[tokio::test]
 async fn group_read_receipts_and_unread_counts() {
     let app = TestApp::spawn().await;
-    let one = app.signup("user1").await;
-    let two = app.signup("user2").await;
-    let three = app.signup("user3").await;
-    let mut a = app.connect(&one, "a").await;
-    let mut b = app.connect(&two, "b").await;
-    let mut c = app.connect(&three, "c").await;
-    let group = app.create_group(&one, "Readers", &[&two, &three]).await;
-    let group_id = group["id"].as_str().unwrap().to_owned();
+    let Trio {
+        one,
+        two,
+        three,
+        mut a,
+        mut b,
+        mut c,
+        group_id,
+        ..
+    } = trio(&app, "Readers").await;
     for i in 0..3 {
         send_group(&mut a, &group_id, &format!("m{i}"), &format!("r{i}")).await;
     }

@@ -2,16 +2,10 @@
 //! in order, once, across dropped connections, gateway restarts and broker
 //! restarts; a cursor older than the log gets `resync_required`.
 
+use natter_testkit::ws::{contents, numbered};
 use natter_testkit::{TestApp, TestOptions, TestUser, WsClient};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::time::Duration;
-
-fn contents(frames: &[Value]) -> Vec<String> {
-    frames
-        .iter()
-        .map(|f| f["data"]["message"]["content"].as_str().unwrap().to_owned())
-        .collect()
-}
 
 async fn send_n(sender: &mut WsClient, receiver: &TestUser, prefix: &str, n: usize) {
     for i in 0..n {
@@ -40,8 +34,7 @@ async fn dropped_connection_gets_missed_messages_in_order_once() {
 
     let mut b = app.connect(&bob, "phone").await;
     let received = b.receive_messages(20).await;
-    let expected: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
-    assert_eq!(contents(&received), expected);
+    assert_eq!(contents(&received), numbered("m", 20));
     let cursors: Vec<u64> = received
         .iter()
         .map(|f| f["cursor"].as_u64().unwrap())
@@ -178,8 +171,7 @@ async fn a_lagging_session_catches_up_from_the_log() {
         .await;
     }
     let received = b.receive_messages(300).await;
-    let expected: Vec<String> = (0..300).map(|i| format!("m{i}")).collect();
-    assert_eq!(contents(&received), expected);
+    assert_eq!(contents(&received), numbered("m", 300));
     let extra = b.drain(Duration::from_millis(300)).await;
     assert!(
         extra.iter().all(|f| f["event"] != "receive_direct_message"),
