@@ -8,6 +8,14 @@ use serde::{Deserialize, Serialize};
 /// The schema version written into every record.
 pub const SCHEMA_VERSION: u16 = 1;
 
+/// The time a record is accepted, at the precision PostgreSQL stores
+/// (microseconds), so the time a sender is told and the time history shows
+/// are the same to the digit.
+pub fn accepted_at() -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    Utc::now().trunc_subsecs(6)
+}
+
 /// One `CHAT` record: a versioned, tagged event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChatRecord {

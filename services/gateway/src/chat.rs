@@ -9,7 +9,6 @@ use async_nats::jetstream::context::{PublishAckFuture, PublishError};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
 use bytes::Bytes;
-use chrono::{SubsecRound, Utc};
 use natter_core::{
     ChatEvent, ChatRecord, ClientMsgId, ConversationId, GroupId, Message, MessageContent,
     MessageId, MessageSent, MessagesRead, UserId, subjects,
@@ -153,8 +152,7 @@ pub async fn prepare(
         group_id,
         content: command.content.into_string(),
         client_msg_id,
-        // PostgreSQL keeps microseconds: so does the wire, from the start.
-        created_at: Utc::now().trunc_subsecs(6),
+        created_at: natter_core::events::accepted_at(),
     })
 }
 
@@ -229,7 +227,7 @@ pub async fn mark_read(
             conversation_id: conversation,
             reader_id: reader,
             up_to_seq,
-            at: Utc::now(),
+            at: natter_core::events::accepted_at(),
         }),
     )
     .await?;

@@ -7,7 +7,6 @@ use crate::chat::{self, parse_uuid};
 use crate::directory::UserRecord;
 use crate::error::ApiError;
 use crate::state::AppState;
-use chrono::{SubsecRound, Utc};
 use natter_core::{
     ChatEvent, Group, GroupCreated, GroupId, GroupName, MemberRemoved, MembersAdded, UserId,
     subjects,
@@ -94,7 +93,7 @@ pub async fn create(
             name: name.into_string(),
             creator_id: creator.id,
             member_ids: members,
-            at: Utc::now().trunc_subsecs(6),
+            at: natter_core::events::accepted_at(),
         }),
     )
     .await?;
@@ -138,7 +137,7 @@ pub async fn add(
             group_id: group,
             actor_id: actor,
             user_ids: users,
-            at: Utc::now().trunc_subsecs(6),
+            at: natter_core::events::accepted_at(),
         }),
     )
     .await?;
@@ -171,7 +170,7 @@ pub async fn remove(
             group_id: group,
             actor_id: actor,
             user_id: user,
-            at: Utc::now().trunc_subsecs(6),
+            at: natter_core::events::accepted_at(),
         }),
     )
     .await?;
