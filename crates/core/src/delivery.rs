@@ -9,6 +9,11 @@ use crate::ids::{ConversationId, GroupId, UserId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+/// The header of a delivery record that carries when its event was accepted
+/// (microseconds since the Unix epoch), so delivery latency is measured
+/// without decoding the record.
+pub const ACCEPTED_AT_HEADER: &str = "Natter-Accepted-At";
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", content = "data", rename_all = "snake_case")]
 pub enum DeliveryEvent {

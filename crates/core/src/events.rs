@@ -44,6 +44,30 @@ pub enum ChatEvent {
 }
 
 impl ChatEvent {
+    /// A short label for metrics and logs: `direct`, `group`, `read`,
+    /// `group_created`, `members_added` or `member_removed`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::MessageSent(m) if m.group_id.is_some() => "group",
+            Self::MessageSent(_) => "direct",
+            Self::MessagesRead(_) => "read",
+            Self::GroupCreated(_) => "group_created",
+            Self::MembersAdded(_) => "members_added",
+            Self::MemberRemoved(_) => "member_removed",
+        }
+    }
+
+    /// When the gateway accepted this event.
+    pub fn at(&self) -> DateTime<Utc> {
+        match self {
+            Self::MessageSent(m) => m.created_at,
+            Self::MessagesRead(r) => r.at,
+            Self::GroupCreated(e) => e.at,
+            Self::MembersAdded(e) => e.at,
+            Self::MemberRemoved(e) => e.at,
+        }
+    }
+
     /// The group whose membership this event changes, if any.
     pub fn changed_group(&self) -> Option<GroupId> {
         match self {

@@ -56,9 +56,42 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// Logs and traces. The `OTEL_*` variables keep their OpenTelemetry meaning.
 #[derive(Args, Clone, Debug)]
-pub struct LogArgs {
+pub struct TelemetryArgs {
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
+    /// OTLP/HTTP collector base URL (e.g. http://127.0.0.1:4318); traces are
+    /// exported to `<endpoint>/v1/traces` when set, and nowhere otherwise.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otel_exporter_otlp_endpoint: Option<String>,
+    /// Which traces to keep. Default: `parentbased_always_on` when exporting,
+    /// `always_off` otherwise (trace ids are still made, propagated and logged).
+    #[arg(long, env = "OTEL_TRACES_SAMPLER", value_enum)]
+    pub otel_traces_sampler: Option<SamplerKind>,
+    /// The ratio for the `*traceidratio` samplers, 0.0–1.0.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG", default_value_t = 1.0)]
+    pub otel_traces_sampler_arg: f64,
+    /// Turns OpenTelemetry off entirely: no spans, no trace ids in logs, no
+    /// `traceparent` headers.
+    #[arg(long, env = "OTEL_SDK_DISABLED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub otel_sdk_disabled: bool,
+}
+
+/// The samplers of the OpenTelemetry specification's `OTEL_TRACES_SAMPLER`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SamplerKind {
+    #[value(name = "always_on")]
+    AlwaysOn,
+    #[value(name = "always_off")]
+    AlwaysOff,
+    #[value(name = "traceidratio")]
+    TraceIdRatio,
+    #[value(name = "parentbased_always_on")]
+    ParentBasedAlwaysOn,
+    #[value(name = "parentbased_always_off")]
+    ParentBasedAlwaysOff,
+    #[value(name = "parentbased_traceidratio")]
+    ParentBasedTraceIdRatio,
 }

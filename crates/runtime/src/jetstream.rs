@@ -70,13 +70,36 @@ pub async fn connect(
     }
     let urls: Vec<&str> = args.nats_url.split(',').map(str::trim).collect();
     let servers: Vec<async_nats::ServerAddr> = urls.iter().filter_map(|u| u.parse().ok()).collect();
+    // async-nats parses `nats://user:password@host` but does not send the
+    // credentials: hand them over (the first URL that has them wins).
+    if let Some((user, password)) = servers
+        .iter()
+        .find_map(|s| Some((s.username()?, s.password().unwrap_or_default())))
+    {
+        options = options.user_and_password(user.to_owned(), password.to_owned());
+    }
     options
         .connect(servers)
         .await
         .map_err(|source| JetStreamError::Connect {
-            url: args.nats_url.clone(),
+            url: redacted(&args.nats_url),
             source,
         })
+}
+
+/// NATS URLs with their passwords blanked, fit for logs and errors.
+pub fn redacted(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let credentials = &url[scheme + 3..at];
+                let user = credentials.split(':').next().unwrap_or_default();
+                format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+            }
+            _ => url.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub fn chat_stream_config(settings: &StreamSettings) -> stream::Config {
@@ -165,5 +188,19 @@ pub async fn for_each_message<F, Fut>(
                 None => return,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_an_error_message() {
+        assert_eq!(
+            redacted("nats://gateway:s3cret@n1:4222, nats://gateway:s3cret@n2:4222"),
+            "nats://gateway:***@n1:4222, nats://gateway:***@n2:4222"
+        );
+        assert_eq!(redacted("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
     }
 }

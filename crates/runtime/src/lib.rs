@@ -1,7 +1,9 @@
 //! What every natter process shares.
 //!
 //! - [`config`]: clap argument groups (each flag also an environment variable).
-//! - [`telemetry`]: the tracing subscriber, built once per process.
+//! - [`telemetry`]: the tracing subscriber (logs and OpenTelemetry spans), built once per process.
+//! - [`trace`]: the W3C `traceparent` carried in NATS headers.
+//! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //! - [`shutdown`]: a cancellation token fired by SIGINT/SIGTERM.
 //! - [`jetstream`]: connecting to NATS and declaring the streams idempotently.
 //! - [`database`]: the PostgreSQL pool and the embedded migrations.
@@ -12,6 +14,8 @@ pub mod config;
 pub mod database;
 pub mod health;
 pub mod jetstream;
+pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;
 pub mod views;

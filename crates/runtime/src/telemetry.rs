@@ -1,30 +1,245 @@
-//! The process-wide tracing subscriber: `RUST_LOG` filtering and JSON or
-//! human-readable lines. Built once, in `main`.
+//! The process-wide tracing subscriber: `RUST_LOG`-filtered log lines (JSON
+//! or human-readable) that carry the OpenTelemetry trace id, and the
+//! OpenTelemetry layer that turns `tracing` spans into exported spans.
+//! Built once, in `main` (or once per test process).
 
-use crate::config::LogFormat;
+use crate::config::{LogFormat, SamplerKind, TelemetryArgs};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use std::sync::OnceLock;
+use std::time::Duration;
+use tracing::dispatcher::WeakDispatch;
+use tracing::{Dispatch, Event, Level, Subscriber};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{EnvFilter, Layer};
 
-/// Installs the global subscriber. `default_filter` applies when `RUST_LOG`
-/// is unset.
-pub fn init(format: LogFormat, default_filter: &str) -> Result<(), TelemetryError> {
+/// The crates whose spans become OpenTelemetry spans, whatever `RUST_LOG`
+/// says: a quiet log must not cut a trace short.
+const TRACED_CRATES: [&str; 3] = ["natter_gateway", "natter_persister", "natter_runtime"];
+
+/// How long an export may take before it is abandoned: exporting must never
+/// hold up the process, and a dead collector must not stall shutdown.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The installed subscriber, for the log formatter to look up the trace id
+/// of the span an event happens in.
+static DISPATCH: OnceLock<WeakDispatch> = OnceLock::new();
+
+/// What `main` keeps until the end: flushes the spans still queued.
+#[must_use = "dropping the guard does not flush; call `shutdown`"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports what is still queued (bounded by the exporter's timeout).
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(e) = provider.shutdown()
+        {
+            tracing::warn!(error = %e, "flushing traces at shutdown failed");
+        }
+    }
+}
+
+/// Installs the global subscriber for `service` from its arguments, logging
+/// to stdout. `default_filter` applies when `RUST_LOG` is unset.
+pub fn init(
+    service: &'static str,
+    args: &TelemetryArgs,
+    default_filter: &str,
+) -> Result<Telemetry, TelemetryError> {
+    let provider = if args.otel_sdk_disabled {
+        None
+    } else {
+        Some(tracer_provider(service, args)?)
+    };
+    install(args.log_format, default_filter, provider, std::io::stdout)
+}
+
+/// The tracer provider the arguments ask for: a batching OTLP/HTTP exporter
+/// (its own thread; a full queue drops spans rather than wait) when an
+/// endpoint is set, no exporter otherwise.
+pub fn tracer_provider(
+    service: &'static str,
+    args: &TelemetryArgs,
+) -> Result<SdkTracerProvider, TelemetryError> {
+    let exporting = args.otel_exporter_otlp_endpoint.is_some();
+    let kind = args.otel_traces_sampler.unwrap_or(if exporting {
+        SamplerKind::ParentBasedAlwaysOn
+    } else {
+        SamplerKind::AlwaysOff
+    });
+    let mut builder = SdkTracerProvider::builder()
+        .with_resource(Resource::builder().with_service_name(service).build())
+        .with_sampler(sampler(kind, args.otel_traces_sampler_arg));
+    if let Some(endpoint) = &args.otel_exporter_otlp_endpoint {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(traces_url(endpoint))
+            .with_timeout(EXPORT_TIMEOUT)
+            .build()
+            .map_err(|e| TelemetryError(format!("cannot build the OTLP exporter: {e}")))?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    Ok(builder.build())
+}
+
+/// The OTLP/HTTP traces URL for a base endpoint, as the specification
+/// derives it from `OTEL_EXPORTER_OTLP_ENDPOINT`.
+fn traces_url(endpoint: &str) -> String {
+    format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+}
+
+fn sampler(kind: SamplerKind, ratio: f64) -> Sampler {
+    let ratio = ratio.clamp(0.0, 1.0);
+    match kind {
+        SamplerKind::AlwaysOn => Sampler::AlwaysOn,
+        SamplerKind::AlwaysOff => Sampler::AlwaysOff,
+        SamplerKind::TraceIdRatio => Sampler::TraceIdRatioBased(ratio),
+        SamplerKind::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        SamplerKind::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        SamplerKind::ParentBasedTraceIdRatio => {
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
+        }
+    }
+}
+
+/// Installs the global subscriber: log lines to `writer`, and spans to
+/// `provider` when there is one. Tests pass an in-memory exporter's provider
+/// and a capturing writer.
+pub fn install<W>(
+    format: LogFormat,
+    default_filter: &str,
+    provider: Option<SdkTracerProvider>,
+    writer: W,
+) -> Result<Telemetry, TelemetryError>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let json = format == LogFormat::Json;
     let fmt = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .with_current_span(true)
+            .fmt_fields(JsonFields::new())
+            .event_format(WithTraceId {
+                inner: tracing_subscriber::fmt::format()
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(false),
+                json,
+            })
+            .with_writer(writer)
+            .with_filter(filter)
             .boxed(),
-        LogFormat::Pretty => tracing_subscriber::fmt::layer().compact().boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .event_format(WithTraceId {
+                inner: tracing_subscriber::fmt::format().compact(),
+                json,
+            })
+            .with_writer(writer)
+            .with_filter(filter)
+            .boxed(),
     };
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .try_init()
-        .map_err(|e| TelemetryError(e.to_string()))
+    let otel = provider.as_ref().map(|provider| {
+        let traced = TRACED_CRATES.iter().fold(Targets::new(), |t, target| {
+            t.with_target(*target, Level::INFO)
+        });
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("natter"))
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+            .with_filter(traced)
+    });
+    let subscriber = tracing_subscriber::registry().with(fmt).with(otel);
+    let dispatch = Dispatch::new(subscriber);
+    let weak = dispatch.downgrade();
+    tracing::dispatcher::set_global_default(dispatch).map_err(|e| TelemetryError(e.to_string()))?;
+    let _ = DISPATCH.set(weak);
+    Ok(Telemetry { provider })
+}
+
+/// The trace id of the span an event happens in, if it belongs to a trace.
+fn trace_id_of(span_id: &tracing::span::Id) -> Option<String> {
+    let dispatch = DISPATCH.get()?.upgrade()?;
+    let cx = tracing_opentelemetry::get_otel_context(span_id, &dispatch)?;
+    let span = cx.span();
+    let context = span.span_context();
+    context.is_valid().then(|| context.trace_id().to_string())
+}
+
+/// A log line formatter that adds `trace_id` to every line written inside a
+/// traced span, so an operator can go from a log line to its trace.
+struct WithTraceId<F> {
+    inner: F,
+    json: bool,
+}
+
+impl<S, N, F> FormatEvent<S, N> for WithTraceId<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        // The event's own parent if it names one, else the current span.
+        let span_id = ctx
+            .event_scope()
+            .and_then(|mut scope| scope.next())
+            .map(|span| span.id());
+        let trace_id = span_id.as_ref().and_then(trace_id_of);
+        let Some(trace_id) = trace_id else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        if !self.json {
+            write!(writer, "trace_id={trace_id} ")?;
+            return self.inner.format_event(ctx, writer, event);
+        }
+        let mut line = String::with_capacity(256);
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
+            Some(rest) => write!(writer, "{{\"trace_id\":\"{trace_id}\",{rest}"),
+            None => writer.write_str(&line),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("could not install the tracing subscriber: {0}")]
+#[error("could not install telemetry: {0}")]
 pub struct TelemetryError(String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traces_url_follows_the_otlp_rule() {
+        assert_eq!(
+            traces_url("http://collector:4318"),
+            "http://collector:4318/v1/traces"
+        );
+        assert_eq!(
+            traces_url("http://collector:4318/"),
+            "http://collector:4318/v1/traces"
+        );
+    }
+
+    #[test]
+    fn ratio_is_clamped() {
+        let s = sampler(SamplerKind::TraceIdRatio, 7.0);
+        assert!(matches!(s, Sampler::TraceIdRatioBased(r) if (r - 1.0).abs() < f64::EPSILON));
+    }
+}

@@ -6,12 +6,15 @@
 //! - [`app`]: a test's own nats-server plus in-process gateway and persister
 //!   on free ports, with handles to stop, crash and restart each part.
 //! - [`ws`]: a WebSocket client speaking protocol v1.
+//! - [`scrape`]: reading `/metrics` to check what moved.
 
 // A test kit's job is to fail the test loudly when the world is not as expected.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod app;
 pub mod database;
+pub mod deploy;
+pub mod scrape;
 pub mod ws;
 
 pub use app::{TestApp, TestOptions, TestUser};

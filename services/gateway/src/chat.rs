@@ -14,6 +14,8 @@ use natter_core::{
     MessageId, MessageSent, MessagesRead, UserId, subjects,
 };
 use serde_json::{Map, Value};
+use std::future::IntoFuture;
+use tracing::Instrument;
 
 /// Where a message goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,20 +158,38 @@ pub async fn prepare(
     })
 }
 
-/// Hands the record to JetStream; the returned future resolves to its ack.
-pub async fn publish(state: &AppState, sent: &MessageSent) -> Result<PublishAckFuture, ApiError> {
+/// A record handed to JetStream, its ack still to come.
+pub struct Pending {
+    ack: PublishAckFuture,
+    /// Open from the publish until the ack: JetStream's share of the time.
+    span: tracing::Span,
+}
+
+impl Pending {
+    pub async fn ack(self) -> Result<PublishAck, PublishError> {
+        self.ack.into_future().instrument(self.span).await
+    }
+}
+
+/// Hands the record to JetStream with the current trace in its
+/// `traceparent` header; the ack comes with [`Pending::ack`].
+pub async fn publish(state: &AppState, sent: &MessageSent) -> Result<Pending, ApiError> {
     let payload = serde_json::to_vec(&ChatRecord::new(ChatEvent::MessageSent(sent.clone())))
         .map_err(ApiError::internal)?;
-    state
+    let span = tracing::info_span!("jetstream.publish", stream = subjects::CHAT_STREAM);
+    let mut message = PublishMessage::build()
+        .payload(Bytes::from(payload))
+        .message_id(sent.id.to_string());
+    if let Some(traceparent) = natter_runtime::trace::traceparent(&span) {
+        message = message.header(natter_runtime::trace::TRACEPARENT, traceparent.as_str());
+    }
+    let ack = state
         .js
-        .send_publish(
-            subjects::chat_message(sent.conversation_id),
-            PublishMessage::build()
-                .payload(Bytes::from(payload))
-                .message_id(sent.id.to_string()),
-        )
+        .send_publish(subjects::chat_message(sent.conversation_id), message)
+        .instrument(span.clone())
         .await
-        .map_err(not_accepted)
+        .map_err(not_accepted)?;
+    Ok(Pending { ack, span })
 }
 
 /// The accepted message once its ack arrived. A duplicate publish (the same
@@ -180,6 +200,11 @@ pub async fn confirm(
     ack: Result<PublishAck, PublishError>,
 ) -> Result<Message, ApiError> {
     let ack = ack.map_err(not_accepted)?;
+    crate::metrics::accepted(if sent.group_id.is_some() {
+        "group"
+    } else {
+        "direct"
+    });
     if !ack.duplicate {
         return Ok(sent.into_message(ack.sequence));
     }
@@ -207,8 +232,12 @@ pub async fn send(
     command: SendMessage,
 ) -> Result<Message, ApiError> {
     let sent = prepare(state, sender, command).await?;
-    let ack = publish(state, &sent).await?;
-    confirm(state, sent, ack.await).await
+    let pending = publish(state, &sent).await?;
+    let span = tracing::Span::current();
+    log_accepted(state, &span, &sent);
+    let message = confirm(state, sent, pending.ack().await).await?;
+    tracing::info!(message_id = %message.id, seq = message.seq, "confirmation sent to sender");
+    Ok(message)
 }
 
 /// Records that `reader` read `conversation` up to `up_to_seq` (default:
@@ -236,13 +265,25 @@ pub async fn mark_read(
 
 /// Appends one event to `CHAT` and waits for its ack: its sequence.
 pub async fn append(state: &AppState, subject: String, event: ChatEvent) -> Result<u64, ApiError> {
+    let kind = event.kind();
     let payload = serde_json::to_vec(&ChatRecord::new(event)).map_err(ApiError::internal)?;
-    let ack = state
-        .js
-        .publish(subject, Bytes::from(payload))
-        .await
-        .map_err(not_accepted)?;
-    Ok(ack.await.map_err(not_accepted)?.sequence)
+    let span = tracing::info_span!("jetstream.publish", stream = subjects::CHAT_STREAM, kind);
+    let mut message = PublishMessage::build().payload(Bytes::from(payload));
+    if let Some(traceparent) = natter_runtime::trace::traceparent(&span) {
+        message = message.header(natter_runtime::trace::TRACEPARENT, traceparent.as_str());
+    }
+    let sequence = async {
+        let ack = state
+            .js
+            .send_publish(subject, message)
+            .await
+            .map_err(not_accepted)?;
+        Ok::<_, ApiError>(ack.await.map_err(not_accepted)?.sequence)
+    }
+    .instrument(span)
+    .await?;
+    crate::metrics::accepted(kind);
+    Ok(sequence)
 }
 
 /// `not_found` unless `user` is a member: a non-member learns nothing, not
@@ -274,6 +315,26 @@ pub async fn is_member(
     .bind(user.0)
     .fetch_one(&state.pool)
     .await?)
+}
+
+/// The seed's message-flow log line for an accepted send: who to whom, and
+/// whether the receiver is online anywhere in the cluster right now.
+pub fn log_accepted(state: &AppState, span: &tracing::Span, sent: &MessageSent) {
+    match (sent.group_id, sent.receiver_id) {
+        (Some(group), _) => tracing::info!(parent: span, sender = %sent.sender_id, %group,
+            message_id = %sent.id, "[GROUP MESSAGE] accepted for publishing"),
+        (None, Some(receiver)) => {
+            let online = state.presence.is_online(receiver);
+            tracing::info!(parent: span, sender = %sent.sender_id, %receiver,
+                receiver_online = online, message_id = %sent.id,
+                "[DIRECT MESSAGE] accepted for publishing");
+            if !online {
+                tracing::info!(parent: span, %receiver, message_id = %sent.id,
+                    "receiver is offline; the message waits in its delivery log");
+            }
+        }
+        (None, None) => {}
+    }
 }
 
 fn not_accepted(e: impl std::fmt::Display) -> ApiError {

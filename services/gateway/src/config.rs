@@ -2,7 +2,7 @@
 //! (DESIGN.md §5) and a flag.
 
 use clap::Parser;
-use natter_runtime::config::{DatabaseArgs, LogArgs, NatsArgs, StreamArgs};
+use natter_runtime::config::{DatabaseArgs, NatsArgs, StreamArgs, TelemetryArgs};
 use std::time::Duration;
 
 #[derive(Parser, Clone, Debug)]
@@ -15,7 +15,7 @@ pub struct Config {
     #[command(flatten)]
     pub streams: StreamArgs,
     #[command(flatten)]
-    pub log: LogArgs,
+    pub telemetry: TelemetryArgs,
     /// HTTP port.
     #[arg(long, env = "PORT", default_value_t = 8000)]
     pub port: u16,

@@ -12,11 +12,13 @@
 use async_nats::HeaderMap;
 use async_nats::jetstream;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use natter_core::delivery::ACCEPTED_AT_HEADER;
 use natter_core::{DeviceId, UserId, subjects};
 use sqlx::PgPool;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
@@ -33,6 +35,26 @@ pub struct Stored {
     /// sent reveals a gap.
     pub last_seq: Option<u64>,
     pub payload: Bytes,
+    /// The `traceparent` of the fan-out that stored it: delivery continues
+    /// the message's trace.
+    pub traceparent: Option<String>,
+    /// When its event was accepted, for the delivery latency.
+    pub accepted_at: Option<DateTime<Utc>>,
+}
+
+impl Stored {
+    fn new(seq: u64, last_seq: Option<u64>, headers: Option<&HeaderMap>, payload: Bytes) -> Self {
+        Self {
+            seq,
+            last_seq,
+            payload,
+            traceparent: natter_runtime::trace::from_headers(headers).map(str::to_owned),
+            accepted_at: headers
+                .and_then(|h| h.get(ACCEPTED_AT_HEADER))
+                .and_then(|v| v.as_str().parse::<i64>().ok())
+                .and_then(DateTime::from_timestamp_micros),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +137,8 @@ impl Feed {
 pub struct Hub {
     nats: async_nats::Client,
     feeds: tokio::sync::Mutex<HashMap<UserId, Arc<Feed>>>,
+    /// How many users `feeds` holds, readable without its lock.
+    users: AtomicUsize,
     next_session: AtomicU64,
     queue: usize,
 }
@@ -124,6 +148,7 @@ impl Hub {
         Self {
             nats,
             feeds: tokio::sync::Mutex::new(HashMap::new()),
+            users: AtomicUsize::new(0),
             next_session: AtomicU64::new(1),
             queue: queue.max(1),
         }
@@ -148,6 +173,7 @@ impl Hub {
             None => {
                 let feed = self.open_feed(user).await?;
                 feeds.insert(user, feed.clone());
+                self.users.store(feeds.len(), Ordering::Relaxed);
                 feed
             }
         };
@@ -188,6 +214,7 @@ impl Hub {
         if empty {
             feed.stop.cancel();
             feeds.remove(&user);
+            self.users.store(feeds.len(), Ordering::Relaxed);
         }
     }
 
@@ -224,6 +251,11 @@ impl Hub {
             closed += 1;
         }
         closed
+    }
+
+    /// How many users have a session here.
+    pub fn user_count(&self) -> usize {
+        self.users.load(Ordering::Relaxed)
     }
 
     /// Users with at least one session here.
@@ -281,11 +313,12 @@ fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
 
 fn live_record(message: &async_nats::Message) -> Option<Stored> {
     let headers = message.headers.as_ref()?;
-    Some(Stored {
-        seq: header_u64(headers, "Nats-Sequence")?,
-        last_seq: header_u64(headers, "Nats-Last-Sequence"),
-        payload: message.payload.clone(),
-    })
+    Some(Stored::new(
+        header_u64(headers, "Nats-Sequence")?,
+        header_u64(headers, "Nats-Last-Sequence"),
+        Some(headers),
+        message.payload.clone(),
+    ))
 }
 
 /// Reads up to `limit` records of `user`'s log with sequence ≥ `from`, in
@@ -329,11 +362,12 @@ pub async fn read_log(
                     .ok_or_else(|| {
                         DeliveryError::Protocol("record without Nats-Sequence".into())
                     })?;
-                records.push(Stored {
+                records.push(Stored::new(
                     seq,
-                    last_seq: None,
-                    payload: message.payload,
-                });
+                    None,
+                    message.headers.as_ref(),
+                    message.payload,
+                ));
                 if records.len() >= limit {
                     break;
                 }

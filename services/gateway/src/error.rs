@@ -79,6 +79,7 @@ impl ApiError {
 
     /// `{"code", "message"}`, the body of REST errors and `error` frames.
     pub fn body(&self) -> serde_json::Value {
+        crate::metrics::error(self.code());
         json!({"code": self.code(), "message": self.public_message()})
     }
 }

@@ -13,6 +13,7 @@
 //! - [`revocation`]: logged-out tokens, cluster-wide.
 //! - [`presence`]: who is online, cluster-wide.
 //! - [`typing`]: typing signals over core NATS.
+//! - [`metrics`]: the Prometheus metrics on `/metrics`.
 //! - [`http`]: the REST routers; [`ws`]: the WebSocket protocol and sessions.
 
 pub mod auth;
@@ -24,6 +25,7 @@ pub mod directory;
 pub mod error;
 pub mod groups;
 pub mod http;
+pub mod metrics;
 pub mod presence;
 pub mod revocation;
 pub mod state;
@@ -48,6 +50,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    natter_runtime::metrics::install()?;
+    metrics::describe();
     let tokens =
         auth::TokenKeys::new(config.jwt_secret.as_deref(), config.dev, config.token_ttl())?;
     let pool = natter_runtime::database::pool(&config.database)?;

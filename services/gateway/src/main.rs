@@ -6,9 +6,11 @@ use natter_gateway::Config;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    natter_runtime::telemetry::init(config.log.log_format, "info")?;
+    let telemetry = natter_runtime::telemetry::init("natter-gateway", &config.telemetry, "info")?;
     let listener =
         tokio::net::TcpListener::bind((config.bind_address.as_str(), config.port)).await?;
     let shutdown = natter_runtime::shutdown::on_signal();
-    natter_gateway::run(config, listener, shutdown).await
+    let result = natter_gateway::run(config, listener, shutdown).await;
+    tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
+    result
 }

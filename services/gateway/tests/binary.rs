@@ -55,3 +55,81 @@ async fn the_binary_serves_the_api_and_stops_on_sigterm() {
     let status = terminate(&mut child).await;
     assert!(status.success(), "{status}");
 }
+
+/// What a stand-in OTLP/HTTP collector received: (path, body) per export.
+type Exports = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A stand-in collector on a free port that keeps every export it gets.
+async fn collector() -> (u16, Exports) {
+    let exports = Exports::default();
+    let kept = exports.clone();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri, body: axum::body::Bytes| {
+        let kept = kept.clone();
+        async move {
+            kept.lock()
+                .unwrap()
+                .push((uri.path().to_owned(), body.to_vec()));
+            axum::http::StatusCode::OK
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (port, exports)
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn the_binary_exports_its_spans_over_otlp_and_flushes_them_at_shutdown() {
+    let app = TestApp::spawn().await;
+    let (collector_port, exports) = collector().await;
+    let port = natter_localinfra::free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_natter-gateway"))
+        .env("NATS_URL", app.nats.url())
+        .env("DATABASE_URL", &app.db.url)
+        .env("JWT_SECRET", "a-strong-secret-of-at-least-32-bytes!!")
+        .env("PORT", port.to_string())
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{collector_port}"),
+        )
+        .env("OTEL_TRACES_SAMPLER", "always_on")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until_ok(&app.http, &format!("{base}/readyz")).await;
+    let signup = app
+        .http
+        .post(format!("{base}/api/auth/signup"))
+        .json(&serde_json::json!({"username": "alice", "password": "password-123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signup.status().as_u16(), 201);
+    // The batch exporter waits up to 5 s before sending; shutdown must
+    // not lose what is queued.
+    let status = terminate(&mut child).await;
+    assert!(status.success(), "{status}");
+
+    let exports = exports.lock().unwrap();
+    assert!(!exports.is_empty(), "nothing was exported");
+    assert!(exports.iter().all(|(path, _)| path == "/v1/traces"));
+    let body: Vec<u8> = exports.iter().flat_map(|(_, b)| b.clone()).collect();
+    assert!(
+        contains(&body, "natter-gateway"),
+        "the service name is sent"
+    );
+    assert!(
+        contains(&body, "http.request"),
+        "the request's span is sent"
+    );
+    assert!(contains(&body, "/api/auth/signup"));
+}

@@ -6,21 +6,28 @@
 //! standbys. Each batch is projected, fanned out and only then acked; a
 //! failure before the ack leaves the batch to be retried, in order.
 
+use crate::fanout::Provenance;
 use crate::membership::Membership;
 use crate::projection::{self, ProjectionError, Record};
-use crate::{Config, FaultHooks, fanout};
+use crate::{Config, FaultHooks, fanout, metrics};
 use async_nats::jetstream::{self, AckKind, consumer::pull};
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use natter_core::{ChatRecord, subjects};
+use natter_core::{ChatEvent, ChatRecord, subjects};
+use natter_runtime::trace;
 use sqlx::{Connection, PgConnection, PgPool};
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::time::{Instant, sleep, timeout_at};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// The advisory lock key that elects the active persister ("natter-p").
 const LEADER_LOCK: i64 = 0x6e61_7474_6572_2d70;
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(3);
+/// How often the consumer's backlog is read for the metrics.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 
 /// Runs until `shutdown`: elect, consume, and on any loss of leadership or of
 /// the consumer start over.
@@ -43,7 +50,10 @@ pub async fn run(
             return;
         };
         tracing::info!("elected active persister");
-        match consume(config, &mut leader, &js, &hooks, &shutdown).await {
+        metrics::leader(true);
+        let consumed = consume(config, &mut leader, &js, &hooks, &shutdown).await;
+        metrics::leader(false);
+        match consumed {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "consumer stopped; starting over");
@@ -158,7 +168,7 @@ async fn consume(
         .get_stream(subjects::CHAT_STREAM)
         .await
         .map_err(|e| ConsumeError::Consumer(e.to_string()))?;
-    let consumer = stream
+    let mut consumer = stream
         .create_consumer(pull::Config {
             durable_name: Some(subjects::PERSISTER_CONSUMER.to_owned()),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
@@ -188,9 +198,17 @@ async fn consume(
         .await
         .map_err(|e| ConsumeError::Stream(e.to_string()))?;
 
+    let mut backlog = tokio::time::interval(BACKLOG_EVERY);
     loop {
         let first = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
+            _ = backlog.tick() => {
+                match consumer.info().await {
+                    Ok(info) => metrics::consumer_backlog(info.num_pending, info.num_ack_pending),
+                    Err(e) => tracing::debug!(error = %e, "cannot read the consumer's backlog"),
+                }
+                continue;
+            }
             next = messages.next() => next,
         };
         let mut batch = match first {
@@ -219,6 +237,10 @@ struct Pulled {
     chat_seq: u64,
     delivered: i64,
     record: Option<Result<Record, String>>,
+    /// This record's part of its message's trace, open until it is settled.
+    span: tracing::Span,
+    /// `span` as a `traceparent`, for the delivery records it fans out to.
+    traceparent: Option<String>,
 }
 
 async fn process(
@@ -230,7 +252,28 @@ async fn process(
     batch: Vec<jetstream::Message>,
 ) -> Result<(), ConsumeError> {
     let mut pulled: Vec<Pulled> = batch.into_iter().map(decode).collect();
+    // One transaction serves many traces: the batch is a trace of its own,
+    // linked to the span of each record it holds.
+    let batch_span = tracing::info_span!(parent: None, "persister.batch", records = pulled.len());
+    for p in &pulled {
+        trace::link_to(&batch_span, p.traceparent.as_deref());
+        if p.delivered > 1 {
+            metrics::redelivered();
+        }
+    }
+    settle_batch(config, leader, js, hooks, shutdown, &mut pulled)
+        .instrument(batch_span)
+        .await
+}
 
+async fn settle_batch(
+    config: &Config,
+    leader: &mut Leader,
+    js: &jetstream::Context,
+    hooks: &FaultHooks,
+    shutdown: &CancellationToken,
+    pulled: &mut [Pulled],
+) -> Result<(), ConsumeError> {
     // Records that cannot even be decoded will never project.
     for p in pulled.iter_mut() {
         if let Some(Err(reason)) = &p.record {
@@ -272,12 +315,29 @@ impl Step<'_> {
             .iter()
             .filter_map(|p| p.record.as_ref().and_then(|r| r.as_ref().ok()).cloned())
             .collect();
+        let provenance: HashMap<u64, Provenance> = pending
+            .iter()
+            .zip(&records)
+            .map(|(p, r)| {
+                let origin = Provenance {
+                    traceparent: p.traceparent.clone(),
+                    accepted_at: r.event.at(),
+                    span: p.span.clone(),
+                };
+                (r.chat_seq, origin)
+            })
+            .collect();
         let mut backoff = RETRY_MIN;
         loop {
-            match apply(self.leader, self.js, self.hooks, &records).await {
-                Ok(()) => {
+            let started = Instant::now();
+            match apply(self.leader, self.js, self.hooks, &records, &provenance).await {
+                Ok(committed_at) => {
                     for p in pending {
                         ack(&p.message, AckKind::Ack).await;
+                    }
+                    metrics::batch(records.len(), started.elapsed());
+                    for record in &records {
+                        metrics::committed(record.event.kind(), lag(record, committed_at));
                     }
                     return Ok(());
                 }
@@ -346,20 +406,39 @@ enum Failure {
     Crash,
 }
 
-/// Project, then fan out: the order invariant 2 needs.
+/// Project, then fan out: the order invariant 2 needs. Returns when the
+/// batch was committed.
 async fn apply(
     leader: &mut Leader,
     js: &jetstream::Context,
     hooks: &FaultHooks,
     records: &[Record],
-) -> Result<(), Failure> {
+    provenance: &HashMap<u64, Provenance>,
+) -> Result<DateTime<Utc>, Failure> {
     let started = Instant::now();
-    let fanouts = projection::project(&mut leader.conn, &mut leader.members, records).await?;
+    let fanouts = projection::project(&mut leader.conn, &mut leader.members, records)
+        .instrument(tracing::info_span!(
+            "postgres.commit",
+            records = records.len()
+        ))
+        .await?;
+    let committed_at = Utc::now();
+    for record in records {
+        if let Some(origin) = provenance.get(&record.chat_seq) {
+            log_stored(&origin.span, record, committed_at);
+        }
+    }
     let seqs: Vec<u64> = records.iter().map(|r| r.chat_seq).collect();
     if hooks.after_commit.as_ref().is_some_and(|h| h(&seqs)) {
         return Err(Failure::Crash);
     }
-    let published = fanout::publish(js, &fanouts).await?;
+    let published = fanout::publish(js, &fanouts, provenance)
+        .instrument(tracing::info_span!(
+            "fanout.publish",
+            records = fanouts.len()
+        ))
+        .await?;
+    metrics::fanned_out(published);
     if hooks.after_fanout.as_ref().is_some_and(|h| h(&seqs)) {
         return Err(Failure::Crash);
     }
@@ -370,7 +449,27 @@ async fn apply(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "batch stored and fanned out"
     );
-    Ok(())
+    Ok(committed_at)
+}
+
+/// Seconds from a record's acceptance to its commit.
+fn lag(record: &Record, committed_at: DateTime<Utc>) -> f64 {
+    (committed_at - record.event.at())
+        .to_std()
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The seed's "message saved to DB" line, in the record's trace.
+fn log_stored(span: &tracing::Span, record: &Record, committed_at: DateTime<Utc>) {
+    let lag_ms = (lag(record, committed_at) * 1000.0) as u64;
+    match &record.event {
+        ChatEvent::MessageSent(m) => tracing::info!(parent: span, chat_seq = record.chat_seq,
+            message_id = %m.id, conversation = %m.conversation_id, sender = %m.sender_id,
+            lag_ms, "[STORED] message saved to PostgreSQL"),
+        other => tracing::info!(parent: span, chat_seq = record.chat_seq, kind = other.kind(),
+            lag_ms, "[STORED] event projected to PostgreSQL"),
+    }
 }
 
 fn decode(message: jetstream::Message) -> Pulled {
@@ -385,11 +484,20 @@ fn decode(message: jetstream::Message) -> Pulled {
         }),
         Err(e) => Err(format!("undecodable record: {e}")),
     };
+    let kind = match &record {
+        Ok(r) => r.event.kind(),
+        Err(_) => "undecodable",
+    };
+    let span = tracing::info_span!(parent: None, "persister.persist", chat_seq, delivered, kind);
+    trace::continue_from(&span, trace::from_headers(message.headers.as_ref()));
+    let traceparent = trace::traceparent(&span);
     Pulled {
         message,
         chat_seq,
         delivered,
         record: Some(record),
+        span,
+        traceparent,
     }
 }
 
@@ -412,8 +520,9 @@ async fn dead_letter(
         .await;
         match stored {
             Ok(()) => {
-                tracing::error!(chat_seq = p.chat_seq, subject = %p.message.subject, reason,
-                    "record dead-lettered");
+                metrics::dead_lettered();
+                tracing::error!(parent: &p.span, chat_seq = p.chat_seq,
+                    subject = %p.message.subject, reason, "record dead-lettered");
                 ack(&p.message, AckKind::Term).await;
                 return Ok(());
             }

@@ -1,6 +1,6 @@
 //! Liveness and readiness for orchestrators: `/healthz` answers while the
 //! process runs; `/readyz` only once the schema is applied and while NATS
-//! and PostgreSQL are reachable.
+//! and PostgreSQL are reachable. `/metrics` for Prometheus.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -25,6 +25,7 @@ pub async fn serve(listener: TcpListener, state: HealthState, shutdown: Cancella
     let app = Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(natter_runtime::metrics::endpoint))
         .with_state(state);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())

@@ -6,16 +6,18 @@
 //! - [`projection`]: one transaction per batch; idempotent SQL.
 //! - [`membership`]: group membership events and the membership cache.
 //! - [`fanout`]: publishing `deliver.<user>` records in `CHAT` order.
-//! - [`health`]: `/healthz` and `/readyz` on `PERSISTER_PORT`.
+//! - [`health`]: `/healthz`, `/readyz` and `/metrics` on `PERSISTER_PORT`.
+//! - [`metrics`]: the Prometheus metrics.
 
 pub mod consumer;
 pub mod fanout;
 pub mod health;
 pub mod membership;
+pub mod metrics;
 pub mod projection;
 
 use clap::Parser;
-use natter_runtime::config::{DatabaseArgs, LogArgs, NatsArgs, StreamArgs};
+use natter_runtime::config::{DatabaseArgs, NatsArgs, StreamArgs, TelemetryArgs};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -32,7 +34,7 @@ pub struct Config {
     #[command(flatten)]
     pub streams: StreamArgs,
     #[command(flatten)]
-    pub log: LogArgs,
+    pub telemetry: TelemetryArgs,
     /// Port of the health endpoints.
     #[arg(long, env = "PERSISTER_PORT", default_value_t = 8001)]
     pub port: u16,
@@ -98,6 +100,9 @@ pub async fn run(
     hooks: FaultHooks,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    natter_runtime::metrics::install()?;
+    metrics::describe();
+    metrics::leader(false);
     let pool = natter_runtime::database::pool(&config.database)?;
     let client = natter_runtime::jetstream::connect(&config.nats, "natter-persister", None).await?;
     let js = async_nats::jetstream::new(client.clone());

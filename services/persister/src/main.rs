@@ -6,12 +6,14 @@ use natter_persister::{Config, FaultHooks};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    natter_runtime::telemetry::init(config.log.log_format, "info")?;
+    let telemetry = natter_runtime::telemetry::init("natter-persister", &config.telemetry, "info")?;
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.port)).await?;
     tracing::info!(
         port = config.port,
         "natter-persister health endpoints listening"
     );
     let shutdown = natter_runtime::shutdown::on_signal();
-    natter_persister::run(config, listener, FaultHooks::default(), shutdown).await
+    let result = natter_persister::run(config, listener, FaultHooks::default(), shutdown).await;
+    tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
+    result
 }

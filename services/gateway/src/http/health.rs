@@ -1,4 +1,4 @@
-//! Liveness and readiness.
+//! Liveness, readiness and the Prometheus metrics.
 
 use crate::state::AppState;
 use axum::extract::State;
@@ -11,6 +11,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(natter_runtime::metrics::endpoint))
 }
 
 /// Ready while NATS is connected and PostgreSQL answers.

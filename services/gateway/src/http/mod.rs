@@ -11,8 +11,11 @@ mod users;
 
 use crate::state::AppState;
 use axum::Router;
+use axum::extract::MatchedPath;
 use axum::http::{HeaderValue, Method, header};
+use axum::response::Response;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::Instrument;
 
 pub fn router(state: AppState) -> Router {
     let origins: Vec<HeaderValue> = state
@@ -35,7 +38,30 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .route("/ws", axum::routing::get(crate::ws::session::upgrade))
         .layer(cors)
+        .layer(axum::middleware::from_fn(observe))
         .with_state(state)
+}
+
+/// Every request gets a span (the root of a REST send's trace) and is
+/// counted by status.
+async fn observe(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let span = tracing::info_span!(
+        parent: None,
+        "http.request",
+        method = %request.method(),
+        route,
+        status = tracing::field::Empty,
+    );
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    span.record("status", status);
+    crate::metrics::http_request(status);
+    response
 }
 
 /// A JSON body that answers malformed input with our error shape.

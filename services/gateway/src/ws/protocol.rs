@@ -28,6 +28,20 @@ pub enum Command {
     Ping,
 }
 
+impl Command {
+    /// The command's name, a label for metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::SendMessage(_) => "send_message",
+            Self::JoinGroup => "join_group",
+            Self::MarkRead { .. } => "mark_read",
+            Self::Ack { .. } => "ack",
+            Self::Typing { .. } => "typing",
+            Self::Ping => "ping",
+        }
+    }
+}
+
 /// A parsed frame: its `ref` (echoed in the reply) and the command.
 #[derive(Debug)]
 pub struct Incoming {

@@ -7,6 +7,7 @@ use crate::chat;
 use crate::control::{self, Control};
 use crate::delivery::{self, Attachment, Push, Stored};
 use crate::error::ApiError;
+use crate::metrics::{self, Closed, Path};
 use crate::state::AppState;
 use crate::typing;
 use crate::ws::protocol::{self, Command};
@@ -26,6 +27,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::future::Future;
 use std::pin::Pin;
+use tokio::time::Instant;
+use tracing::Instrument;
 
 /// Records read from the log per direct-get batch.
 const REPLAY_BATCH: usize = 256;
@@ -103,9 +106,17 @@ fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-type Ack = Pin<
-    Box<dyn Future<Output = (Option<Value>, MessageSent, Result<PublishAck, PublishError>)> + Send>,
->;
+/// A send waiting for its JetStream ack.
+struct InFlight {
+    reference: Option<Value>,
+    sent: MessageSent,
+    /// When its frame arrived, for the accept latency.
+    received: Instant,
+    /// The root of the message's trace.
+    span: tracing::Span,
+}
+
+type Ack = Pin<Box<dyn Future<Output = (InFlight, Result<PublishAck, PublishError>)> + Send>>;
 
 struct Session {
     state: AppState,
@@ -140,6 +151,8 @@ async fn run(state: AppState, socket: WebSocket, user: UserId, device: DeviceId,
             return;
         }
     };
+    metrics::connection_opened();
+    metrics::active_users(state.hub.user_count());
     let session_id = attachment.session;
     // This device's older connection, on any gateway, gives way.
     control::announce(
@@ -170,10 +183,15 @@ async fn run(state: AppState, socket: WebSocket, user: UserId, device: DeviceId,
     tracing::info!(user = %session.user, device = %session.device, "[CONNECTION] user connected");
     let end = session.serve(&mut stream, attachment).await;
     state.hub.detach(user, session_id).await;
+    metrics::active_users(state.hub.user_count());
     state.presence.disconnected(&presence_key).await;
     if let Err(e) = state.cursors.flush().await {
         tracing::warn!(error = %e, "cursor write at disconnect failed; will retry");
     }
+    metrics::connection_closed(match end {
+        End::ClientGone => Closed::Client,
+        End::Close(_, reason) => Closed::Server(reason),
+    });
     if let End::Close(code, reason) = end {
         // Bounded: a reader that stopped reading would hold the task forever.
         let _ = tokio::time::timeout(
@@ -229,21 +247,21 @@ impl Session {
                 },
                 Some(push) = live.rx.recv() => match push {
                     Push::Record(record) => self.on_live(record).await,
-                    Push::Frame(frame) => self.send_text(frame.to_string()).await,
+                    Push::Frame(frame) => self.send_text(frame.to_string(), "signal").await,
                 },
                 Ok(()) = live.closed.changed() => match *live.closed.borrow() {
                     Some(closing) => Err(End::Close(closing.code, closing.reason)),
                     None => Ok(()),
                 },
                 _ = live.lagged.notified() => self.catch_up().await,
-                Some((reference, sent, ack)) = inflight.next(), if !inflight.is_empty() => {
-                    self.on_ack(reference, sent, ack).await
+                Some((flight, ack)) = inflight.next(), if !inflight.is_empty() => {
+                    self.on_ack(flight, ack).await
                 }
             };
             if let Err(end) = step {
                 // Replies to accepted sends must not be lost to a close.
-                while let Some((reference, sent, ack)) = inflight.next().await {
-                    if self.on_ack(reference, sent, ack).await.is_err() {
+                while let Some((flight, ack)) = inflight.next().await {
+                    if self.on_ack(flight, ack).await.is_err() {
                         break;
                     }
                 }
@@ -258,11 +276,14 @@ impl Session {
         let cursor = match state.cursors.load(self.user, &self.device).await {
             Ok(Some(cursor)) => {
                 self.last_sent = cursor;
-                self.send_text(protocol::frame(
+                self.send_text(
+                    protocol::frame(
+                        "ready",
+                        json!({"userId": self.user, "deviceId": self.device, "cursor": cursor}),
+                        None,
+                    ),
                     "ready",
-                    json!({"userId": self.user, "deviceId": self.device, "cursor": cursor}),
-                    None,
-                ))
+                )
                 .await?;
                 let (first, _) = delivery::log_bounds(&state.delivery)
                     .await
@@ -274,7 +295,7 @@ impl Session {
                         "resync_required",
                         json!({"reason": "the device was away longer than the delivery log is kept; reload over REST"}),
                         None,
-                    ))
+                    ), "resync_required")
                     .await?;
                 }
                 cursor
@@ -290,11 +311,14 @@ impl Session {
                     .await
                     .map_err(|e| self.unavailable(e))?;
                 self.last_sent = cursor;
-                self.send_text(protocol::frame(
+                self.send_text(
+                    protocol::frame(
+                        "ready",
+                        json!({"userId": self.user, "deviceId": self.device, "cursor": cursor}),
+                        None,
+                    ),
                     "ready",
-                    json!({"userId": self.user, "deviceId": self.device, "cursor": cursor}),
-                    None,
-                ))
+                )
                 .await?;
                 cursor
             }
@@ -311,6 +335,18 @@ impl Session {
 
     /// Sends every record of the user's log after `last_sent`.
     async fn catch_up(&mut self) -> Result<(), End> {
+        let started = Instant::now();
+        let mut replayed = 0;
+        let result = self.replay(&mut replayed).await;
+        if replayed > 0 {
+            metrics::replayed(replayed, started.elapsed());
+            tracing::info!(user = %self.user, device = %self.device, events = replayed,
+                elapsed_ms = started.elapsed().as_millis() as u64, "missed events replayed");
+        }
+        result
+    }
+
+    async fn replay(&mut self, replayed: &mut usize) -> Result<(), End> {
         loop {
             let records = delivery::read_log(
                 &self.state.nats,
@@ -322,7 +358,9 @@ impl Session {
             .map_err(|e| self.unavailable(e))?;
             let full = records.len() >= REPLAY_BATCH;
             for record in records {
-                self.deliver(record).await?;
+                if self.deliver(record, Path::Replay).await? {
+                    *replayed += 1;
+                }
             }
             if !full {
                 return Ok(());
@@ -338,20 +376,39 @@ impl Session {
             // Something of this user's was stored between what we sent and
             // this record: fetch it from the log, which includes this one.
             Some(previous) if previous > self.last_sent => self.catch_up().await,
-            _ => self.deliver(record).await,
+            _ => self.deliver(record, Path::Live).await.map(|_| ()),
         }
     }
 
-    async fn deliver(&mut self, record: Stored) -> Result<(), End> {
+    /// Writes one record to the socket, continuing the trace of its message.
+    /// `Ok(false)`: the socket already had it.
+    async fn deliver(&mut self, record: Stored, path: Path) -> Result<bool, End> {
         if record.seq <= self.last_sent {
-            return Ok(());
+            return Ok(false);
         }
+        let span = tracing::info_span!(
+            "gateway.deliver",
+            user = %self.user,
+            device = %self.device,
+            seq = record.seq,
+            path = path.as_str(),
+        );
+        natter_runtime::trace::continue_from(&span, record.traceparent.as_deref());
         match frame_with_cursor(&record.payload, record.seq) {
-            Some(frame) => self.send_text(frame).await?,
-            None => tracing::error!(seq = record.seq, "malformed delivery record skipped"),
+            Some(frame) => {
+                let write = tracing::info_span!(parent: &span, "ws.write");
+                self.send_text(frame, "delivery").instrument(write).await?;
+                if let Some(accepted) = record.accepted_at {
+                    metrics::delivered(path, natter_runtime::metrics::seconds_since(accepted));
+                }
+                tracing::info!(parent: &span, user = %self.user, device = %self.device,
+                    seq = record.seq, path = path.as_str(), "delivered to the socket");
+            }
+            None => tracing::error!(parent: &span, seq = record.seq,
+                "malformed delivery record skipped"),
         }
         self.last_sent = record.seq;
-        Ok(())
+        Ok(true)
     }
 
     async fn on_frame(
@@ -364,23 +421,34 @@ impl Session {
             WsMessage::Binary(_) => {
                 let error =
                     ApiError::bad_request("binary frames are not supported; send JSON text");
-                return self.send_text(protocol::error_frame(&error, None)).await;
+                metrics::frame_received("binary");
+                return self
+                    .send_text(protocol::error_frame(&error, None), "error")
+                    .await;
             }
             WsMessage::Close(_) => return Err(End::ClientGone),
             WsMessage::Ping(_) | WsMessage::Pong(_) => return Ok(()),
         };
+        let received = Instant::now();
         let incoming = protocol::parse(text.as_str(), self.state.config.max_message_bytes);
         let reference = incoming.reference;
         let result = match incoming.command {
-            Ok(command) => self.execute(command, reference.clone(), inflight).await,
-            Err(e) => Err(e),
+            Ok(command) => {
+                metrics::frame_received(command.name());
+                self.execute(command, reference.clone(), received, inflight)
+                    .await
+            }
+            Err(e) => {
+                metrics::frame_received("invalid");
+                Err(e)
+            }
         };
         match result {
-            Ok(Some(reply)) => self.send_text(reply).await,
+            Ok(Some(reply)) => self.send_text(reply, "reply").await,
             Ok(None) => Ok(()),
             Err(e) => {
-                tracing::debug!(user = %self.user, code = e.code(), error = %e, "command refused");
-                self.send_text(protocol::error_frame(&e, reference.as_ref()))
+                tracing::info!(user = %self.user, code = e.code(), error = %e, "command refused");
+                self.send_text(protocol::error_frame(&e, reference.as_ref()), "error")
                     .await
             }
         }
@@ -390,6 +458,7 @@ impl Session {
         &mut self,
         command: Command,
         reference: Option<Value>,
+        received: Instant,
         inflight: &mut FuturesOrdered<Ack>,
     ) -> Result<Option<String>, ApiError> {
         match command {
@@ -405,15 +474,38 @@ impl Session {
                     .get(self.user)
                     .await?
                     .ok_or_else(|| ApiError::Unauthorized("unknown user".into()))?;
-                let sent = chat::prepare(&self.state, &sender, send).await?;
-                let ack = chat::publish(&self.state, &sent).await?;
-                match sent.group_id {
-                    Some(group) => tracing::info!(sender = %sent.sender_id, %group,
-                        message = %sent.id, "[GROUP MESSAGE] accepted for publishing"),
-                    None => tracing::info!(sender = %sent.sender_id, receiver = ?sent.receiver_id,
-                        message = %sent.id, "[DIRECT MESSAGE] accepted for publishing"),
+                // Each message is its own trace, not part of the connection's.
+                let span = tracing::info_span!(
+                    parent: None,
+                    "ws.send_message",
+                    sender = %self.user,
+                    message_id = tracing::field::Empty,
+                    conversation = tracing::field::Empty,
+                );
+                let state = self.state.clone();
+                let (sent, pending) = async move {
+                    let sent = chat::prepare(&state, &sender, send).await?;
+                    let pending = chat::publish(&state, &sent).await?;
+                    Ok::<_, ApiError>((sent, pending))
                 }
-                inflight.push_back(Box::pin(async move { (reference, sent, ack.await) }));
+                .instrument(span.clone())
+                .await?;
+                span.record("message_id", tracing::field::display(sent.id));
+                span.record(
+                    "conversation",
+                    tracing::field::display(sent.conversation_id),
+                );
+                chat::log_accepted(&self.state, &span, &sent);
+                let flight = InFlight {
+                    reference,
+                    sent,
+                    received,
+                    span,
+                };
+                inflight.push_back(Box::pin(async move {
+                    let ack = pending.ack().await;
+                    (flight, ack)
+                }));
                 Ok(None)
             }
             Command::MarkRead {
@@ -450,22 +542,37 @@ impl Session {
 
     async fn on_ack(
         &mut self,
-        reference: Option<Value>,
-        sent: MessageSent,
+        flight: InFlight,
         ack: Result<PublishAck, PublishError>,
     ) -> Result<(), End> {
-        let frame = match chat::confirm(&self.state, sent, ack).await {
+        let InFlight {
+            reference,
+            sent,
+            received,
+            span,
+        } = flight;
+        let (frame, kind) = match chat::confirm(&self.state, sent, ack)
+            .instrument(span.clone())
+            .await
+        {
             Ok(message) => {
-                tracing::info!(message = %message.id, seq = message.seq, "confirmation sent to sender");
-                protocol::message_sent(&message, reference.as_ref())
+                metrics::accept_latency(received.elapsed());
+                tracing::info!(parent: &span, message_id = %message.id, seq = message.seq,
+                    "confirmation sent to sender");
+                (
+                    protocol::message_sent(&message, reference.as_ref()),
+                    "message_sent",
+                )
             }
-            Err(e) => protocol::error_frame(&e, reference.as_ref()),
+            Err(e) => (protocol::error_frame(&e, reference.as_ref()), "error"),
         };
-        self.send_text(frame).await
+        self.send_text(frame, kind).instrument(span).await
     }
 
-    async fn send_text(&mut self, text: String) -> Result<(), End> {
-        self.send(WsMessage::Text(text.into())).await
+    async fn send_text(&mut self, text: String, kind: &'static str) -> Result<(), End> {
+        self.send(WsMessage::Text(text.into())).await?;
+        metrics::frame_sent(kind);
+        Ok(())
     }
 
     async fn send(&mut self, message: WsMessage) -> Result<(), End> {
