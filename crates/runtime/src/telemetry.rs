@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 use tracing::dispatcher::WeakDispatch;
 use tracing::{Dispatch, Event, Level, Subscriber};
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
@@ -149,13 +149,29 @@ where
             .boxed(),
     };
     let otel = provider.as_ref().map(|provider| {
-        let traced = TRACED_CRATES.iter().fold(Targets::new(), |t, target| {
-            t.with_target(*target, Level::INFO)
+        // Spans of natter's crates; of their events only warnings and
+        // errors (as span events): the info lines are for logs, and turning
+        // each into a span event would cost more than the span itself.
+        let traced = filter_fn(|metadata| {
+            let level = if metadata.is_span() {
+                Level::INFO
+            } else {
+                Level::WARN
+            };
+            metadata.level() <= &level
+                && TRACED_CRATES
+                    .iter()
+                    .any(|c| metadata.target().starts_with(c))
         });
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("natter"))
             .with_tracked_inactivity(false)
             .with_threads(false)
+            // Span names say where a span comes from; per-span source
+            // locations and levels would cost an attribute each.
+            .with_location(false)
+            .with_level(false)
+            .with_target(false)
             .with_filter(traced)
     });
     let subscriber = tracing_subscriber::registry().with(fmt).with(otel);

@@ -26,10 +26,6 @@ fn attribute(span: &SpanData, key: &str) -> Option<String> {
         .map(|kv| kv.value.to_string())
 }
 
-fn module(span: &SpanData) -> String {
-    attribute(span, "code.module.name").unwrap_or_default()
-}
-
 /// The one span named `name` in `spans`.
 fn only<'a>(spans: &'a [SpanData], name: &str) -> &'a SpanData {
     let found: Vec<&SpanData> = spans.iter().filter(|s| s.name == name).collect();
@@ -107,17 +103,12 @@ async fn one_message_is_one_trace_across_gateway_persister_and_delivery() {
         SpanId::INVALID,
         "a send starts its own trace"
     );
-    assert!(module(root).starts_with("natter_gateway"));
     let publish = only(&spans, "jetstream.publish");
     assert_child(publish, root);
     // Across NATS: the persister's span continues the publish span.
     let persist = only(&spans, "persister.persist");
     assert_child(persist, publish);
     assert!(persist.parent_span_is_remote);
-    assert!(
-        module(persist).starts_with("natter_persister"),
-        "{persist:#?}"
-    );
     // Across NATS again: each delivery continues the persister's span.
     let deliveries: Vec<&SpanData> = spans
         .iter()
@@ -127,7 +118,6 @@ async fn one_message_is_one_trace_across_gateway_persister_and_delivery() {
     for delivery in &deliveries {
         assert_child(delivery, persist);
         assert!(delivery.parent_span_is_remote);
-        assert!(module(delivery).starts_with("natter_gateway"));
         let write = spans
             .iter()
             .find(|s| s.name == "ws.write" && s.parent_span_id == delivery.span_context.span_id())

@@ -386,13 +386,8 @@ impl Session {
         if record.seq <= self.last_sent {
             return Ok(false);
         }
-        let span = tracing::info_span!(
-            "gateway.deliver",
-            user = %self.user,
-            device = %self.device,
-            seq = record.seq,
-            path = path.as_str(),
-        );
+        // Few fields: this span is made for every record every device gets.
+        let span = tracing::info_span!("gateway.deliver", seq = record.seq, path = path.as_str());
         natter_runtime::trace::continue_from(&span, record.traceparent.as_deref());
         match frame_with_cursor(&record.payload, record.seq) {
             Some(frame) => {
