@@ -27,16 +27,18 @@ async fn refuses_to_start_without_a_strong_secret() {
     }
 }
 
-#[tokio::test]
-async fn the_binary_serves_the_api_and_stops_on_sigterm() {
-    let app = TestApp::spawn().await;
+/// Starts the gateway binary against `app`'s NATS and database with
+/// `env` on top, waits until it is ready, signs a user up through it, and
+/// returns the child.
+async fn run_gateway_with_a_signup(app: &TestApp, env: &[(&str, String)]) -> std::process::Child {
     let port = natter_localinfra::free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_natter-gateway"))
+    let child = Command::new(env!("CARGO_BIN_EXE_natter-gateway"))
         .env("NATS_URL", app.nats.url())
         .env("DATABASE_URL", &app.db.url)
         .env("JWT_SECRET", "a-strong-secret-of-at-least-32-bytes!!")
         .env("PORT", port.to_string())
         .env("BIND_ADDRESS", "127.0.0.1")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -51,7 +53,13 @@ async fn the_binary_serves_the_api_and_stops_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(signup.status().as_u16(), 201);
+    child
+}
 
+#[tokio::test]
+async fn the_binary_serves_the_api_and_stops_on_sigterm() {
+    let app = TestApp::spawn().await;
+    let mut child = run_gateway_with_a_signup(&app, &[]).await;
     let status = terminate(&mut child).await;
     assert!(status.success(), "{status}");
 }
@@ -88,32 +96,17 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 async fn the_binary_exports_its_spans_over_otlp_and_flushes_them_at_shutdown() {
     let app = TestApp::spawn().await;
     let (collector_port, exports) = collector().await;
-    let port = natter_localinfra::free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_natter-gateway"))
-        .env("NATS_URL", app.nats.url())
-        .env("DATABASE_URL", &app.db.url)
-        .env("JWT_SECRET", "a-strong-secret-of-at-least-32-bytes!!")
-        .env("PORT", port.to_string())
-        .env("BIND_ADDRESS", "127.0.0.1")
-        .env(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://127.0.0.1:{collector_port}"),
-        )
-        .env("OTEL_TRACES_SAMPLER", "always_on")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    wait_until_ok(&app.http, &format!("{base}/readyz")).await;
-    let signup = app
-        .http
-        .post(format!("{base}/api/auth/signup"))
-        .json(&serde_json::json!({"username": "alice", "password": "password-123"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(signup.status().as_u16(), 201);
+    let mut child = run_gateway_with_a_signup(
+        &app,
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{collector_port}"),
+            ),
+            ("OTEL_TRACES_SAMPLER", "always_on".into()),
+        ],
+    )
+    .await;
     // The batch exporter waits up to 5 s before sending; shutdown must
     // not lose what is queued.
     let status = terminate(&mut child).await;

@@ -11,7 +11,7 @@
 use natter_runtime::config::{LogFormat, SamplerKind, TelemetryArgs};
 use natter_runtime::telemetry;
 use natter_testkit::scrape::Scrape;
-use natter_testkit::{TestApp, TestUser};
+use natter_testkit::{TestApp, TestUser, WsClient};
 use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider, SpanData};
 use serde_json::{Value, json};
@@ -31,6 +31,17 @@ fn only<'a>(spans: &'a [SpanData], name: &str) -> &'a SpanData {
     let found: Vec<&SpanData> = spans.iter().filter(|s| s.name == name).collect();
     assert_eq!(found.len(), 1, "spans named {name}: {found:#?}");
     found[0]
+}
+
+/// A fresh natter with alice and bob signed up and connected: the app
+/// (keep it alive), bob, alice's socket and bob's.
+async fn two_connected_users() -> (TestApp, TestUser, WsClient, WsClient) {
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let a = app.connect(&alice, "a1").await;
+    let b = app.connect(&bob, "b1").await;
+    (app, bob, a, b)
 }
 
 fn assert_child(child: &SpanData, parent: &SpanData) {
@@ -57,11 +68,7 @@ async fn one_message_is_one_trace_across_gateway_persister_and_delivery() {
     let _telemetry =
         telemetry::install(LogFormat::Json, "warn", Some(provider), std::io::sink).unwrap();
 
-    let app = TestApp::spawn().await;
-    let alice = app.signup("alice").await;
-    let bob = app.signup("bob").await;
-    let mut a = app.connect(&alice, "a1").await;
-    let mut b = app.connect(&bob, "b1").await;
+    let (_app, bob, mut a, mut b) = two_connected_users().await;
     let sent = a.send_direct(bob.id, "trace me", "t1").await;
     let message_id = sent["data"]["message"]["id"].as_str().unwrap().to_owned();
     b.receive_messages(1).await;
@@ -560,11 +567,7 @@ async fn a_dead_trace_collector_does_not_slow_or_stop_messages() {
     let _telemetry =
         telemetry::install(LogFormat::Json, "warn", Some(provider), std::io::sink).unwrap();
 
-    let app = TestApp::spawn().await;
-    let alice = app.signup("alice").await;
-    let bob = app.signup("bob").await;
-    let mut a = app.connect(&alice, "a1").await;
-    let mut b = app.connect(&bob, "b1").await;
+    let (_app, bob, mut a, mut b) = two_connected_users().await;
     let count = 300;
     for i in 0..count {
         a.send(
