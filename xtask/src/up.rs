@@ -243,7 +243,7 @@ fn start_and_supervise(
         (
             "persister",
             format!("http://127.0.0.1:{persister_port}/readyz"),
-            "health (/healthz, /readyz)".to_owned(),
+            "health (/healthz, /readyz) and /metrics".to_owned(),
         ),
     );
     table.insert(
@@ -251,7 +251,7 @@ fn start_and_supervise(
         (
             "gateway",
             format!("http://127.0.0.1:{gateway_port}"),
-            format!("WebSocket ws://127.0.0.1:{gateway_port}/ws, origins {origins}"),
+            format!("WebSocket ws://127.0.0.1:{gateway_port}/ws, origins {origins}, /metrics"),
         ),
     );
     print_table(&table, stack);
