@@ -1,9 +1,12 @@
 //! `cargo xtask`: the README's commands. `up` builds natter and runs it locally with its own
-//! NATS and PostgreSQL; `test` runs every check CI runs. Orchestration only: finding and
-//! running the servers lives in natter-localinfra.
+//! NATS and PostgreSQL; `test` runs every check CI runs; `bench` runs the load-test suite and
+//! records it in BENCHMARKS.md. Orchestration only: finding and running the servers lives in
+//! natter-localinfra.
 
+mod bench;
 mod service;
 mod signals;
+mod stack;
 mod step;
 mod test;
 mod up;
@@ -25,6 +28,9 @@ enum Task {
     Up(up::UpArgs),
     /// Run what CI runs: fmt, clippy, nextest (with a shared PostgreSQL) and doc tests.
     Test(test::TestArgs),
+    /// Run the standard load-test suite against a fresh local natter and write the numbers into
+    /// BENCHMARKS.md.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +38,7 @@ fn main() -> ExitCode {
     let outcome = signals::install().and_then(|stop| match cli.task {
         Task::Up(args) => up::run(&args, &stop),
         Task::Test(args) => test::run(&args, &stop),
+        Task::Bench(args) => bench::run(&args, &stop),
     });
     match outcome {
         Ok(code) => code,

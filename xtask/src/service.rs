@@ -1,5 +1,6 @@
-//! One of natter's own binaries run by `cargo xtask up`: spawned in its own process group,
-//! awaited on its `/readyz`, stopped with SIGTERM and a deadline, killed if dropped running.
+//! One of natter's own binaries run by `cargo xtask up` and `bench`: spawned in its own process
+//! group, awaited on its `/readyz`, stopped with SIGTERM and a deadline, killed if dropped
+//! running.
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -40,6 +41,10 @@ impl Service {
 
     pub fn name(&self) -> &'static str {
         self.name
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Waits until `GET /readyz` answers 200. `Ok(false)` if a stop was requested meanwhile.

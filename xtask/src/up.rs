@@ -1,11 +1,10 @@
 //! `cargo xtask up`: builds the release binaries, starts NATS and PostgreSQL with their data in
 //! `.local/`, then the persister and the gateway, and on Ctrl-C stops them in reverse order.
 
-use std::env;
 use std::fs::{self, File};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::thread;
 use std::time::Duration;
@@ -17,6 +16,7 @@ use natter_localinfra::{
 
 use crate::service::Service;
 use crate::signals::Stop;
+use crate::stack::{Stack, lock_single_instance, non_empty_env, random_secret, release_dir};
 use crate::step::{banner, run_cargo};
 
 const NATS_PORT: u16 = 4222;
@@ -26,8 +26,6 @@ const PERSISTER_PORT: u16 = 8001;
 const DATABASE: &str = "natter";
 /// A cold persister creates the streams and runs migrations before it is ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Matches the services' own drain deadline.
-const SERVICE_GRACE: Duration = Duration::from_secs(10);
 const SUPERVISE_POLL: Duration = Duration::from_millis(200);
 
 #[derive(clap::Args)]
@@ -36,15 +34,6 @@ pub struct UpArgs {
     /// durable across power loss, much slower).
     #[arg(long, default_value_t = Fsync::Interval)]
     fsync: Fsync,
-}
-
-/// What `up` started, stopped in reverse order of starting.
-#[derive(Default)]
-struct Stack {
-    nats: Option<NatsServer>,
-    postgres: Option<Postgres>,
-    persister: Option<Service>,
-    gateway: Option<Service>,
 }
 
 enum Ending {
@@ -58,7 +47,7 @@ pub fn run(args: &UpArgs, stop: &Stop) -> anyhow::Result<ExitCode> {
     let local = workspace_root().join(".local");
     fs::create_dir_all(&local).with_context(|| format!("creating {}", local.display()))?;
     // Held until we return: two `up`s would fight over the same ports and data directories.
-    let Some(_lock) = lock_single_instance(&local)? else {
+    let Some(_lock) = lock_single_instance(&local, "up")? else {
         return Ok(ExitCode::FAILURE);
     };
 
@@ -89,30 +78,6 @@ pub fn run(args: &UpArgs, stop: &Stop) -> anyhow::Result<ExitCode> {
         Ok(Ending::Requested) if stopped_cleanly => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,
     })
-}
-
-fn lock_single_instance(local: &Path) -> anyhow::Result<Option<File>> {
-    let path = local.join("up.lock");
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(fs::TryLockError::WouldBlock) => {
-            eprintln!(
-                "another `cargo xtask up` is already running (it holds {}); \
-                 stop it with Ctrl-C in its terminal first",
-                path.display()
-            );
-            Ok(None)
-        }
-        Err(fs::TryLockError::Error(error)) => {
-            Err(error).with_context(|| format!("locking {}", path.display()))
-        }
-    }
 }
 
 fn start_and_supervise(
@@ -285,71 +250,11 @@ fn supervise(stack: &mut Stack, stop: &Stop) -> anyhow::Result<Ending> {
             println!();
             return Ok(Ending::Requested);
         }
-        for service in [stack.gateway.as_mut(), stack.persister.as_mut()]
-            .into_iter()
-            .flatten()
-        {
-            if let Some(status) = service.exited()? {
-                eprintln!(
-                    "{} exited unexpectedly ({status}); stopping the rest",
-                    service.name()
-                );
-                return Ok(Ending::Crashed);
-            }
-        }
-        if let Some(nats) = stack.nats.as_mut()
-            && !nats.is_running()
-        {
-            eprintln!(
-                "nats-server exited unexpectedly (see {}); stopping the rest",
-                nats.log_path().display()
-            );
-            return Ok(Ending::Crashed);
-        }
-        if let Some(postgres) = &stack.postgres
-            && postgres.pid().is_none()
-        {
-            eprintln!(
-                "PostgreSQL exited unexpectedly (see {}); stopping the rest",
-                postgres.log_path().display()
-            );
+        if let Some(what) = stack.crashed()? {
+            eprintln!("{what}; stopping the rest");
             return Ok(Ending::Crashed);
         }
         thread::sleep(SUPERVISE_POLL);
-    }
-}
-
-impl Stack {
-    /// Gateway first (it drains its WebSockets), then the persister (it finishes its batch),
-    /// then the servers they both use. `false` if anything failed to stop.
-    fn stop_all(&mut self) -> bool {
-        let mut clean = true;
-        for service in [self.gateway.take(), self.persister.take()]
-            .into_iter()
-            .flatten()
-        {
-            let mut service = service;
-            banner(&format!("stopping {}", service.name()));
-            if let Err(error) = service.stop(SERVICE_GRACE) {
-                eprintln!("error stopping {}: {error:#}", service.name());
-                clean = false;
-            }
-        }
-        if let Some(mut nats) = self.nats.take() {
-            banner("stopping nats-server");
-            if let Err(error) = nats.stop() {
-                eprintln!("error stopping nats-server: {error}");
-                clean = false;
-            }
-        }
-        if let Some(mut postgres) = self.postgres.take() {
-            banner("stopping PostgreSQL");
-            if let Err(error) = postgres.stop() {
-                eprintln!("error stopping PostgreSQL: {error}");
-                clean = false;
-            }
-        }
-        clean
     }
 }
 
@@ -363,10 +268,6 @@ fn preferred_port(port: u16) -> Option<u16> {
     }
 }
 
-fn non_empty_env(name: &str) -> Option<String> {
-    env::var(name).ok().filter(|value| !value.is_empty())
-}
-
 fn port_from_env(name: &str, default: u16) -> anyhow::Result<u16> {
     match non_empty_env(name) {
         Some(text) => text
@@ -374,12 +275,6 @@ fn port_from_env(name: &str, default: u16) -> anyhow::Result<u16> {
             .with_context(|| format!("{name}={text:?} is not a port number")),
         None => Ok(default),
     }
-}
-
-fn release_dir() -> PathBuf {
-    non_empty_env("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
-        .join("release")
 }
 
 /// `$JWT_SECRET`, else the secret in `.local/jwt_secret`, else a new random one saved there:
@@ -407,11 +302,7 @@ fn stored_secret(local: &Path) -> anyhow::Result<String> {
         Err(error) if error.kind() == ErrorKind::NotFound => {}
         Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
     }
-    let mut bytes = [0_u8; 48];
-    File::open("/dev/urandom")
-        .and_then(|mut urandom| urandom.read_exact(&mut bytes))
-        .context("reading 48 random bytes from /dev/urandom")?;
-    let secret: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    let secret = random_secret()?;
     let mut file = File::options()
         .write(true)
         .create_new(true)

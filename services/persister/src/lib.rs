@@ -35,9 +35,12 @@ pub struct Config {
     pub streams: StreamArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
-    /// Port of the health endpoints.
+    /// Port of the health and metrics endpoints.
     #[arg(long, env = "PERSISTER_PORT", default_value_t = 8001)]
     pub port: u16,
+    /// Address the health and metrics endpoints listen on.
+    #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: String,
     /// Most CHAT records projected in one transaction.
     #[arg(long, env = "PERSISTER_BATCH_MAX", default_value_t = 500)]
     pub batch_max: usize,

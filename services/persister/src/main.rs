@@ -7,7 +7,8 @@ use natter_persister::{Config, FaultHooks};
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let telemetry = natter_runtime::telemetry::init("natter-persister", &config.telemetry, "info")?;
-    let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.port)).await?;
+    let listener =
+        tokio::net::TcpListener::bind((config.bind_address.as_str(), config.port)).await?;
     tracing::info!(
         port = config.port,
         "natter-persister health endpoints listening"

@@ -1,0 +1,121 @@
+//! The command line: where natter is, where reports go, and one
+//! subcommand per scenario. Every run is bounded in count and time and
+//! talks only to the gateway it is given (loopback by default).
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Clone, Debug)]
+#[command(name = "natter-loadtest", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub target: Target,
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+/// The natter under test and how users are made.
+#[derive(Args, Clone, Debug)]
+pub struct Target {
+    /// The gateway's base URL.
+    #[arg(
+        long,
+        env = "NATTER_URL",
+        default_value = "http://127.0.0.1:8000",
+        global = true
+    )]
+    pub url: String,
+    /// PostgreSQL of that natter: users are inserted directly (signing
+    /// thousands up would measure argon2, not natter).
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+    /// The gateway's JWT secret, to mint the test users' tokens.
+    #[arg(long, env = "JWT_SECRET", global = true)]
+    pub jwt_secret: Option<String>,
+    /// The gateway's process id, to read its memory (`connections`).
+    #[arg(long, global = true)]
+    pub gateway_pid: Option<u32>,
+    /// Where `<scenario>.json` and `<scenario>.html` are written.
+    #[arg(long, default_value = "target/loadtest", global = true)]
+    pub out: PathBuf,
+    /// No progress bars (for CI logs).
+    #[arg(long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Clone, Debug)]
+pub enum Scenario {
+    /// Users in pairs sending direct messages at a fixed total rate (open loop).
+    Steady(Steady),
+    /// Groups of a given size; messages at a fixed rate; deliveries/s and
+    /// latency to the last member.
+    Fanout(Fanout),
+    /// Idle authenticated connections: connect rate and gateway memory per connection.
+    Connections(Connections),
+    /// Devices drop without a close frame, miss messages, and all reconnect at once.
+    Storm(Storm),
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct Steady {
+    /// Users, in sender/receiver pairs.
+    #[arg(long, default_value_t = 200)]
+    pub users: usize,
+    /// Messages per second, all senders together.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 20)]
+    pub duration: u64,
+    /// Seconds of traffic before measuring.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: u64,
+    /// Seconds to wait after the last send for answers and deliveries;
+    /// what has not arrived by then counts as lost.
+    #[arg(long, default_value_t = 15)]
+    pub drain: u64,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct Fanout {
+    #[arg(long, default_value_t = 10)]
+    pub groups: usize,
+    #[arg(long, default_value_t = 50)]
+    pub group_size: usize,
+    /// Group messages per second, all groups together.
+    #[arg(long, default_value_t = 200)]
+    pub rate: u64,
+    #[arg(long, default_value_t = 20)]
+    pub duration: u64,
+    #[arg(long, default_value_t = 3)]
+    pub warmup: u64,
+    /// Seconds to wait after the last send for answers and deliveries.
+    #[arg(long, default_value_t = 15)]
+    pub drain: u64,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct Connections {
+    /// Connections to open (one user and device each).
+    #[arg(long, default_value_t = 10_000)]
+    pub count: usize,
+    /// Connections opened at once.
+    #[arg(long, default_value_t = 200)]
+    pub concurrency: usize,
+    /// Seconds to hold them open after the last one is up.
+    #[arg(long, default_value_t = 5)]
+    pub hold: u64,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct Storm {
+    /// Devices (one user each) that drop and reconnect.
+    #[arg(long, default_value_t = 1000)]
+    pub devices: usize,
+    /// Messages each device misses while away.
+    #[arg(long, default_value_t = 50)]
+    pub missed: usize,
+    /// Seconds every device has to get everything after reconnecting.
+    #[arg(long, default_value_t = 60)]
+    pub deadline: u64,
+}

@@ -1,0 +1,339 @@
+//! The scenarios, and what they share: a clock that maps scheduled times to
+//! the timestamps carried in messages, one reader task per socket that
+//! keeps a device's log, live counters for progress and draining, and the
+//! report built from the accounting and the measurements.
+
+pub mod connections;
+pub mod fanout;
+pub mod steady;
+pub mod storm;
+
+use crate::accounting::{DeviceLog, MessageKey, Outcome, Sent, reconcile};
+use crate::cli::Target;
+use crate::client::{self, Incoming, Socket};
+use crate::measure::Collector;
+use crate::report::Report;
+use crate::users::User;
+use futures::StreamExt;
+use futures::stream::SplitStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+/// The run's time origin, as an `Instant` and as Unix microseconds, so a
+/// timestamp written into a message maps back to an `Instant`.
+#[derive(Clone, Debug)]
+pub struct Clock {
+    pub t0: Instant,
+    unix0_us: i64,
+}
+
+impl Clock {
+    /// A clock whose origin is `delay` from now (time to get going).
+    pub fn start(delay: Duration) -> Self {
+        Self {
+            t0: Instant::now() + delay,
+            unix0_us: chrono::Utc::now().timestamp_micros() + delay.as_micros() as i64,
+        }
+    }
+
+    pub fn unix_us(&self, at: Instant) -> i64 {
+        match at.checked_duration_since(self.t0) {
+            Some(after) => self.unix0_us + after.as_micros() as i64,
+            None => self.unix0_us - self.t0.duration_since(at).as_micros() as i64,
+        }
+    }
+
+    pub fn instant(&self, unix_us: i64) -> Instant {
+        let delta = unix_us - self.unix0_us;
+        if delta >= 0 {
+            self.t0 + Duration::from_micros(delta as u64)
+        } else {
+            self.t0
+                .checked_sub(Duration::from_micros(delta.unsigned_abs()))
+                .unwrap_or(self.t0)
+        }
+    }
+}
+
+/// Live totals, for progress and for knowing when a run has drained.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub attempted: AtomicU64,
+    pub answered: AtomicU64,
+    pub accepted: AtomicU64,
+    /// First receipts of owed messages.
+    pub delivered: AtomicU64,
+}
+
+/// What one socket's reader saw.
+#[derive(Debug, Default)]
+pub struct ReaderLog {
+    pub device: DeviceLog,
+    /// For a sending socket: the outcome of each send, by number.
+    pub outcomes: Vec<Outcome>,
+    /// The last cursor delivered to this socket.
+    pub cursor: u64,
+}
+
+/// Per message, how many members still wait for it; when the last one
+/// has it, the latency to the last member is recorded.
+pub struct LastMember {
+    waiting: std::sync::Mutex<std::collections::HashMap<MessageKey, u32>>,
+    members: u32,
+    latency: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl LastMember {
+    pub fn new(members: u32) -> Self {
+        Self {
+            waiting: std::sync::Mutex::new(std::collections::HashMap::new()),
+            members,
+            latency: std::sync::Mutex::new(crate::measure::micros()),
+        }
+    }
+
+    fn arrived(&self, key: MessageKey, latency: Duration) {
+        let Ok(mut waiting) = self.waiting.lock() else {
+            return;
+        };
+        let left = waiting.entry(key).or_insert(self.members);
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            waiting.remove(&key);
+            if let Ok(mut h) = self.latency.lock() {
+                h.saturating_record(latency.as_micros() as u64);
+            }
+        }
+    }
+
+    pub fn summary(&self) -> Option<crate::report::LatencySummary> {
+        self.latency
+            .lock()
+            .ok()
+            .and_then(|h| crate::measure::summary(&h))
+    }
+}
+
+/// A run in progress.
+pub struct Run {
+    pub collector: Arc<Collector>,
+    pub counters: Arc<Counters>,
+    /// Set by `fanout`: latency to the last member of a group.
+    pub last_member: Option<Arc<LastMember>>,
+    pub clock: Clock,
+    scenario: &'static str,
+    started_at: String,
+    stop: watch::Sender<bool>,
+    progress: Option<JoinHandle<()>>,
+}
+
+impl Run {
+    pub fn new(target: &Target, clock: &Clock, warmup: u64, scenario: &'static str) -> Self {
+        let counters = Arc::new(Counters::default());
+        let (stop, _) = watch::channel(false);
+        let progress = (!target.quiet).then(|| {
+            let counters = counters.clone();
+            let mut stopped = stop.subscribe();
+            tokio::spawn(async move {
+                let bar = indicatif::ProgressBar::new_spinner();
+                bar.enable_steady_tick(Duration::from_millis(200));
+                loop {
+                    bar.set_message(format!(
+                        "{scenario}: sent {} accepted {} delivered {}",
+                        counters.attempted.load(Ordering::Relaxed),
+                        counters.accepted.load(Ordering::Relaxed),
+                        counters.delivered.load(Ordering::Relaxed),
+                    ));
+                    tokio::select! {
+                        _ = stopped.changed() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    }
+                }
+                bar.finish_and_clear();
+            })
+        });
+        Self {
+            collector: Arc::new(Collector::new(clock.t0 + Duration::from_secs(warmup))),
+            counters,
+            last_member: None,
+            clock: clock.clone(),
+            scenario,
+            started_at: chrono::Utc::now().to_rfc3339(),
+            stop,
+            progress,
+        }
+    }
+
+    /// Reads one socket until the run stops. `me` is the socket's user (its
+    /// own messages coming back for its other devices are not counted);
+    /// `planned` sizes the outcome table of a sending socket.
+    pub fn read(
+        &self,
+        mut stream: SplitStream<Socket>,
+        me: Uuid,
+        planned: Option<usize>,
+    ) -> JoinHandle<ReaderLog> {
+        let mut stopped = self.stop.subscribe();
+        let collector = self.collector.clone();
+        let counters = self.counters.clone();
+        let clock = self.clock.clone();
+        let last_member = self.last_member.clone();
+        tokio::spawn(async move {
+            let me = me.to_string();
+            let mut log = ReaderLog {
+                outcomes: vec![Outcome::Unanswered; planned.unwrap_or(0)],
+                ..ReaderLog::default()
+            };
+            loop {
+                let frame = tokio::select! {
+                    _ = stopped.changed() => break,
+                    frame = stream.next() => frame,
+                };
+                let Some(Ok(Message::Text(text))) = frame else {
+                    match frame {
+                        Some(Ok(_)) => continue,
+                        _ => break,
+                    }
+                };
+                let now = Instant::now();
+                match client::parse(text.as_str()) {
+                    Incoming::Sent { reference, content } => {
+                        let slot = reference.and_then(|r| log.outcomes.get_mut(r as usize));
+                        if let Some(slot) = slot {
+                            *slot = Outcome::Accepted;
+                            counters.answered.fetch_add(1, Ordering::Relaxed);
+                            counters.accepted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if let Some((_, scheduled)) = MessageKey::parse(&content) {
+                            collector.accepted(now, now - clock.instant(scheduled));
+                        }
+                    }
+                    Incoming::Refused { reference, .. } => {
+                        if let Some(slot) = reference.and_then(|r| log.outcomes.get_mut(r as usize))
+                        {
+                            *slot = Outcome::Refused;
+                            counters.answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Incoming::Delivery {
+                        sender,
+                        conversation,
+                        seq,
+                        cursor,
+                        content,
+                    } => {
+                        log.cursor = log.cursor.max(cursor);
+                        if sender == me {
+                            continue;
+                        }
+                        let parsed = MessageKey::parse(&content);
+                        let first =
+                            parsed.is_some_and(|(key, _)| !log.device.received.contains_key(&key));
+                        log.device
+                            .record(parsed.map(|(key, _)| key), &conversation, seq);
+                        if let (true, Some((key, scheduled))) = (first, parsed) {
+                            let latency = now - clock.instant(scheduled);
+                            counters.delivered.fetch_add(1, Ordering::Relaxed);
+                            collector.delivered(now, latency);
+                            if let Some(tracker) = &last_member {
+                                tracker.arrived(key, latency);
+                            }
+                        }
+                    }
+                    Incoming::Ready { .. } | Incoming::Other => {}
+                }
+            }
+            log
+        })
+    }
+
+    /// Waits until every send is answered and every owed delivery arrived
+    /// (`owed_per_accept` devices per accepted send), or `max`.
+    pub async fn drain(&self, owed_per_accept: u64, max: Duration) {
+        let deadline = Instant::now() + max;
+        while Instant::now() < deadline {
+            let c = &self.counters;
+            let answered =
+                c.answered.load(Ordering::Relaxed) >= c.attempted.load(Ordering::Relaxed);
+            let delivered = c.delivered.load(Ordering::Relaxed)
+                >= c.accepted.load(Ordering::Relaxed) * owed_per_accept;
+            if answered && delivered {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the readers and collects their logs, in socket order.
+    pub async fn stop(
+        &mut self,
+        readers: Vec<JoinHandle<ReaderLog>>,
+    ) -> anyhow::Result<Vec<ReaderLog>> {
+        let _ = self.stop.send(true);
+        if let Some(progress) = self.progress.take() {
+            let _ = progress.await;
+        }
+        let mut logs = Vec::with_capacity(readers.len());
+        for reader in readers {
+            logs.push(reader.await?);
+        }
+        Ok(logs)
+    }
+
+    /// The report: accounting over the whole run, rates and latencies over
+    /// the measured `seconds`.
+    pub fn report(&self, sends: &[Sent], logs: Vec<ReaderLog>, seconds: u64) -> Report {
+        let devices: Vec<DeviceLog> = logs.into_iter().map(|l| l.device).collect();
+        let accounting = reconcile(sends, &devices);
+        let measured = self.collector.finish(seconds);
+        let per_s = |n: u64| n as f64 / seconds.max(1) as f64;
+        Report {
+            scenario: self.scenario.to_owned(),
+            started_at: self.started_at.clone(),
+            duration_s: seconds as f64,
+            problems: accounting.problems(),
+            accounting,
+            sent_per_s: per_s(measured.sent),
+            accepted_per_s: per_s(measured.accepted),
+            delivered_per_s: per_s(measured.delivered),
+            accept_latency: measured.accept,
+            delivery_latency: measured.delivery,
+            delivery_histogram: measured.histogram,
+            timeline: measured.timeline,
+            ..Report::default()
+        }
+    }
+}
+
+/// Connects every user's device `device`, at most `concurrency` at once;
+/// returns the sockets with their cursors, in user order.
+pub async fn connect_all(
+    target: &Target,
+    users: &[User],
+    device: &str,
+    concurrency: usize,
+) -> anyhow::Result<Vec<(Socket, u64)>> {
+    let gate = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut tasks = Vec::with_capacity(users.len());
+    for user in users {
+        let gate = gate.clone();
+        let url = target.url.clone();
+        let token = user.token.clone();
+        let device = device.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            client::connect(&url, &token, &device).await
+        }));
+    }
+    let mut sockets = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        sockets.push(task.await??);
+    }
+    Ok(sockets)
+}

@@ -1,0 +1,107 @@
+//! `steady`: users in sender → receiver pairs, direct messages at a fixed
+//! total rate, open loop (each send goes out on schedule whether or not the
+//! previous ones were answered), so latency is honest under overload: it
+//! is measured from the scheduled time, not from when the send got out.
+
+use crate::accounting::{MessageKey, Outcome, Sent};
+use crate::cli::{Steady, Target};
+use crate::report::Report;
+use crate::scenarios::{Clock, Run, connect_all};
+use crate::users;
+use futures::SinkExt;
+use serde_json::json;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+pub async fn run(target: &Target, args: &Steady) -> anyhow::Result<Report> {
+    let pairs = (args.users / 2).max(1);
+    let users = users::create(target, "s", pairs * 2).await?;
+    let sockets = connect_all(target, &users, "steady", 200).await?;
+    let total = Duration::from_secs(args.warmup + args.duration);
+    let period = Duration::from_secs_f64(pairs as f64 / args.rate.max(1) as f64);
+    let planned = (total.as_secs_f64() / period.as_secs_f64()).ceil() as usize + 1;
+
+    let clock = Clock::start(Duration::from_millis(200));
+    let mut run = Run::new(target, &clock, args.warmup, "steady");
+    let mut sinks = Vec::new();
+    let mut readers = Vec::new();
+    for (index, (socket, _)) in sockets.into_iter().enumerate() {
+        let (sink, stream) = futures::StreamExt::split(socket);
+        let sender = index % 2 == 0;
+        readers.push(run.read(stream, users[index].id, sender.then_some(planned)));
+        sinks.push(sink);
+    }
+    // Senders start spread over one period so the load is even.
+    let mut senders = Vec::new();
+    for (pair, mut sink) in sinks
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 0)
+        .map(|(i, s)| (i / 2, s))
+    {
+        let receiver = users[pair * 2 + 1].id;
+        let offset = period.mul_f64(pair as f64 / pairs as f64);
+        let clock = clock.clone();
+        let counters = run.counters.clone();
+        let collector = run.collector.clone();
+        senders.push(tokio::spawn(async move {
+            let mut sent = 0u32;
+            loop {
+                let scheduled = clock.t0 + offset + period.mul_f64(f64::from(sent));
+                if scheduled >= clock.t0 + total {
+                    break;
+                }
+                tokio::time::sleep_until(scheduled).await;
+                let key = MessageKey::new(pair as u32, sent);
+                let frame = json!({
+                    "event": "send_direct_message",
+                    "data": {"receiverId": receiver, "content": key.content(clock.unix_us(scheduled))},
+                    "ref": sent.to_string(),
+                });
+                if sink.send(Message::Text(frame.to_string().into())).await.is_err() {
+                    break;
+                }
+                collector.sent(tokio::time::Instant::now());
+                counters.attempted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                sent += 1;
+            }
+            (sent, sink)
+        }));
+    }
+    let mut sent_counts = Vec::new();
+    let mut keep_open = Vec::new();
+    for sender in senders {
+        let (sent, sink) = sender.await?;
+        sent_counts.push(sent);
+        keep_open.push(sink);
+    }
+    run.drain(1, Duration::from_secs(args.drain)).await;
+    let logs = run.stop(readers).await?;
+    drop(keep_open);
+
+    let mut sends = Vec::new();
+    for (pair, &count) in sent_counts.iter().enumerate() {
+        let outcomes = &logs[pair * 2].outcomes;
+        for number in 0..count {
+            sends.push(Sent {
+                key: MessageKey::new(pair as u32, number),
+                outcome: outcomes
+                    .get(number as usize)
+                    .copied()
+                    .unwrap_or(Outcome::Unanswered),
+                recipients: vec![pair * 2 + 1],
+            });
+        }
+    }
+    let mut report = run.report(&sends, logs, args.duration);
+    report.parameters = [
+        ("users", json!(pairs * 2)),
+        ("rate", json!(args.rate)),
+        ("duration", json!(args.duration)),
+        ("warmup", json!(args.warmup)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    Ok(report)
+}

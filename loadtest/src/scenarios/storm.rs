@@ -1,0 +1,222 @@
+//! `storm`: a reconnection storm. Devices connect once (so each has a
+//! cursor), all drop without a close frame, miss `missed` messages each,
+//! then all reconnect at once. Measured: how long until every device has
+//! every message it missed, per device and overall, with the books kept.
+
+use crate::accounting::{DeviceLog, MessageKey, Outcome, Sent};
+use crate::cli::{Storm, Target};
+use crate::client::{self, Incoming};
+use crate::report::Report;
+use crate::scenarios::{Clock, ReaderLog, Run, connect_all};
+use crate::users;
+use futures::{SinkExt, StreamExt};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Sockets that send the missed messages.
+const SENDERS: usize = 20;
+/// Reconnects in flight at once: "all at once", within what the listen
+/// backlog takes without dropping handshakes.
+const RECONNECTS_AT_ONCE: usize = 1000;
+
+/// The device each send of sender `s` goes to, in sending order: every
+/// device's messages are spread over the whole sending phase.
+fn plan(sender: usize, senders: usize, devices: usize, missed: usize) -> Vec<usize> {
+    let mine: Vec<usize> = (sender..devices).step_by(senders).collect();
+    (0..missed).flat_map(|_| mine.iter().copied()).collect()
+}
+
+pub async fn run(target: &Target, args: &Storm) -> anyhow::Result<Report> {
+    let senders_n = SENDERS.min(args.devices).max(1);
+    let users = users::create(target, "d", args.devices + senders_n).await?;
+    let (devices, senders) = users.split_at(args.devices);
+
+    // Every device connects once, so the server has its cursor, then drops
+    // without a close frame, as a lost network does.
+    let first = connect_all(target, devices, "storm", 500).await?;
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let clock = Clock::start(Duration::ZERO);
+    let mut run = Run::new(target, &clock, 0, "storm");
+    let sockets = connect_all(target, senders, "storm-sender", senders_n).await?;
+    let mut readers = Vec::new();
+    let mut writers = Vec::new();
+    for (s, (socket, _)) in sockets.into_iter().enumerate() {
+        let (mut sink, stream) = socket.split();
+        let plan = plan(s, senders_n, args.devices, args.missed);
+        readers.push(run.read(stream, senders[s].id, Some(plan.len())));
+        let receivers: Vec<uuid::Uuid> = plan.iter().map(|&d| devices[d].id).collect();
+        let counters = run.counters.clone();
+        let clock = clock.clone();
+        writers.push(tokio::spawn(async move {
+            for (number, receiver) in receivers.into_iter().enumerate() {
+                let key = MessageKey::new(s as u32, number as u32);
+                let frame = json!({
+                    "event": "send_direct_message",
+                    "data": {"receiverId": receiver, "content": key.content(clock.unix_us(Instant::now()))},
+                    "ref": number.to_string(),
+                });
+                if sink.send(Message::Text(frame.to_string().into())).await.is_err() {
+                    break;
+                }
+                counters.attempted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            sink
+        }));
+    }
+    let mut keep_open = Vec::new();
+    for writer in writers {
+        keep_open.push(writer.await?);
+    }
+    let sending = clock.t0.elapsed();
+    run.drain(0, Duration::from_secs(60)).await;
+
+    // The storm.
+    let storm = Instant::now();
+    let deadline = storm + Duration::from_secs(args.deadline);
+    let gate = Arc::new(Semaphore::new(RECONNECTS_AT_ONCE));
+    let mut reconnects = Vec::with_capacity(devices.len());
+    for device in devices {
+        let gate = gate.clone();
+        let url = target.url.clone();
+        let token = device.token.clone();
+        let missed = args.missed;
+        reconnects.push(tokio::spawn(async move {
+            let permit = gate.acquire_owned().await;
+            let mut log = DeviceLog::default();
+            let Ok((mut socket, _)) = client::connect(&url, &token, "storm").await else {
+                return (log, None);
+            };
+            drop(permit);
+            while log.received.len() < missed {
+                let frame = match tokio::time::timeout_at(deadline, socket.next()).await {
+                    Ok(Some(Ok(Message::Text(text)))) => text,
+                    Ok(Some(Ok(_))) => continue,
+                    _ => return (log, None),
+                };
+                if let Incoming::Delivery {
+                    conversation,
+                    seq,
+                    content,
+                    ..
+                } = client::parse(frame.as_str())
+                {
+                    let key = MessageKey::parse(&content).map(|(key, _)| key);
+                    log.record(key, &conversation, seq);
+                }
+            }
+            let complete = storm.elapsed();
+            // A moment longer, to catch a duplicate replayed after the last one.
+            let _ = tokio::time::timeout(Duration::from_millis(200), async {
+                while let Some(Ok(frame)) = socket.next().await {
+                    if let Message::Text(text) = frame
+                        && let Incoming::Delivery {
+                            conversation,
+                            seq,
+                            content,
+                            ..
+                        } = client::parse(text.as_str())
+                    {
+                        let key = MessageKey::parse(&content).map(|(key, _)| key);
+                        log.record(key, &conversation, seq);
+                    }
+                }
+            })
+            .await;
+            (log, Some(complete))
+        }));
+    }
+    let mut device_logs = Vec::with_capacity(devices.len());
+    let mut completion = crate::measure::micros();
+    let mut incomplete = 0usize;
+    let mut slowest = Duration::ZERO;
+    for reconnect in reconnects {
+        let (log, complete) = reconnect.await?;
+        match complete {
+            Some(took) => {
+                completion.saturating_record(took.as_micros() as u64);
+                slowest = slowest.max(took);
+            }
+            None => incomplete += 1,
+        }
+        device_logs.push(ReaderLog {
+            device: log,
+            ..ReaderLog::default()
+        });
+    }
+    let sender_logs = run.stop(readers).await?;
+    drop(keep_open);
+
+    let mut sends = Vec::new();
+    for (s, log) in sender_logs.iter().enumerate() {
+        for (number, device) in plan(s, senders_n, args.devices, args.missed)
+            .into_iter()
+            .enumerate()
+        {
+            sends.push(Sent {
+                key: MessageKey::new(s as u32, number as u32),
+                outcome: log
+                    .outcomes
+                    .get(number)
+                    .copied()
+                    .unwrap_or(Outcome::Unanswered),
+                recipients: vec![device],
+            });
+        }
+    }
+    let mut report = run.report(&sends, device_logs, sending.as_secs().max(1));
+    report.duration_s = sending.as_secs_f64() + storm.elapsed().as_secs_f64();
+    report.delivery_latency = crate::measure::summary(&completion);
+    report.delivery_histogram = Vec::new();
+    report.delivered_per_s =
+        report.accounting.delivered as f64 / storm.elapsed().as_secs_f64().max(1e-9);
+    report.extra.insert("devices".into(), args.devices as f64);
+    report
+        .extra
+        .insert("missed_per_device".into(), args.missed as f64);
+    report
+        .extra
+        .insert("send_phase_s".into(), sending.as_secs_f64());
+    report
+        .extra
+        .insert("storm_complete_s".into(), slowest.as_secs_f64());
+    report
+        .extra
+        .insert("incomplete_devices".into(), incomplete as f64);
+    if incomplete > 0 {
+        report.problems.push(format!(
+            "{incomplete} devices INCOMPLETE after {} s",
+            args.deadline
+        ));
+    }
+    report.parameters = [
+        ("devices", json!(args.devices)),
+        ("missed", json!(args.missed)),
+        ("deadline", json!(args.deadline)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_device_gets_its_share_from_exactly_one_sender() {
+        let (senders, devices, missed) = (3, 7, 4);
+        let mut per_device = vec![0; devices];
+        for s in 0..senders {
+            for d in super::plan(s, senders, devices, missed) {
+                assert_eq!(d % senders, s);
+                per_device[d] += 1;
+            }
+        }
+        assert!(per_device.iter().all(|&n| n == missed));
+    }
+}

@@ -1,0 +1,157 @@
+//! Each scenario, small and short, against a real natter (nats-server,
+//! PostgreSQL, gateway and persister from the test kit): it must run, count
+//! every message right, and notice when delivery breaks.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
+
+use natter_loadtest::cli::{Connections, Fanout, Steady, Storm, Target};
+use natter_loadtest::render;
+use natter_testkit::app::TEST_JWT_SECRET;
+use natter_testkit::{TestApp, TestOptions};
+use std::time::Duration;
+
+async fn app() -> TestApp {
+    TestApp::spawn_with(TestOptions {
+        gateway_args: vec!["--send-rate-per-sec".into(), "100000".into()],
+        ..TestOptions::default()
+    })
+    .await
+}
+
+fn target(app: &TestApp) -> Target {
+    Target {
+        url: format!("http://127.0.0.1:{}", app.gateway_port),
+        database_url: Some(app.db.url.clone()),
+        jwt_secret: Some(TEST_JWT_SECRET.to_owned()),
+        gateway_pid: None,
+        out: std::env::temp_dir(),
+        quiet: true,
+    }
+}
+
+#[tokio::test]
+async fn steady_counts_every_message_and_measures_latency() {
+    let app = app().await;
+    let args = Steady {
+        users: 10,
+        rate: 200,
+        duration: 2,
+        warmup: 1,
+        drain: 10,
+    };
+    let report = natter_loadtest::scenarios::steady::run(&target(&app), &args)
+        .await
+        .unwrap();
+    let a = &report.accounting;
+    assert!(report.ok(), "{}", render::summary(&report));
+    // 3 s at 200/s: about 600 sends, every one accepted and delivered once.
+    assert!((500..=700).contains(&a.attempted), "{a:?}");
+    assert_eq!(a.accepted, a.attempted, "{a:?}");
+    assert_eq!(a.delivered, a.accepted);
+    assert_eq!(
+        (a.lost, a.duplicated, a.out_of_order, a.unexpected),
+        (0, 0, 0, 0)
+    );
+    let delivery = report.delivery_latency.as_ref().expect("delivery latency");
+    assert!(delivery.count >= 300, "{delivery:?}");
+    assert!(delivery.p50_ms > 0.0 && delivery.p50_ms <= delivery.p99_ms);
+    assert!(report.accept_latency.is_some());
+    assert!(!report.timeline.is_empty());
+    assert!(report.delivered_per_s > 100.0, "{}", report.delivered_per_s);
+}
+
+#[tokio::test]
+async fn steady_says_loudly_when_accepted_messages_are_not_delivered() {
+    let mut app = app().await;
+    let target = target(&app);
+    let args = Steady {
+        users: 4,
+        rate: 100,
+        duration: 3,
+        warmup: 0,
+        drain: 3,
+    };
+    let run =
+        tokio::spawn(async move { natter_loadtest::scenarios::steady::run(&target, &args).await });
+    // Messages accepted after this are stored in CHAT but never delivered
+    // while the persister is down: the books must show them lost.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    app.stop_persister().await;
+    let report = run.await.unwrap().unwrap();
+    let a = &report.accounting;
+    assert!(a.lost > 0, "{a:?}");
+    assert_eq!(a.lost + a.delivered, a.accepted, "{a:?}");
+    assert!(!report.ok());
+    let summary = render::summary(&report);
+    assert!(summary.contains("FAILED"), "{summary}");
+    assert!(summary.contains("LOST"), "{summary}");
+}
+
+#[tokio::test]
+async fn fanout_delivers_every_group_message_to_every_member() {
+    let app = app().await;
+    let args = Fanout {
+        groups: 2,
+        group_size: 5,
+        rate: 40,
+        duration: 2,
+        warmup: 0,
+        drain: 10,
+    };
+    let report = natter_loadtest::scenarios::fanout::run(&target(&app), &args)
+        .await
+        .unwrap();
+    let a = &report.accounting;
+    assert!(report.ok(), "{}", render::summary(&report));
+    assert!(a.accepted >= 60, "{a:?}");
+    // Four members besides the sender get each message.
+    assert_eq!(a.delivered, a.accepted * 4, "{a:?}");
+    assert!(report.extra["last_member_p99_ms"] >= report.extra["last_member_p50_ms"]);
+    assert!(report.delivery_latency.is_some());
+}
+
+#[tokio::test]
+async fn connections_holds_idle_sockets_and_measures_gateway_memory() {
+    let app = app().await;
+    let mut target = target(&app);
+    // The gateway runs in this process.
+    target.gateway_pid = Some(std::process::id());
+    let args = Connections {
+        count: 200,
+        concurrency: 50,
+        hold: 1,
+    };
+    let report = natter_loadtest::scenarios::connections::run(&target, &args)
+        .await
+        .unwrap();
+    assert!(report.ok(), "{}", render::summary(&report));
+    assert_eq!(report.extra["connections"], 200.0);
+    assert!(report.extra["connect_per_s"] > 0.0);
+    assert!(
+        report.extra.contains_key("rss_kb_per_connection"),
+        "{:?}",
+        report.extra
+    );
+    assert_eq!(report.accept_latency.as_ref().unwrap().count, 200);
+}
+
+#[tokio::test]
+async fn storm_replays_every_missed_message_after_a_mass_reconnect() {
+    let app = app().await;
+    let args = Storm {
+        devices: 50,
+        missed: 10,
+        deadline: 30,
+    };
+    let report = natter_loadtest::scenarios::storm::run(&target(&app), &args)
+        .await
+        .unwrap();
+    let a = &report.accounting;
+    assert!(report.ok(), "{}", render::summary(&report));
+    assert_eq!(a.accepted, 500, "{a:?}");
+    assert_eq!(a.delivered, 500, "{a:?}");
+    assert_eq!(report.extra["incomplete_devices"], 0.0);
+    let per_device = report.delivery_latency.as_ref().unwrap();
+    assert_eq!(per_device.count, 50);
+    assert!(report.extra["storm_complete_s"] * 1000.0 >= per_device.p99_ms * 0.99);
+}
