@@ -41,18 +41,35 @@ impl MessageKey {
 }
 
 /// What one device received.
+///
+/// Judged per connection: a device that reconnects without having acked
+/// is owed a replay from its cursor, so a message seen on an earlier
+/// connection and again on a later one is a replay, not a duplicate, and
+/// `seq` may start lower again.
 #[derive(Debug, Default)]
 pub struct DeviceLog {
-    /// How many times each message arrived.
+    /// How many times each message arrived, over all connections.
     pub received: HashMap<MessageKey, u32>,
-    /// The highest `seq` seen per conversation.
+    /// Messages seen on the current connection.
+    this_connection: std::collections::HashSet<MessageKey>,
+    /// The highest `seq` seen per conversation on the current connection.
     last_seq: HashMap<String, u64>,
+    /// Messages that arrived twice on one connection.
+    pub duplicated: u64,
+    /// Messages seen again on a later connection (legitimate replays).
+    pub replayed_again: u64,
     pub out_of_order: u64,
     /// Frames whose content this run did not write.
     pub unexpected: u64,
 }
 
 impl DeviceLog {
+    /// The device connected again: replay from its cursor starts over.
+    pub fn reconnected(&mut self) {
+        self.this_connection.clear();
+        self.last_seq.clear();
+    }
+
     /// Records one received message: its key (if the content is ours), its
     /// conversation and its `seq`.
     pub fn record(&mut self, key: Option<MessageKey>, conversation: &str, seq: u64) {
@@ -62,9 +79,13 @@ impl DeviceLog {
         };
         let count = self.received.entry(key).or_insert(0);
         *count += 1;
-        if *count > 1 {
+        if !self.this_connection.insert(key) {
             // A duplicate is counted as such, not also as misordered.
+            self.duplicated += 1;
             return;
+        }
+        if *count > 1 {
+            self.replayed_again += 1;
         }
         match self.last_seq.get_mut(conversation) {
             Some(last) if seq <= *last => self.out_of_order += 1,
@@ -114,12 +135,10 @@ pub fn reconcile(sends: &[Sent], devices: &[DeviceLog]) -> Accounting {
     for (index, device) in devices.iter().enumerate() {
         accounting.out_of_order += device.out_of_order;
         accounting.unexpected += device.unexpected;
+        accounting.duplicated += device.duplicated;
         for (&key, &count) in &device.received {
             match owed.get(&(index, key)) {
-                Some(_) => {
-                    accounting.delivered += 1;
-                    accounting.duplicated += u64::from(count - 1);
-                }
+                Some(_) => accounting.delivered += 1,
                 None => accounting.unexpected += u64::from(count),
             }
         }
@@ -206,6 +225,20 @@ mod tests {
         assert_eq!(a.out_of_order, 1);
         assert_eq!(a.lost, 0);
         assert_eq!(a.duplicated, 0);
+    }
+
+    #[test]
+    fn a_replay_on_a_new_connection_is_not_a_duplicate() {
+        let sends: Vec<Sent> = (0..3).map(|n| accepted(n, 0)).collect();
+        let mut log = device(&[0, 1]);
+        log.reconnected();
+        for n in [0, 1, 2] {
+            log.record(Some(key(n)), "c", u64::from(n) + 1);
+        }
+        assert_eq!(log.replayed_again, 2);
+        let a = reconcile(&sends, &[log]);
+        assert_eq!((a.duplicated, a.out_of_order, a.lost), (0, 0, 0), "{a:?}");
+        assert_eq!(a.delivered, 3);
     }
 
     #[test]

@@ -70,9 +70,10 @@ pub struct Steady {
     /// Seconds of traffic before measuring.
     #[arg(long, default_value_t = 3)]
     pub warmup: u64,
-    /// Seconds to wait after the last send for answers and deliveries;
-    /// what has not arrived by then counts as lost.
-    #[arg(long, default_value_t = 15)]
+    /// After the last send, seconds without any new answer or delivery
+    /// before what is missing counts as lost (draining stops after 30 s in
+    /// all; what is missing then, while still arriving, is late).
+    #[arg(long, default_value_t = 10)]
     pub drain: u64,
 }
 
@@ -89,8 +90,8 @@ pub struct Fanout {
     pub duration: u64,
     #[arg(long, default_value_t = 3)]
     pub warmup: u64,
-    /// Seconds to wait after the last send for answers and deliveries.
-    #[arg(long, default_value_t = 15)]
+    /// Like `steady --drain`.
+    #[arg(long, default_value_t = 10)]
     pub drain: u64,
 }
 

@@ -12,7 +12,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How long a handshake and its `ready` may take.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The WebSocket URL for a gateway base URL (`http://host:port`).
 pub fn ws_url(base: &str, token: &str, device: &str) -> String {

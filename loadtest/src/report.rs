@@ -17,8 +17,14 @@ pub struct Accounting {
     pub unanswered: u64,
     /// Deliveries received: each (recipient, message) counted once.
     pub delivered: u64,
-    /// Deliveries owed (accepted × recipients) never received.
+    /// Deliveries owed (accepted × recipients) never received, although
+    /// delivery had stopped making progress: the system dropped them.
     pub lost: u64,
+    /// Deliveries owed and not received when the run ended while delivery
+    /// was still making progress: the system was behind (overloaded), and
+    /// whether they arrive later is not known.
+    #[serde(default)]
+    pub late: u64,
     /// Deliveries received more than once by the same device.
     pub duplicated: u64,
     /// Deliveries that arrived after a later message of the same conversation.
@@ -33,6 +39,14 @@ impl Accounting {
         let mut problems = Vec::new();
         for (count, what) in [
             (self.lost, "deliveries LOST (accepted, never delivered)"),
+            (
+                self.late,
+                "deliveries LATE (still arriving when the run ended: natter fell behind)",
+            ),
+            (
+                self.unanswered,
+                "sends UNANSWERED (neither accepted nor refused by the end: natter fell behind)",
+            ),
             (self.duplicated, "deliveries DUPLICATED"),
             (self.out_of_order, "deliveries OUT OF ORDER"),
             (self.unexpected, "UNEXPECTED deliveries"),

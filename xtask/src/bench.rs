@@ -93,6 +93,7 @@ struct Target {
     database_url: String,
     jwt_secret: String,
     gateway_pid: u32,
+    persister_port: u16,
 }
 
 pub fn run(args: &BenchArgs, stop: &Stop) -> anyhow::Result<ExitCode> {
@@ -202,6 +203,9 @@ fn start_and_run(
                  both natter-loadtest and the gateway; expect `{}` to fail (raise `ulimit -n`)",
                 entry.name
             );
+        }
+        if !runs.is_empty() {
+            wait_until_idle(target.persister_port, stop);
         }
         runs.push(run_entry(&entry, &loadtest, &target, out, stack, stop)?);
     }
@@ -328,6 +332,7 @@ fn start(
         database_url,
         jwt_secret,
         gateway_pid: gateway.pid(),
+        persister_port,
     }))
 }
 
@@ -523,8 +528,95 @@ fn shown(path: &Path) -> String {
         .to_string()
 }
 
+/// How long a run may leave natter busy before the next starts anyway.
+const IDLE_WAIT: Duration = Duration::from_secs(120);
+
+/// Waits until the persister has caught up with everything the previous
+/// run left behind, so one run's backlog does not count against the next:
+/// its backlog gauges read 0 and it has projected nothing new for a few
+/// seconds (the gauges alone can be stale while it is too busy to refresh
+/// them).
+fn wait_until_idle(persister_port: u16, stop: &Stop) {
+    let started = std::time::Instant::now();
+    let mut last_projected = None;
+    let mut quiet_for = 0;
+    while started.elapsed() < IDLE_WAIT && !stop.requested() {
+        if let Some(text) = scrape(persister_port) {
+            let projected = sum(&text, "natter_persister_records_total");
+            let drained = gauge(&text, "natter_persister_consumer_pending") == Some(0.0)
+                && gauge(&text, "natter_persister_consumer_ack_pending") == Some(0.0);
+            quiet_for = if Some(projected) == last_projected {
+                quiet_for + 1
+            } else {
+                0
+            };
+            last_projected = Some(projected);
+            if drained && quiet_for >= 3 {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    eprintln!(
+        "warning: the persister was still busy after {} s; starting the next run anyway",
+        IDLE_WAIT.as_secs()
+    );
+}
+
+/// The sum of every sample of a metric family (all label sets).
+fn sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            (rest.starts_with('{') || rest.starts_with(' '))
+                .then(|| rest.rsplit(' ').next()?.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// `GET /metrics` on a local port, as text.
+fn scrape(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// The value of an unlabelled sample in a Prometheus exposition.
+fn gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reads_an_unlabelled_gauge() {
+        let text = "# TYPE natter_persister_consumer_pending gauge\n\
+                    natter_persister_consumer_pending 0\n\
+                    natter_persister_consumer_pending_other 5\n\
+                    natter_persister_consumer_ack_pending 12\n";
+        assert_eq!(
+            super::gauge(text, "natter_persister_consumer_pending"),
+            Some(0.0)
+        );
+        assert_eq!(
+            super::gauge(text, "natter_persister_consumer_ack_pending"),
+            Some(12.0)
+        );
+        assert_eq!(super::gauge(text, "natter_missing"), None);
+        let records = "natter_persister_records_total{kind=\"direct\"} 3\n\
+                       natter_persister_records_total{kind=\"read\"} 2\n";
+        assert_eq!(super::sum(records, "natter_persister_records_total"), 5.0);
+    }
+
     use clap::Parser;
 
     use super::*;

@@ -5,7 +5,7 @@
 use crate::accounting::{MessageKey, Outcome, Sent};
 use crate::cli::{Fanout, Target};
 use crate::report::Report;
-use crate::scenarios::{Clock, LastMember, Run, connect_all};
+use crate::scenarios::{Clock, DRAIN_CAP, LastMember, Run, connect_all};
 use crate::users::{self, User};
 use anyhow::Context;
 use futures::{SinkExt, StreamExt};
@@ -14,8 +14,29 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
-/// Creates a group of `members` (the first is its creator) over REST.
+/// How long group creation is retried while natter answers `unavailable`
+/// (it waits for the persister, which may be catching up).
+const CREATE_RETRY: Duration = Duration::from_secs(60);
+
+/// Creates a group of `members` (the first is its creator) over REST,
+/// retrying while natter answers 503, as a client would.
 async fn create_group(target: &Target, name: &str, members: &[User]) -> anyhow::Result<uuid::Uuid> {
+    let deadline = tokio::time::Instant::now() + CREATE_RETRY;
+    loop {
+        match try_create_group(target, name, members).await {
+            Err(e) if e.to_string().contains("503") && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn try_create_group(
+    target: &Target,
+    name: &str,
+    members: &[User],
+) -> anyhow::Result<uuid::Uuid> {
     let ids: Vec<String> = members[1..].iter().map(|m| m.id.to_string()).collect();
     let response = reqwest::Client::new()
         .post(format!("{}/api/groups", target.url))
@@ -107,7 +128,12 @@ pub async fn run(target: &Target, args: &Fanout) -> anyhow::Result<Report> {
         sent_counts.push(sent);
         sinks.push(sink);
     }
-    run.drain((size - 1) as u64, Duration::from_secs(args.drain))
+    let drained = run
+        .drain(
+            (size - 1) as u64,
+            Duration::from_secs(args.drain),
+            DRAIN_CAP,
+        )
         .await;
     let logs = run.stop(readers).await?;
     drop(sinks);
@@ -128,7 +154,7 @@ pub async fn run(target: &Target, args: &Fanout) -> anyhow::Result<Report> {
             });
         }
     }
-    let mut report = run.report(&sends, logs, args.duration);
+    let mut report = run.report(&sends, logs, args.duration, drained);
     if let Some(last) = last_member.summary() {
         report
             .extra

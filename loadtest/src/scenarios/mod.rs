@@ -61,6 +61,20 @@ impl Clock {
     }
 }
 
+/// How waiting for the last answers and deliveries ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drained {
+    /// Everything owed arrived.
+    Complete,
+    /// Nothing arrived for the stall window: what is missing is lost.
+    Stalled,
+    /// Deliveries were still arriving at the cap: what is missing is late.
+    StillMoving,
+}
+
+/// How long draining may take in all, whatever the stall window.
+pub const DRAIN_CAP: Duration = Duration::from_secs(30);
+
 /// Live totals, for progress and for knowing when a run has drained.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -254,17 +268,31 @@ impl Run {
     }
 
     /// Waits until every send is answered and every owed delivery arrived
-    /// (`owed_per_accept` devices per accepted send), or `max`.
-    pub async fn drain(&self, owed_per_accept: u64, max: Duration) {
-        let deadline = Instant::now() + max;
-        while Instant::now() < deadline {
+    /// (`owed_per_accept` devices per accepted send). Gives up when nothing
+    /// new arrived for `stall`, or after `cap` in all. Returns how it ended,
+    /// which tells a lost message (nothing moves any more) from a late one.
+    pub async fn drain(&self, owed_per_accept: u64, stall: Duration, cap: Duration) -> Drained {
+        let started = Instant::now();
+        let mut last_progress = Instant::now();
+        let mut seen = (0, 0);
+        loop {
             let c = &self.counters;
-            let answered =
-                c.answered.load(Ordering::Relaxed) >= c.attempted.load(Ordering::Relaxed);
-            let delivered = c.delivered.load(Ordering::Relaxed)
-                >= c.accepted.load(Ordering::Relaxed) * owed_per_accept;
-            if answered && delivered {
-                return;
+            let answered = c.answered.load(Ordering::Relaxed);
+            let delivered = c.delivered.load(Ordering::Relaxed);
+            if answered >= c.attempted.load(Ordering::Relaxed)
+                && delivered >= c.accepted.load(Ordering::Relaxed) * owed_per_accept
+            {
+                return Drained::Complete;
+            }
+            if (answered, delivered) != seen {
+                seen = (answered, delivered);
+                last_progress = Instant::now();
+            }
+            if last_progress.elapsed() >= stall {
+                return Drained::Stalled;
+            }
+            if started.elapsed() >= cap {
+                return Drained::StillMoving;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -288,9 +316,19 @@ impl Run {
 
     /// The report: accounting over the whole run, rates and latencies over
     /// the measured `seconds`.
-    pub fn report(&self, sends: &[Sent], logs: Vec<ReaderLog>, seconds: u64) -> Report {
+    pub fn report(
+        &self,
+        sends: &[Sent],
+        logs: Vec<ReaderLog>,
+        seconds: u64,
+        drained: Drained,
+    ) -> Report {
         let devices: Vec<DeviceLog> = logs.into_iter().map(|l| l.device).collect();
-        let accounting = reconcile(sends, &devices);
+        let mut accounting = reconcile(sends, &devices);
+        if drained == Drained::StillMoving {
+            accounting.late = accounting.lost;
+            accounting.lost = 0;
+        }
         let measured = self.collector.finish(seconds);
         let per_s = |n: u64| n as f64 / seconds.max(1) as f64;
         Report {

@@ -6,7 +6,7 @@
 use crate::accounting::{MessageKey, Outcome, Sent};
 use crate::cli::{Steady, Target};
 use crate::report::Report;
-use crate::scenarios::{Clock, Run, connect_all};
+use crate::scenarios::{Clock, DRAIN_CAP, Run, connect_all};
 use crate::users;
 use futures::SinkExt;
 use serde_json::json;
@@ -75,7 +75,9 @@ pub async fn run(target: &Target, args: &Steady) -> anyhow::Result<Report> {
         sent_counts.push(sent);
         keep_open.push(sink);
     }
-    run.drain(1, Duration::from_secs(args.drain)).await;
+    let drained = run
+        .drain(1, Duration::from_secs(args.drain), DRAIN_CAP)
+        .await;
     let logs = run.stop(readers).await?;
     drop(keep_open);
 
@@ -93,7 +95,7 @@ pub async fn run(target: &Target, args: &Steady) -> anyhow::Result<Report> {
             });
         }
     }
-    let mut report = run.report(&sends, logs, args.duration);
+    let mut report = run.report(&sends, logs, args.duration, drained);
     report.parameters = [
         ("users", json!(pairs * 2)),
         ("rate", json!(args.rate)),

@@ -7,7 +7,7 @@ use crate::accounting::{DeviceLog, MessageKey, Outcome, Sent};
 use crate::cli::{Storm, Target};
 use crate::client::{self, Incoming};
 use crate::report::Report;
-use crate::scenarios::{Clock, ReaderLog, Run, connect_all};
+use crate::scenarios::{Clock, DRAIN_CAP, Drained, ReaderLog, Run, connect_all};
 use crate::users;
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
@@ -74,7 +74,7 @@ pub async fn run(target: &Target, args: &Storm) -> anyhow::Result<Report> {
         keep_open.push(writer.await?);
     }
     let sending = clock.t0.elapsed();
-    run.drain(0, Duration::from_secs(60)).await;
+    run.drain(0, Duration::from_secs(30), DRAIN_CAP).await;
 
     // The storm.
     let storm = Instant::now();
@@ -87,17 +87,44 @@ pub async fn run(target: &Target, args: &Storm) -> anyhow::Result<Report> {
         let token = device.token.clone();
         let missed = args.missed;
         reconnects.push(tokio::spawn(async move {
-            let permit = gate.acquire_owned().await;
             let mut log = DeviceLog::default();
-            let Ok((mut socket, _)) = client::connect(&url, &token, "storm").await else {
-                return (log, None);
-            };
-            drop(permit);
+            // A refused connect, or a session the gateway closes ("try
+            // again"), is retried with backoff until the deadline, as a real
+            // client reconnects; the replay then starts over from its cursor.
+            let mut backoff = Duration::from_millis(100);
+            let mut connections = 0u32;
+            let mut socket = None;
             while log.received.len() < missed {
-                let frame = match tokio::time::timeout_at(deadline, socket.next()).await {
+                let mut current = match socket.take() {
+                    Some(current) => current,
+                    None => match connect_gated(&gate, &url, &token).await {
+                        Ok(current) => {
+                            connections += 1;
+                            if connections > 1 {
+                                log.reconnected();
+                            }
+                            current
+                        }
+                        Err(_) if Instant::now() + backoff < deadline => {
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(2));
+                            continue;
+                        }
+                        Err(_) => return (log, None, connections),
+                    },
+                };
+                let frame = match tokio::time::timeout_at(deadline, current.next()).await {
                     Ok(Some(Ok(Message::Text(text)))) => text,
-                    Ok(Some(Ok(_))) => continue,
-                    _ => return (log, None),
+                    Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) => {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        continue;
+                    }
+                    Ok(Some(Ok(_))) => {
+                        socket = Some(current);
+                        continue;
+                    }
+                    Err(_) => return (log, None, connections),
                 };
                 if let Incoming::Delivery {
                     conversation,
@@ -109,7 +136,11 @@ pub async fn run(target: &Target, args: &Storm) -> anyhow::Result<Report> {
                     let key = MessageKey::parse(&content).map(|(key, _)| key);
                     log.record(key, &conversation, seq);
                 }
+                socket = Some(current);
             }
+            let Some(mut socket) = socket else {
+                return (log, Some(storm.elapsed()), connections);
+            };
             let complete = storm.elapsed();
             // A moment longer, to catch a duplicate replayed after the last one.
             let _ = tokio::time::timeout(Duration::from_millis(200), async {
@@ -128,15 +159,19 @@ pub async fn run(target: &Target, args: &Storm) -> anyhow::Result<Report> {
                 }
             })
             .await;
-            (log, Some(complete))
+            (log, Some(complete), connections)
         }));
     }
     let mut device_logs = Vec::with_capacity(devices.len());
     let mut completion = crate::measure::micros();
     let mut incomplete = 0usize;
     let mut slowest = Duration::ZERO;
+    let mut extra_connections = 0u64;
+    let mut replayed_again = 0u64;
     for reconnect in reconnects {
-        let (log, complete) = reconnect.await?;
+        let (log, complete, connections) = reconnect.await?;
+        extra_connections += u64::from(connections.saturating_sub(1));
+        replayed_again += log.replayed_again;
         match complete {
             Some(took) => {
                 completion.saturating_record(took.as_micros() as u64);
@@ -169,7 +204,14 @@ pub async fn run(target: &Target, args: &Storm) -> anyhow::Result<Report> {
             });
         }
     }
-    let mut report = run.report(&sends, device_logs, sending.as_secs().max(1));
+    // A device that did not get everything by the deadline was still
+    // being served or had stalled; the deadline, not the drain, decides.
+    let drained = if incomplete > 0 {
+        Drained::Stalled
+    } else {
+        Drained::Complete
+    };
+    let mut report = run.report(&sends, device_logs, sending.as_secs().max(1), drained);
     report.duration_s = sending.as_secs_f64() + storm.elapsed().as_secs_f64();
     report.delivery_latency = crate::measure::summary(&completion);
     report.delivery_histogram = Vec::new();
@@ -188,6 +230,14 @@ pub async fn run(target: &Target, args: &Storm) -> anyhow::Result<Report> {
     report
         .extra
         .insert("incomplete_devices".into(), incomplete as f64);
+    // Sessions the gateway closed mid-replay ("try again") and the records
+    // their devices were sent again on the next connection.
+    report
+        .extra
+        .insert("reconnects_again".into(), extra_connections as f64);
+    report
+        .extra
+        .insert("replayed_again".into(), replayed_again as f64);
     if incomplete > 0 {
         report.problems.push(format!(
             "{incomplete} devices INCOMPLETE after {} s",
@@ -203,6 +253,17 @@ pub async fn run(target: &Target, args: &Storm) -> anyhow::Result<Report> {
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     Ok(report)
+}
+
+/// A connect that waits its turn: at most [`RECONNECTS_AT_ONCE`] handshakes
+/// are in flight, the rest queue as clients behind a slow network would.
+async fn connect_gated(
+    gate: &Arc<Semaphore>,
+    url: &str,
+    token: &str,
+) -> anyhow::Result<crate::client::Socket> {
+    let _turn = gate.acquire().await?;
+    Ok(client::connect(url, token, "storm").await?.0)
 }
 
 #[cfg(test)]

@@ -41,6 +41,9 @@ pub struct Accounting {
     pub unanswered: u64,
     pub delivered: u64,
     pub lost: u64,
+    /// Owed and still arriving when the run ended (natter fell behind).
+    #[serde(default)]
+    pub late: u64,
     pub duplicated: u64,
     pub out_of_order: u64,
     pub unexpected: u64,
@@ -208,6 +211,9 @@ fn measurements(report: &Report) -> [String; 6] {
     if counts.unexpected > 0 {
         let _ = write!(wrong, " (+{} unexpected)", counts.unexpected);
     }
+    if counts.late > 0 {
+        let _ = write!(wrong, " (+{} late)", counts.late);
+    }
     [
         rate(report.accepted_per_s),
         rate(report.delivered_per_s),
@@ -260,6 +266,7 @@ fn problems(report: &Report) -> Option<String> {
     let counts = &report.accounting;
     let counted: Vec<_> = [
         (counts.lost, "lost"),
+        (counts.late, "late"),
         (counts.duplicated, "duplicated"),
         (counts.out_of_order, "out of order"),
         (counts.unexpected, "unexpected"),
