@@ -5,14 +5,13 @@
 use crate::accounting::{MessageKey, Outcome, Sent};
 use crate::cli::{Fanout, Target};
 use crate::report::Report;
-use crate::scenarios::{Clock, DRAIN_CAP, LastMember, Run, connect_all};
+use crate::scenarios::{Clock, DRAIN_CAP, LastMember, Run, connect_all, send_on_schedule};
 use crate::users::{self, User};
 use anyhow::Context;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::Message;
 
 /// How long group creation is retried while natter answers `unavailable`
 /// (it waits for the persister, which may be catching up).
@@ -78,7 +77,7 @@ pub async fn run(target: &Target, args: &Fanout) -> anyhow::Result<Report> {
     let mut senders = Vec::new();
     let mut keep_open = Vec::new();
     for (index, (socket, _)) in sockets.into_iter().enumerate() {
-        let (mut sink, stream) = socket.split();
+        let (sink, stream) = socket.split();
         let group = index / size;
         let sender = index % size == 0;
         readers.push(run.read(stream, users[index].id, sender.then_some(planned)));
@@ -88,38 +87,21 @@ pub async fn run(target: &Target, args: &Fanout) -> anyhow::Result<Report> {
         }
         let group_id = groups[group];
         let offset = period.mul_f64(group as f64 / groups_n as f64);
-        let clock = clock.clone();
-        let counters = run.counters.clone();
-        let collector = run.collector.clone();
-        senders.push(tokio::spawn(async move {
-            let mut sent = 0u32;
-            loop {
-                let scheduled = clock.t0 + offset + period.mul_f64(f64::from(sent));
-                if scheduled >= clock.t0 + total {
-                    break;
-                }
-                tokio::time::sleep_until(scheduled).await;
-                let key = MessageKey::new(group as u32, sent);
-                let frame = json!({
+        senders.push(send_on_schedule(
+            &run,
+            sink,
+            group as u32,
+            offset,
+            period,
+            total,
+            move |n, content| {
+                json!({
                     "event": "send_group_message",
-                    "data": {"groupId": group_id, "content": key.content(clock.unix_us(scheduled))},
-                    "ref": sent.to_string(),
-                });
-                if sink
-                    .send(Message::Text(frame.to_string().into()))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-                collector.sent(tokio::time::Instant::now());
-                counters
-                    .attempted
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                sent += 1;
-            }
-            (sent, sink)
-        }));
+                    "data": {"groupId": group_id, "content": content},
+                    "ref": n.to_string(),
+                })
+            },
+        ));
     }
     let mut sent_counts = Vec::new();
     let mut sinks = Vec::new();

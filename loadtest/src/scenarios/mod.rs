@@ -349,6 +349,49 @@ impl Run {
     }
 }
 
+/// The write half of a socket.
+pub type Sink = futures::stream::SplitSink<Socket, Message>;
+
+/// One open-loop sender: send `n` goes out at `t0 + offset + n × period`
+/// until `total` has passed, whether or not earlier sends were answered.
+/// `frame(n, content)` builds the send; returns how many went out, and the
+/// sink (dropping it would close the socket before the answers arrive).
+pub fn send_on_schedule(
+    run: &Run,
+    mut sink: Sink,
+    sender: u32,
+    offset: Duration,
+    period: Duration,
+    total: Duration,
+    frame: impl Fn(u32, String) -> serde_json::Value + Send + 'static,
+) -> JoinHandle<(u32, Sink)> {
+    let clock = run.clock.clone();
+    let counters = run.counters.clone();
+    let collector = run.collector.clone();
+    tokio::spawn(async move {
+        let mut sent = 0u32;
+        loop {
+            let scheduled = clock.t0 + offset + period.mul_f64(f64::from(sent));
+            if scheduled >= clock.t0 + total {
+                break;
+            }
+            tokio::time::sleep_until(scheduled).await;
+            let content = MessageKey::new(sender, sent).content(clock.unix_us(scheduled));
+            let text = frame(sent, content).to_string();
+            if futures::SinkExt::send(&mut sink, Message::Text(text.into()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            collector.sent(Instant::now());
+            counters.attempted.fetch_add(1, Ordering::Relaxed);
+            sent += 1;
+        }
+        (sent, sink)
+    })
+}
+
 /// Connects every user's device `device`, at most `concurrency` at once;
 /// returns the sockets with their cursors, in user order.
 pub async fn connect_all(

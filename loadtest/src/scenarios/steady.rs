@@ -6,12 +6,10 @@
 use crate::accounting::{MessageKey, Outcome, Sent};
 use crate::cli::{Steady, Target};
 use crate::report::Report;
-use crate::scenarios::{Clock, DRAIN_CAP, Run, connect_all};
+use crate::scenarios::{Clock, DRAIN_CAP, Run, connect_all, send_on_schedule};
 use crate::users;
-use futures::SinkExt;
 use serde_json::json;
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::Message;
 
 pub async fn run(target: &Target, args: &Steady) -> anyhow::Result<Report> {
     let pairs = (args.users / 2).max(1);
@@ -33,7 +31,7 @@ pub async fn run(target: &Target, args: &Steady) -> anyhow::Result<Report> {
     }
     // Senders start spread over one period so the load is even.
     let mut senders = Vec::new();
-    for (pair, mut sink) in sinks
+    for (pair, sink) in sinks
         .into_iter()
         .enumerate()
         .filter(|(i, _)| i % 2 == 0)
@@ -41,32 +39,21 @@ pub async fn run(target: &Target, args: &Steady) -> anyhow::Result<Report> {
     {
         let receiver = users[pair * 2 + 1].id;
         let offset = period.mul_f64(pair as f64 / pairs as f64);
-        let clock = clock.clone();
-        let counters = run.counters.clone();
-        let collector = run.collector.clone();
-        senders.push(tokio::spawn(async move {
-            let mut sent = 0u32;
-            loop {
-                let scheduled = clock.t0 + offset + period.mul_f64(f64::from(sent));
-                if scheduled >= clock.t0 + total {
-                    break;
-                }
-                tokio::time::sleep_until(scheduled).await;
-                let key = MessageKey::new(pair as u32, sent);
-                let frame = json!({
+        senders.push(send_on_schedule(
+            &run,
+            sink,
+            pair as u32,
+            offset,
+            period,
+            total,
+            move |n, content| {
+                json!({
                     "event": "send_direct_message",
-                    "data": {"receiverId": receiver, "content": key.content(clock.unix_us(scheduled))},
-                    "ref": sent.to_string(),
-                });
-                if sink.send(Message::Text(frame.to_string().into())).await.is_err() {
-                    break;
-                }
-                collector.sent(tokio::time::Instant::now());
-                counters.attempted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                sent += 1;
-            }
-            (sent, sink)
-        }));
+                    "data": {"receiverId": receiver, "content": content},
+                    "ref": n.to_string(),
+                })
+            },
+        ));
     }
     let mut sent_counts = Vec::new();
     let mut keep_open = Vec::new();
