@@ -79,13 +79,13 @@ impl ApiError {
 
     /// `{"code", "message"}`, the body of REST errors and `error` frames.
     pub fn body(&self) -> serde_json::Value {
-        crate::metrics::error(self.code());
         json!({"code": self.code(), "message": self.public_message()})
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        crate::metrics::error(self.code());
         (self.status(), Json(json!({"error": self.body()}))).into_response()
     }
 }

@@ -132,7 +132,9 @@ pub fn frame(event: &str, data: impl Serialize, reference: Option<&Value>) -> St
     frame.to_string()
 }
 
+/// The `error` frame answering a command; every one is counted.
 pub fn error_frame(error: &ApiError, reference: Option<&Value>) -> String {
+    crate::metrics::error(error.code());
     frame("error", error.body(), reference)
 }
 
