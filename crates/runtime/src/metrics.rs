@@ -71,10 +71,15 @@ pub async fn endpoint() -> impl IntoResponse {
 
 /// Seconds since `at`, for latency histograms; 0 if the clock went back.
 pub fn seconds_since(at: chrono::DateTime<chrono::Utc>) -> f64 {
-    (chrono::Utc::now() - at)
-        .to_std()
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    seconds_between(at, chrono::Utc::now())
+}
+
+/// Seconds from `from` to `to`; 0 if `to` is earlier (clocks of two hosts).
+pub fn seconds_between(
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) -> f64 {
+    (to - from).to_std().map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 #[derive(Debug, thiserror::Error)]

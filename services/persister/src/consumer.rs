@@ -454,10 +454,7 @@ async fn apply(
 
 /// Seconds from a record's acceptance to its commit.
 fn lag(record: &Record, committed_at: DateTime<Utc>) -> f64 {
-    (committed_at - record.event.at())
-        .to_std()
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    natter_runtime::metrics::seconds_between(record.event.at(), committed_at)
 }
 
 /// The seed's "message saved to DB" line, in the record's trace.
