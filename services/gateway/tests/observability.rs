@@ -173,6 +173,21 @@ async fn scrape(app: &TestApp, port: u16) -> Scrape {
     Scrape::parse(&response.text().await.unwrap())
 }
 
+/// A series, the labels it must carry, and how much it must have grown.
+type Growth<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
+
+/// Checks every expected growth, reporting all that are wrong at once.
+fn expect_growth(before: &Scrape, after: &Scrape, expected: &[Growth<'_>]) {
+    let wrong: Vec<String> = expected
+        .iter()
+        .filter_map(|(name, labels, by)| {
+            let got = grew(before, after, name, labels);
+            (got != *by).then(|| format!("{name}{labels:?} grew by {got}, expected {by}"))
+        })
+        .collect();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
 /// How much each watched series grew between two scrapes.
 fn grew(before: &Scrape, after: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     after.value(name, labels) - before.value(name, labels)
@@ -232,145 +247,76 @@ async fn metrics_count_connections_messages_errors_latency_and_replays() {
     let g1 = scrape(&app, gateway_port).await;
     let p1 = scrape(&app, persister_port).await;
 
-    // Gateway.
-    assert_eq!(
-        grew(&g0, &g1, "natter_ws_connections_opened_total", &[]),
-        3.0
+    // Gateway: (series, labels, how much it must have grown).
+    expect_growth(
+        &g0,
+        &g1,
+        &[
+            ("natter_ws_connections_opened_total", &[], 3.0),
+            (
+                "natter_ws_connections_closed_total",
+                &[("reason", "client")],
+                1.0,
+            ),
+            ("natter_ws_connections_open", &[], 2.0),
+            ("natter_messages_accepted_total", &[("kind", "direct")], 4.0),
+            (
+                "natter_ws_frames_received_total",
+                &[("event", "send_message")],
+                4.0,
+            ),
+            (
+                "natter_ws_frames_received_total",
+                &[("event", "invalid")],
+                1.0,
+            ),
+            (
+                "natter_ws_frames_sent_total",
+                &[("event", "message_sent")],
+                4.0,
+            ),
+            ("natter_ws_frames_sent_total", &[("event", "delivery")], 8.0),
+            ("natter_errors_total", &[("code", "bad_request")], 1.0),
+            ("natter_errors_total", &[("code", "not_found")], 1.0),
+            ("natter_accept_latency_seconds_count", &[], 4.0),
+            // Live: bob's 3 and alice's 4 (her own sends, for her other devices).
+            (
+                "natter_delivery_latency_seconds_count",
+                &[("path", "live")],
+                7.0,
+            ),
+            (
+                "natter_delivery_latency_seconds_count",
+                &[("path", "replay")],
+                1.0,
+            ),
+            // Every delivery is under the biggest bucket: it is cumulative.
+            (
+                "natter_delivery_latency_seconds_bucket",
+                &[("path", "live"), ("le", "+Inf")],
+                7.0,
+            ),
+            ("natter_replayed_events_total", &[], 1.0),
+            ("natter_replay_duration_seconds_count", &[], 1.0),
+        ],
     );
-    assert_eq!(
-        grew(
-            &g0,
-            &g1,
-            "natter_ws_connections_closed_total",
-            &[("reason", "client")]
-        ),
-        1.0
-    );
-    assert_eq!(grew(&g0, &g1, "natter_ws_connections_open", &[]), 2.0);
     assert_eq!(g1.value("natter_active_users", &[]), 2.0);
-    assert_eq!(
-        grew(
-            &g0,
-            &g1,
-            "natter_messages_accepted_total",
-            &[("kind", "direct")]
-        ),
-        4.0
-    );
-    assert_eq!(
-        grew(
-            &g0,
-            &g1,
-            "natter_ws_frames_received_total",
-            &[("event", "send_message")]
-        ),
-        4.0
-    );
-    assert_eq!(
-        grew(
-            &g0,
-            &g1,
-            "natter_ws_frames_received_total",
-            &[("event", "invalid")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        grew(
-            &g0,
-            &g1,
-            "natter_ws_frames_sent_total",
-            &[("event", "message_sent")]
-        ),
-        4.0
-    );
-    assert_eq!(
-        grew(
-            &g0,
-            &g1,
-            "natter_ws_frames_sent_total",
-            &[("event", "delivery")]
-        ),
-        8.0
-    );
-    assert_eq!(
-        grew(&g0, &g1, "natter_errors_total", &[("code", "bad_request")]),
-        1.0
-    );
-    assert_eq!(
-        grew(&g0, &g1, "natter_errors_total", &[("code", "not_found")]),
-        1.0
-    );
     assert!(grew(&g0, &g1, "natter_http_requests_total", &[("status", "404")]) >= 1.0);
-    assert_eq!(
-        grew(&g0, &g1, "natter_accept_latency_seconds_count", &[]),
-        4.0
-    );
-    // Live: bob's 3 and alice's 4 (her own sends, for her other devices).
-    assert_eq!(
-        grew(
-            &g0,
-            &g1,
-            "natter_delivery_latency_seconds_count",
-            &[("path", "live")]
-        ),
-        7.0
-    );
-    assert_eq!(
-        grew(
-            &g0,
-            &g1,
-            "natter_delivery_latency_seconds_count",
-            &[("path", "replay")]
-        ),
-        1.0
-    );
-    // Every delivery took less than the biggest bucket; the histogram is cumulative.
-    assert_eq!(
-        grew(
-            &g0,
-            &g1,
-            "natter_delivery_latency_seconds_bucket",
-            &[("path", "live"), ("le", "+Inf")]
-        ),
-        7.0
-    );
-    assert_eq!(grew(&g0, &g1, "natter_replayed_events_total", &[]), 1.0);
-    assert_eq!(
-        grew(&g0, &g1, "natter_replay_duration_seconds_count", &[]),
-        1.0
-    );
 
     // Persister.
-    assert_eq!(
-        grew(
-            &p0,
-            &p1,
-            "natter_persister_records_total",
-            &[("kind", "direct")]
-        ),
-        4.0
+    expect_growth(
+        &p0,
+        &p1,
+        &[
+            ("natter_persister_records_total", &[("kind", "direct")], 4.0),
+            ("natter_persister_batch_size_sum", &[], 4.0),
+            ("natter_persister_projection_lag_seconds_count", &[], 4.0),
+            ("natter_persister_fanout_published_total", &[], 8.0),
+            ("natter_persister_dead_letters_total", &[], 0.0),
+        ],
     );
-    assert_eq!(grew(&p0, &p1, "natter_persister_batch_size_sum", &[]), 4.0);
     assert!(grew(&p0, &p1, "natter_persister_batch_size_count", &[]) >= 1.0);
-    assert_eq!(
-        grew(
-            &p0,
-            &p1,
-            "natter_persister_projection_lag_seconds_count",
-            &[]
-        ),
-        4.0
-    );
-    assert_eq!(
-        grew(&p0, &p1, "natter_persister_fanout_published_total", &[]),
-        8.0
-    );
     assert_eq!(p1.value("natter_persister_leader", &[]), 1.0);
-    assert_eq!(
-        grew(&p0, &p1, "natter_persister_dead_letters_total", &[]),
-        0.0
-    );
 
     // The dashboard and the alerts query only what the services export.
     let exported: std::collections::BTreeSet<String> =
