@@ -239,7 +239,9 @@ pub struct TelemetryError(String);
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
 
     #[test]
     fn traces_url_follows_the_otlp_rule() {
@@ -251,6 +253,85 @@ mod tests {
             traces_url("http://collector:4318/"),
             "http://collector:4318/v1/traces"
         );
+    }
+
+    #[test]
+    fn samplers_take_their_opentelemetry_names() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            telemetry: TelemetryArgs,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "x",
+            "--otel-traces-sampler",
+            "parentbased_traceidratio",
+            "--otel-traces-sampler-arg",
+            "0.25",
+            "--otel-sdk-disabled",
+            "true",
+        ])
+        .unwrap();
+        let t = cli.telemetry;
+        assert_eq!(
+            t.otel_traces_sampler,
+            Some(SamplerKind::ParentBasedTraceIdRatio)
+        );
+        assert!((t.otel_traces_sampler_arg - 0.25).abs() < f64::EPSILON);
+        assert!(t.otel_sdk_disabled);
+        assert!(
+            <Cli as clap::Parser>::try_parse_from(["x", "--otel-traces-sampler", "sometimes"])
+                .is_err()
+        );
+    }
+
+    /// Keeps what the subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    // The subscriber is process-wide: this is the only test here that
+    // installs one (nextest runs each test in a process of its own).
+    #[test]
+    fn pretty_lines_in_a_trace_start_with_its_trace_id() {
+        let captured = Captured::default();
+        let provider = SdkTracerProvider::builder().build();
+        let _telemetry =
+            install(LogFormat::Pretty, "info", Some(provider), captured.clone()).unwrap();
+        tracing::info!("outside any span");
+        let span = tracing::info_span!("natter_runtime_test");
+        let trace_id = span.context().span().span_context().trace_id().to_string();
+        span.in_scope(|| tracing::info!("inside the span"));
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let inside = text
+            .lines()
+            .find(|l| l.contains("inside the span"))
+            .unwrap();
+        assert!(
+            inside.starts_with(&format!("trace_id={trace_id} ")),
+            "{inside}"
+        );
+        let outside = text
+            .lines()
+            .find(|l| l.contains("outside any span"))
+            .unwrap();
+        assert!(!outside.contains("trace_id="), "{outside}");
     }
 
     #[test]
