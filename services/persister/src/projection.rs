@@ -288,13 +288,15 @@ async fn project_messages(
         client_msg_id.push(m.client_msg_id.as_deref());
         created_at.push(m.created_at);
     }
-    let inserted: Vec<Uuid> = sqlx::query_scalar(
+    // The rows this transaction created, by id, with the CHAT sequence of
+    // the record that created them (one send may appear twice in a batch).
+    let inserted: HashMap<Uuid, i64> = sqlx::query_as::<_, (Uuid, i64)>(
         "INSERT INTO messages
              (id, conversation_id, seq, sender_id, receiver_id, group_id, content, client_msg_id, created_at)
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::uuid[], $5::uuid[],
                               $6::uuid[], $7::text[], $8::text[], $9::timestamptz[])
          ON CONFLICT DO NOTHING
-         RETURNING id",
+         RETURNING id, seq",
     )
     .bind(&id)
     .bind(&conversation)
@@ -306,16 +308,15 @@ async fn project_messages(
     .bind(&client_msg_id)
     .bind(&created_at)
     .fetch_all(&mut *tx)
-    .await?;
+    .await?
+    .into_iter()
+    .collect();
+    let created_by = |seq: u64, m: &MessageSent| inserted.get(&m.id.0) == Some(&(seq as i64));
 
     // Unread counters move only for rows this transaction created, so a
     // redelivered record counts once.
-    let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
     let mut unread: BTreeMap<(Uuid, Uuid), i32> = BTreeMap::new();
-    for (_, m, recipients) in messages
-        .iter()
-        .filter(|(_, m, _)| inserted.contains(&m.id.0))
-    {
+    for (_, m, recipients) in messages.iter().filter(|(seq, m, _)| created_by(*seq, m)) {
         for reader in recipients.iter().filter(|r| **r != m.sender_id) {
             *unread.entry((m.conversation_id.0, reader.0)).or_default() += 1;
         }
@@ -339,15 +340,28 @@ async fn project_messages(
     // committed by an earlier delivery of the same record whose fan-out may
     // not have finished. A late retry of an already stored send (same id,
     // other CHAT sequence) is not delivered again.
-    let stored: HashMap<Uuid, i64> =
-        sqlx::query_as::<_, (Uuid, i64)>("SELECT id, seq FROM messages WHERE id = ANY($1)")
-            .bind(&id)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .collect();
+    // Only the rows the insert skipped need a look; normally there are none.
+    let skipped: Vec<Uuid> = id
+        .iter()
+        .filter(|id| !inserted.contains_key(*id))
+        .copied()
+        .collect();
+    let stored_earlier: HashMap<Uuid, i64> = if skipped.is_empty() {
+        HashMap::new()
+    } else {
+        sqlx::query_as::<_, (Uuid, i64)>(
+            "SELECT m.id, m.seq FROM UNNEST($1::uuid[]) AS t(id) JOIN messages m ON m.id = t.id",
+        )
+        .bind(&skipped)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect()
+    };
     for (chat_seq, m, recipients) in messages {
-        if stored.get(&m.id.0) != Some(&(*chat_seq as i64)) {
+        let is_this_record =
+            created_by(*chat_seq, m) || stored_earlier.get(&m.id.0) == Some(&(*chat_seq as i64));
+        if !is_this_record {
             continue;
         }
         let recipients = recipients.as_ref().clone();
