@@ -13,6 +13,11 @@ pub struct NatsArgs {
     /// A NATS credentials file.
     #[arg(long, env = "NATS_CREDS")]
     pub nats_creds: Option<PathBuf>,
+    /// JetStream publishes one process may have awaiting their ack; a
+    /// publish beyond it waits for an earlier ack.
+    #[arg(long, env = "NATS_PUBLISH_WINDOW", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub nats_publish_window: u32,
 }
 
 #[derive(Args, Clone, Debug)]

@@ -87,6 +87,16 @@ pub async fn connect(
         })
 }
 
+/// The JetStream context on `client`, with at most `args.nats_publish_window`
+/// publishes awaiting their ack. A publish beyond that waits until an
+/// earlier ack is in, so whoever holds ack futures must keep polling them
+/// (or drop them) while it publishes more.
+pub fn context(client: async_nats::Client, args: &NatsArgs) -> jetstream::Context {
+    jetstream::context::ContextBuilder::new()
+        .max_ack_inflight(args.nats_publish_window as usize)
+        .build(client)
+}
+
 /// NATS URLs with their passwords blanked, fit for logs and errors.
 pub fn redacted(urls: &str) -> String {
     urls.split(',')

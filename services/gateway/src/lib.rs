@@ -34,7 +34,6 @@ pub mod ws;
 
 pub use config::Config;
 
-use async_nats::jetstream;
 use natter_core::subjects;
 use state::{AppState, Inner};
 use std::time::Duration;
@@ -58,7 +57,7 @@ pub async fn run(
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let nats =
         natter_runtime::jetstream::connect(&config.nats, "natter-gateway", Some(events_tx)).await?;
-    let js = jetstream::new(nats.clone());
+    let js = natter_runtime::jetstream::context(nats.clone(), &config.nats);
     let settings = config.streams.settings();
     let mut backoff = Duration::from_millis(100);
     loop {

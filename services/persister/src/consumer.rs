@@ -330,7 +330,16 @@ impl Step<'_> {
         let mut backoff = RETRY_MIN;
         loop {
             let started = Instant::now();
-            match apply(self.leader, self.js, self.hooks, &records, &provenance).await {
+            match apply(
+                self.config,
+                self.leader,
+                self.js,
+                self.hooks,
+                &records,
+                &provenance,
+            )
+            .await
+            {
                 Ok(committed_at) => {
                     for p in pending {
                         ack(&p.message, AckKind::Ack).await;
@@ -409,6 +418,7 @@ enum Failure {
 /// Project, then fan out: the order invariant 2 needs. Returns when the
 /// batch was committed.
 async fn apply(
+    config: &Config,
     leader: &mut Leader,
     js: &jetstream::Context,
     hooks: &FaultHooks,
@@ -432,7 +442,8 @@ async fn apply(
     if hooks.after_commit.as_ref().is_some_and(|h| h(&seqs)) {
         return Err(Failure::Crash);
     }
-    let published = fanout::publish(js, &fanouts, provenance)
+    let window = config.nats.nats_publish_window as usize;
+    let published = fanout::publish(js, window, &fanouts, provenance)
         .instrument(tracing::info_span!(
             "fanout.publish",
             records = fanouts.len()

@@ -1,13 +1,15 @@
 //! Publishing delivery records: each event serialised once, published to
 //! every recipient's `deliver.<user>` in `CHAT` order with a `Nats-Msg-Id`
-//! that makes a repeated fan-out a no-op, acks awaited together. Each record
-//! carries its message's `traceparent` and acceptance time in headers.
+//! that makes a repeated fan-out a no-op, with at most a window of acks
+//! outstanding. Each record carries its message's `traceparent` and
+//! acceptance time in headers.
 
 use crate::projection::Fanout;
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::future::try_join_all;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use natter_core::delivery::ACCEPTED_AT_HEADER;
 use natter_core::subjects;
 use std::collections::HashMap;
@@ -31,14 +33,20 @@ pub enum FanoutError {
 }
 
 /// Publishes every fan-out and waits until JetStream stored all of them.
-/// `provenance` is keyed by `CHAT` sequence. Returns how many records were
-/// published.
+/// At most `window` acks are outstanding: the context admits only so many
+/// (`NATS_PUBLISH_WINDOW`, of which this is the persister's only user), and
+/// a publish that waited for room while the acks holding it went unpolled
+/// would wait forever. `provenance` is keyed by `CHAT` sequence. Returns
+/// how many records were published.
 pub async fn publish(
     js: &jetstream::Context,
+    window: usize,
     fanouts: &[Fanout],
     provenance: &HashMap<u64, Provenance>,
 ) -> Result<usize, FanoutError> {
-    let mut acks: Vec<PublishAckFuture> = Vec::new();
+    let window = window.max(1);
+    let mut acks = FuturesUnordered::new();
+    let mut published = 0;
     for fanout in fanouts {
         let payload = Bytes::from(serde_json::to_vec(&fanout.event)?);
         let origin = provenance.get(&fanout.chat_seq);
@@ -54,13 +62,20 @@ pub async fn publish(
             if let Some(accepted_at) = &accepted_at {
                 message = message.header(ACCEPTED_AT_HEADER, accepted_at.as_str());
             }
-            acks.push(
-                js.send_publish(subjects::deliver(*recipient), message)
-                    .await?,
-            );
+            while acks.len() >= window {
+                if let Some(ack) = acks.next().await {
+                    ack?;
+                }
+            }
+            let ack: PublishAckFuture = js
+                .send_publish(subjects::deliver(*recipient), message)
+                .await?;
+            acks.push(ack.into_future());
+            published += 1;
         }
     }
-    let published = acks.len();
-    try_join_all(acks.into_iter().map(|ack| async move { ack.await })).await?;
+    while let Some(ack) = acks.next().await {
+        ack?;
+    }
     Ok(published)
 }

@@ -108,7 +108,7 @@ pub async fn run(
     metrics::leader(false);
     let pool = natter_runtime::database::pool(&config.database)?;
     let client = natter_runtime::jetstream::connect(&config.nats, "natter-persister", None).await?;
-    let js = async_nats::jetstream::new(client.clone());
+    let js = natter_runtime::jetstream::context(client.clone(), &config.nats);
 
     let migrated = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let health = tokio::spawn(health::serve(

@@ -12,7 +12,7 @@ use crate::state::AppState;
 use crate::typing;
 use crate::ws::protocol::{self, Command};
 use crate::ws::throttle::Throttle;
-use async_nats::jetstream::context::PublishError;
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::publish::PublishAck;
 use axum::extract::ws::{
     CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade, close_code,
@@ -497,8 +497,14 @@ impl Session {
                     received,
                     span,
                 };
+                // The ack is awaited on a task of its own: while this
+                // session waits for room in the publish window, the acks
+                // it holds must still come in and free that room.
+                let ack = tokio::spawn(pending.ack());
                 inflight.push_back(Box::pin(async move {
-                    let ack = pending.ack().await;
+                    let ack = ack.await.unwrap_or_else(|e| {
+                        Err(PublishError::with_source(PublishErrorKind::Other, e))
+                    });
                     (flight, ack)
                 }));
                 Ok(None)

@@ -292,3 +292,37 @@ async fn accepted_messages_survive_a_broker_crash_before_they_are_persisted() {
     let received = b.receive_messages(10).await;
     assert_eq!(contents(&received), numbered("m", 10));
 }
+
+#[tokio::test]
+async fn sends_beyond_the_publish_window_wait_for_room_and_never_stall() {
+    // A window of 2 acks per process: the session pipelines far more sends
+    // than that, and each persister batch fans out far more records.
+    let window = vec!["--nats-publish-window".to_owned(), "2".to_owned()];
+    let app = TestApp::spawn_with(TestOptions {
+        gateway_args: window.clone(),
+        persister_args: window,
+        ..TestOptions::default()
+    })
+    .await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let mut a = app.connect(&alice, "a").await;
+    let mut b = app.connect(&bob, "phone").await;
+    let expected = numbered("w", 60);
+    for (i, content) in expected.iter().enumerate() {
+        a.send_ref(
+            "send_direct_message",
+            json!({"receiverId": bob.id.to_string(), "content": content}),
+            &format!("s{i}"),
+        )
+        .await;
+    }
+    for i in 0..expected.len() {
+        let reply = a.reply_to(&format!("s{i}")).await;
+        assert_eq!(reply["event"], "message_sent", "{reply}");
+    }
+    assert_eq!(
+        contents(&b.receive_messages(expected.len()).await),
+        expected
+    );
+}
