@@ -2,6 +2,7 @@
 //! in `.local/bench/`, wiped first), runs the standard `natter-loadtest` suite against it, and
 //! writes the numbers into BENCHMARKS.md between its `bench` markers.
 
+mod lag;
 mod machine;
 mod results;
 mod suite;
@@ -204,10 +205,15 @@ fn start_and_run(
                 entry.name
             );
         }
-        if !runs.is_empty() {
-            wait_until_idle(target.persister_port, stop);
-        }
-        runs.push(run_entry(&entry, &loadtest, &target, out, stack, stop)?);
+        let before = projection_lag(target.persister_port);
+        let mut run = run_entry(&entry, &loadtest, &target, out, stack, stop)?;
+        // Every record the run sent is committed before its lag is read, and
+        // before the next run starts.
+        wait_until_idle(target.persister_port, stop);
+        run.projection_lag = before
+            .zip(projection_lag(target.persister_port))
+            .and_then(|(before, after)| after.since(&before).lag());
+        runs.push(run);
     }
     Ok(runs)
 }
@@ -415,6 +421,7 @@ fn run_entry(
         outcome,
         report: report.ok(),
         html: html.is_file().then(|| shown(&html)),
+        projection_lag: None,
     })
 }
 
@@ -483,6 +490,7 @@ fn not_run(entry: &Entry, reason: &str) -> RunResult {
         outcome: Outcome::Failed(reason.to_owned()),
         report: None,
         html: None,
+        projection_lag: None,
     }
 }
 
@@ -573,6 +581,11 @@ fn sum(text: &str, name: &str) -> f64 {
                 .flatten()
         })
         .sum()
+}
+
+/// The persister's projection lag histogram as it stands.
+fn projection_lag(persister_port: u16) -> Option<lag::Histogram> {
+    scrape(persister_port).map(|text| lag::Histogram::parse(&text, lag::METRIC))
 }
 
 /// `GET /metrics` on a local port, as text.

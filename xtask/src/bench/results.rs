@@ -9,6 +9,7 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
+use super::lag::Lag;
 use super::machine::Machine;
 
 pub const BEGIN: &str = "<!-- bench:begin -->";
@@ -93,6 +94,8 @@ pub struct RunResult {
     pub report: Option<Report>,
     /// The HTML report, relative to the workspace root, when the run wrote one.
     pub html: Option<String>,
+    /// Accept → committed in PostgreSQL, from the persister's histogram.
+    pub projection_lag: Option<Lag>,
 }
 
 impl RunResult {
@@ -136,9 +139,10 @@ pub fn render_results(machine: &Machine, runs: &[RunResult]) -> String {
 
     out.push_str(
         "| run | result | parameters | accepted msg/s | deliveries/s | accept p50 / p99 (ms) \
-         | delivery p50 / p99 / p999 (ms) | lost / dup / misordered | extras | report |\n",
+         | delivery p50 / p99 / p999 (ms) | projection lag p50 / p99 (ms) \
+         | lost / dup / misordered | extras | report |\n",
     );
-    out.push_str("|---|---|---|--:|--:|--:|--:|--:|---|---|\n");
+    out.push_str("|---|---|---|--:|--:|--:|--:|--:|--:|---|---|\n");
     for run in runs {
         let _ = writeln!(out, "| {} |", row(run).join(" | "));
     }
@@ -154,7 +158,10 @@ pub fn render_results(machine: &Machine, runs: &[RunResult]) -> String {
     out.push_str(
         "\nLatencies: accept is send → `message_sent`; delivery is the scheduled send → the \
          recipient's frame (for `fanout`, the group's last member; for `storm`, reconnect → \
-         device complete). The HTML reports (charts, timeline) and the JSON beside them are \
+         device complete). Projection lag is accept → committed in PostgreSQL, from the persister's \
+         `natter_persister_projection_lag_seconds` histogram scraped before and after the run \
+         (warm-up included), interpolated within its buckets (…, 50, 100, 250, 500 ms, 1 s, …). \
+         The HTML reports (charts, timeline) and the JSON beside them are \
          written to `target/bench/<run>/` and are not committed: the links work only in the \
          checkout that ran the suite.\n",
     );
@@ -177,8 +184,16 @@ fn row(run: &RunResult) -> Vec<String> {
         format!("`{}`", escape(&run.command)),
     ];
     match &run.report {
-        Some(report) => cells.extend(measurements(report)),
-        None => cells.extend(std::iter::repeat_n("—".to_owned(), 6)),
+        Some(report) => {
+            let [rates @ .., wrong, extra] = measurements(report);
+            cells.extend(rates);
+            cells.push(run.projection_lag.map_or_else(
+                || "—".to_owned(),
+                |lag| format!("{} / {}", ms(lag.p50_ms), ms(lag.p99_ms)),
+            ));
+            cells.extend([wrong, extra]);
+        }
+        None => cells.extend(std::iter::repeat_n("—".to_owned(), 7)),
     }
     cells.push(report_link);
     cells
@@ -427,6 +442,11 @@ mod tests {
                 ..Report::default()
             }),
             html: Some("target/bench/steady-1k/steady.html".into()),
+            projection_lag: Some(Lag {
+                count: 20_000,
+                p50_ms: 12.5,
+                p99_ms: 87.0,
+            }),
         }
     }
 
@@ -445,6 +465,7 @@ mod tests {
             outcome: Outcome::Failed("natter-loadtest failed (exit 2)".into()),
             report: None,
             html: None,
+            projection_lag: None,
         };
         let mut storm = steady();
         storm.name = "storm".into();
@@ -475,11 +496,11 @@ mod tests {
         let rows = table_rows(&section);
         assert_eq!(rows.len(), 2 + 3, "{section}");
         let pipes = |row: &str| row.matches('|').count() - row.matches("\\|").count();
-        assert!(rows.iter().all(|row| pipes(row) == 11), "{section}");
+        assert!(rows.iter().all(|row| pipes(row) == 12), "{section}");
         assert_eq!(
             rows[2],
             "| steady-1k | ok | `steady --users 200 --rate 1000 --duration 20 --warmup 3` \
-             | 1,000 | 1,999 | 1.23 / 5.50 | 2.50 / 12.3 / 154 | 0 / 0 / 0 | — \
+             | 1,000 | 1,999 | 1.23 / 5.50 | 2.50 / 12.3 / 154 | 12.5 / 87.0 | 0 / 0 / 0 | — \
              | [html](target/bench/steady-1k/steady.html) |"
         );
         assert!(rows[3].starts_with("| connections | **failed** |"));
