@@ -113,6 +113,12 @@ struct Feed {
 }
 
 impl Feed {
+    fn join(&self, session: SessionTx) {
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions.push(session);
+        }
+    }
+
     fn dispatch(&self, record: Stored) {
         let Ok(sessions) = self.sessions.lock() else {
             return;
@@ -136,7 +142,8 @@ impl Feed {
 /// The live push for every connected user of this gateway.
 pub struct Hub {
     nats: async_nats::Client,
-    feeds: tokio::sync::Mutex<HashMap<UserId, Arc<Feed>>>,
+    /// Held only for map operations, never across an await.
+    feeds: Mutex<HashMap<UserId, Arc<Feed>>>,
     /// How many users `feeds` holds, readable without its lock.
     users: AtomicUsize,
     next_session: AtomicU64,
@@ -147,7 +154,7 @@ impl Hub {
     pub fn new(nats: async_nats::Client, queue: usize) -> Self {
         Self {
             nats,
-            feeds: tokio::sync::Mutex::new(HashMap::new()),
+            feeds: Mutex::new(HashMap::new()),
             users: AtomicUsize::new(0),
             next_session: AtomicU64::new(1),
             queue: queue.max(1),
@@ -167,27 +174,34 @@ impl Hub {
         let (close, closed) = watch::channel(None);
         let lagged = Arc::new(Notify::new());
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let mut feeds = self.feeds.lock().await;
-        let feed = match feeds.get(&user) {
-            Some(feed) => feed.clone(),
-            None => {
-                let feed = self.open_feed(user).await?;
-                feeds.insert(user, feed.clone());
-                self.users.store(feeds.len(), Ordering::Relaxed);
-                feed
-            }
+        let entry = SessionTx {
+            info: SessionInfo {
+                id: session,
+                device,
+                jti,
+            },
+            tx,
+            lagged: lagged.clone(),
+            close,
         };
-        if let Ok(mut sessions) = feed.sessions.lock() {
-            sessions.push(SessionTx {
-                info: SessionInfo {
-                    id: session,
-                    device,
-                    jti,
-                },
-                tx,
-                lagged: lagged.clone(),
-                close,
-            });
+        // The user's feed is opened outside the lock: its subscribe and flush
+        // are a round trip to NATS, and a connect storm must not queue every
+        // user's connect behind every other's. A feed enters the map only
+        // once its subscription is active (the promise above), and a session
+        // joins a feed only under the lock, so a detach cannot close the
+        // feed under a joining session.
+        if let Some(feed) = self.lock_feeds().get(&user) {
+            feed.join(entry);
+        } else {
+            let opened = self.open_feed(user).await?;
+            let mut feeds = self.lock_feeds();
+            let feed = feeds.entry(user).or_insert_with(|| opened.clone());
+            if !Arc::ptr_eq(feed, &opened) {
+                // Another session of this user opened one meanwhile.
+                opened.stop.cancel();
+            }
+            feed.join(entry);
+            self.users.store(feeds.len(), Ordering::Relaxed);
         }
         Ok(Attachment {
             rx,
@@ -198,9 +212,15 @@ impl Hub {
         })
     }
 
+    fn lock_feeds(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Arc<Feed>>> {
+        self.feeds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Unregisters a session; the last one of a user ends its subscription.
     pub async fn detach(&self, user: UserId, session: u64) {
-        let mut feeds = self.feeds.lock().await;
+        let mut feeds = self.lock_feeds();
         let Some(feed) = feeds.get(&user) else {
             return;
         };
@@ -220,7 +240,7 @@ impl Hub {
 
     /// Pushes an ephemeral frame to every session of `user` here.
     pub async fn push_frame(&self, user: UserId, frame: Arc<str>) {
-        let feed = self.feeds.lock().await.get(&user).cloned();
+        let feed = self.lock_feeds().get(&user).cloned();
         if let Some(feed) = feed
             && let Ok(sessions) = feed.sessions.lock()
         {
@@ -238,7 +258,7 @@ impl Hub {
         closing: Closing,
         matches: impl Fn(&SessionInfo) -> bool,
     ) -> usize {
-        let feed = self.feeds.lock().await.get(&user).cloned();
+        let feed = self.lock_feeds().get(&user).cloned();
         let Some(feed) = feed else {
             return 0;
         };
@@ -260,13 +280,13 @@ impl Hub {
 
     /// Users with at least one session here.
     pub async fn local_users(&self) -> Vec<UserId> {
-        self.feeds.lock().await.keys().copied().collect()
+        self.lock_feeds().keys().copied().collect()
     }
 
     /// After a reconnect to NATS live records may have been missed while the
     /// connection was down: every session re-reads its log.
     pub async fn resync_all(&self) {
-        for feed in self.feeds.lock().await.values() {
+        for feed in self.lock_feeds().values() {
             feed.flag_all_lagging();
         }
     }

@@ -28,6 +28,35 @@ async fn every_device_of_a_user_receives_every_delivery() {
 }
 
 #[tokio::test]
+async fn devices_of_one_user_connecting_at_once_all_receive_live() {
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    // All at once, so several may open the user's live feed concurrently.
+    let names: Vec<String> = (0..8).map(|i| format!("d{i}")).collect();
+    let mut devices =
+        futures::future::join_all(names.iter().map(|name| app.connect(&bob, name))).await;
+    let mut a = app.connect(&alice, "a").await;
+    a.send_direct(bob.id, "to every device", "r").await;
+    for device in &mut devices {
+        assert_eq!(
+            device.receive_messages(1).await[0]["data"]["message"]["content"],
+            "to every device"
+        );
+    }
+    // Closing all but one keeps the feed for the last.
+    let mut last = devices.pop().unwrap();
+    for device in devices {
+        device.close().await;
+    }
+    a.send_direct(bob.id, "to the last", "r2").await;
+    assert_eq!(
+        last.receive_messages(1).await[0]["data"]["message"]["content"],
+        "to the last"
+    );
+}
+
+#[tokio::test]
 async fn a_second_connection_of_a_device_replaces_the_first() {
     let app = TestApp::spawn().await;
     let alice = app.signup("alice").await;
