@@ -5,10 +5,17 @@
 //! persister that lost its lock cannot commit. The others wait as hot
 //! standbys. Each batch is projected, fanned out and only then acked; a
 //! failure before the ack leaves the batch to be retried, in order.
+//!
+//! Projection and fan-out are two stages that overlap: while batch N is
+//! fanned out, batch N+1 is projected. One fan-out stage takes committed
+//! batches in order, so delivery records are still published in `CHAT`
+//! order and only after their batch committed; a crash between the stages
+//! leaves committed but unacked records, which the rewind at start
+//! redelivers and the idempotent projection passes on to be fanned out.
 
 use crate::fanout::Provenance;
 use crate::membership::Membership;
-use crate::projection::{self, ProjectionError, Record};
+use crate::projection::{self, Fanout, ProjectionError, Record};
 use crate::{Config, FaultHooks, fanout, metrics};
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use chrono::{DateTime, Utc};
@@ -18,6 +25,7 @@ use natter_runtime::trace;
 use sqlx::{Connection, PgConnection, PgPool};
 use std::collections::HashMap;
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -168,7 +176,7 @@ async fn consume(
         .get_stream(subjects::CHAT_STREAM)
         .await
         .map_err(|e| ConsumeError::Consumer(e.to_string()))?;
-    let mut consumer = stream
+    let consumer = stream
         .create_consumer(pull::Config {
             durable_name: Some(subjects::PERSISTER_CONSUMER.to_owned()),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
@@ -189,7 +197,7 @@ async fn consume(
         .reset_consumer(subjects::PERSISTER_CONSUMER, None)
         .await
         .map_err(|e| ConsumeError::Consumer(format!("cannot rewind to the ack floor: {e}")))?;
-    let mut messages = consumer
+    let messages = consumer
         .stream()
         .max_messages_per_batch(config.batch_max)
         .heartbeat(Duration::from_secs(5))
@@ -198,6 +206,27 @@ async fn consume(
         .await
         .map_err(|e| ConsumeError::Stream(e.to_string()))?;
 
+    // One committed batch may wait while another is fanned out.
+    let (to_fanout, committed) = mpsc::channel(1);
+    let projecting = project_stage(
+        config, leader, hooks, shutdown, consumer, messages, to_fanout,
+    );
+    let fanning = fan_out_stage(config, js, hooks, shutdown, committed);
+    tokio::try_join!(projecting, fanning).map(|_| ())
+}
+
+/// Pulls batches and projects them, handing each committed batch to the
+/// fan-out stage. Returns on shutdown, which closes the hand-over.
+#[allow(clippy::too_many_arguments)]
+async fn project_stage(
+    config: &Config,
+    leader: &mut Leader,
+    hooks: &FaultHooks,
+    shutdown: &CancellationToken,
+    mut consumer: jetstream::consumer::PullConsumer,
+    mut messages: pull::Stream,
+    to_fanout: mpsc::Sender<Committed>,
+) -> Result<(), ConsumeError> {
     let mut backlog = tokio::time::interval(BACKLOG_EVERY);
     loop {
         let first = tokio::select! {
@@ -227,8 +256,76 @@ async fn consume(
                 Ok(None) | Err(_) => break,
             }
         }
-        process(config, leader, js, hooks, shutdown, batch).await?;
+        process(config, leader, hooks, shutdown, &to_fanout, batch).await?;
     }
+}
+
+/// A committed batch on its way to the fan-out stage.
+struct Committed {
+    /// The batch's `CHAT` messages, acked once fanned out.
+    messages: Vec<jetstream::Message>,
+    fanouts: Vec<Fanout>,
+    provenance: HashMap<u64, Provenance>,
+    seqs: Vec<u64>,
+    records: usize,
+    /// When its projection started, for the batch duration.
+    started: Instant,
+    /// The `persister.batch` span.
+    span: tracing::Span,
+}
+
+/// Fans out committed batches in the order they were committed, then acks
+/// them. Fan-out failures are retried in place (it is idempotent), so no
+/// later batch overtakes.
+async fn fan_out_stage(
+    config: &Config,
+    js: &jetstream::Context,
+    hooks: &FaultHooks,
+    shutdown: &CancellationToken,
+    mut committed: mpsc::Receiver<Committed>,
+) -> Result<(), ConsumeError> {
+    let window = config.nats.nats_publish_window as usize;
+    while let Some(batch) = committed.recv().await {
+        let mut backoff = RETRY_MIN;
+        let published = loop {
+            let span = tracing::info_span!(parent: &batch.span, "fanout.publish",
+                records = batch.fanouts.len());
+            match fanout::publish(js, window, &batch.fanouts, &batch.provenance)
+                .instrument(span)
+                .await
+            {
+                Ok(published) => break published,
+                Err(e) => {
+                    tracing::warn!(parent: &batch.span, error = %e, size = batch.records,
+                        "fan-out failed; retrying");
+                    // Keep the records ours while we wait.
+                    for message in &batch.messages {
+                        ack(message, AckKind::Progress).await;
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+            }
+        };
+        metrics::fanned_out(published);
+        // A simulated crash: stop with the batch unacked, as a dead process
+        // would; consumption restarts from the ack floor.
+        if hooks.after_fanout.as_ref().is_some_and(|h| h(&batch.seqs)) {
+            return Err(ConsumeError::Crashed);
+        }
+        for message in &batch.messages {
+            ack(message, AckKind::Ack).await;
+        }
+        metrics::batch(batch.records, batch.started.elapsed());
+        tracing::debug!(parent: &batch.span, records = batch.records, deliveries = published,
+            first_seq = batch.seqs.first().copied().unwrap_or_default(),
+            elapsed_ms = batch.started.elapsed().as_millis() as u64,
+            "batch stored and fanned out");
+    }
+    Ok(())
 }
 
 /// A pulled message with its decoded record.
@@ -246,9 +343,9 @@ struct Pulled {
 async fn process(
     config: &Config,
     leader: &mut Leader,
-    js: &jetstream::Context,
     hooks: &FaultHooks,
     shutdown: &CancellationToken,
+    to_fanout: &mpsc::Sender<Committed>,
     batch: Vec<jetstream::Message>,
 ) -> Result<(), ConsumeError> {
     let mut pulled: Vec<Pulled> = batch.into_iter().map(decode).collect();
@@ -261,7 +358,7 @@ async fn process(
             metrics::redelivered();
         }
     }
-    settle_batch(config, leader, js, hooks, shutdown, &mut pulled)
+    settle_batch(config, leader, hooks, shutdown, to_fanout, &mut pulled)
         .instrument(batch_span)
         .await
 }
@@ -269,9 +366,9 @@ async fn process(
 async fn settle_batch(
     config: &Config,
     leader: &mut Leader,
-    js: &jetstream::Context,
     hooks: &FaultHooks,
     shutdown: &CancellationToken,
+    to_fanout: &mpsc::Sender<Committed>,
     pulled: &mut [Pulled],
 ) -> Result<(), ConsumeError> {
     // Records that cannot even be decoded will never project.
@@ -289,9 +386,9 @@ async fn settle_batch(
     let mut step = Step {
         config,
         leader,
-        js,
         hooks,
         shutdown,
+        to_fanout,
     };
     step.settle(&pending).await
 }
@@ -300,14 +397,14 @@ async fn settle_batch(
 struct Step<'a> {
     config: &'a Config,
     leader: &'a mut Leader,
-    js: &'a jetstream::Context,
     hooks: &'a FaultHooks,
     shutdown: &'a CancellationToken,
+    to_fanout: &'a mpsc::Sender<Committed>,
 }
 
 impl Step<'_> {
-    /// Projects, fans out and acks `pending` (in CHAT order), retrying
-    /// transient failures in place so nothing is reordered. If the database
+    /// Projects `pending` (in CHAT order) and hands it to the fan-out
+    /// stage, retrying transient failures in place so nothing is reordered. If the database
     /// refuses a batch, its records are settled one by one so that only the
     /// bad one is held back.
     async fn settle(&mut self, pending: &[&Pulled]) -> Result<(), ConsumeError> {
@@ -330,24 +427,26 @@ impl Step<'_> {
         let mut backoff = RETRY_MIN;
         loop {
             let started = Instant::now();
-            match apply(
-                self.config,
-                self.leader,
-                self.js,
-                self.hooks,
-                &records,
-                &provenance,
-            )
-            .await
-            {
-                Ok(committed_at) => {
-                    for p in pending {
-                        ack(&p.message, AckKind::Ack).await;
-                    }
-                    metrics::batch(records.len(), started.elapsed());
+            match project(self.leader, self.hooks, &records, &provenance).await {
+                Ok((committed_at, fanouts)) => {
                     for record in &records {
                         metrics::committed(record.event.kind(), lag(record, committed_at));
                     }
+                    let batch = Committed {
+                        messages: pending.iter().map(|p| p.message.clone()).collect(),
+                        fanouts,
+                        provenance,
+                        seqs: records.iter().map(|r| r.chat_seq).collect(),
+                        records: records.len(),
+                        started,
+                        span: tracing::Span::current(),
+                    };
+                    // Fails only when the fan-out stage has stopped, which
+                    // ends this consumer anyway.
+                    self.to_fanout
+                        .send(batch)
+                        .await
+                        .map_err(|_| ConsumeError::Stream("the fan-out stage stopped".into()))?;
                     return Ok(());
                 }
                 // A simulated crash: stop here with nothing acked, as a dead
@@ -366,9 +465,7 @@ impl Step<'_> {
                 }
                 Err(failure) => {
                     tracing::warn!(error = %failure, size = pending.len(), "batch failed; retrying");
-                    if matches!(failure, Failure::Database(_))
-                        && let Ok(false) = self.leader.recover().await
-                    {
+                    if let Ok(false) = self.leader.recover().await {
                         return Err(ConsumeError::Deposed);
                     }
                     // Keep the records ours while we wait.
@@ -409,23 +506,19 @@ async fn refused(
 enum Failure {
     #[error(transparent)]
     Database(#[from] ProjectionError),
-    #[error(transparent)]
-    Fanout(#[from] fanout::FanoutError),
     #[error("fault injected")]
     Crash,
 }
 
-/// Project, then fan out: the order invariant 2 needs. Returns when the
-/// batch was committed.
-async fn apply(
-    config: &Config,
+/// Projects `records` in one transaction: the first half of invariant 2's
+/// order (the fan-out stage does the rest). Returns when the batch was
+/// committed, with what it fans out.
+async fn project(
     leader: &mut Leader,
-    js: &jetstream::Context,
     hooks: &FaultHooks,
     records: &[Record],
     provenance: &HashMap<u64, Provenance>,
-) -> Result<DateTime<Utc>, Failure> {
-    let started = Instant::now();
+) -> Result<(DateTime<Utc>, Vec<Fanout>), Failure> {
     let fanouts = projection::project(&mut leader.conn, &mut leader.members, records)
         .instrument(tracing::info_span!(
             "postgres.commit",
@@ -442,25 +535,7 @@ async fn apply(
     if hooks.after_commit.as_ref().is_some_and(|h| h(&seqs)) {
         return Err(Failure::Crash);
     }
-    let window = config.nats.nats_publish_window as usize;
-    let published = fanout::publish(js, window, &fanouts, provenance)
-        .instrument(tracing::info_span!(
-            "fanout.publish",
-            records = fanouts.len()
-        ))
-        .await?;
-    metrics::fanned_out(published);
-    if hooks.after_fanout.as_ref().is_some_and(|h| h(&seqs)) {
-        return Err(Failure::Crash);
-    }
-    tracing::debug!(
-        records = records.len(),
-        deliveries = published,
-        first_seq = seqs.first().copied().unwrap_or_default(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "batch stored and fanned out"
-    );
-    Ok(committed_at)
+    Ok((committed_at, fanouts))
 }
 
 /// Seconds from a record's acceptance to its commit.

@@ -326,3 +326,58 @@ async fn sends_beyond_the_publish_window_wait_for_room_and_never_stall() {
         expected
     );
 }
+
+#[tokio::test]
+async fn a_crash_between_the_persisters_two_stages_loses_and_reorders_nothing() {
+    // Small batches, so that while one is fanned out the next is already
+    // committed: the crash after the third fan-out leaves a committed batch
+    // behind that was never fanned out, and one fanned out but never acked.
+    let mut app = TestApp::spawn_with(TestOptions {
+        persister_args: vec!["--batch-max".to_owned(), "10".to_owned()],
+        ..TestOptions::default()
+    })
+    .await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let mut a = app.connect(&alice, "a").await;
+    let mut b = app.connect(&bob, "phone").await;
+    app.stop_persister().await;
+    let expected = numbered("p", 200);
+    for (i, content) in expected.iter().enumerate() {
+        a.send_ref(
+            "send_direct_message",
+            json!({"receiverId": bob.id.to_string(), "content": content}),
+            &format!("r{i}"),
+        )
+        .await;
+    }
+    for i in 0..expected.len() {
+        assert_eq!(a.reply_to(&format!("r{i}")).await["event"], "message_sent");
+    }
+    let fanned_out = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = fanned_out.clone();
+    let hook: natter_persister::FaultHook =
+        Arc::new(move |_seqs: &[u64]| count.fetch_add(1, Ordering::SeqCst) == 2);
+    app.start_persister(FaultHooks {
+        after_fanout: Some(hook),
+        ..FaultHooks::default()
+    })
+    .await;
+
+    let received = b.receive_messages(expected.len()).await;
+    assert_eq!(contents(&received), expected);
+    let seqs: Vec<u64> = received
+        .iter()
+        .map(|f| f["cursor"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert!(fanned_out.load(Ordering::SeqCst) > 3, "the crash happened");
+    assert!(
+        b.drain(Duration::from_millis(500))
+            .await
+            .iter()
+            .all(|f| f["event"] != "receive_direct_message")
+    );
+    assert_eq!(delivery_records_for(&app, &bob).await, 200);
+    assert_eq!(app.unread_from(&bob, &alice).await, 200);
+}
