@@ -29,6 +29,8 @@ use crate::stack::{Stack, lock_single_instance, non_empty_env, random_secret, re
 use crate::step::{banner, run_cargo};
 
 const DATABASE: &str = "natter";
+/// Where a published suite's HTML reports are kept, next to the load generator.
+const REPORTS: &str = "loadtest/reports";
 /// A cold persister creates the streams and runs migrations before it is ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a load test has to exit after SIGTERM before it is killed.
@@ -138,13 +140,16 @@ pub fn run(args: &BenchArgs, stop: &Stop) -> anyhow::Result<ExitCode> {
         stop,
     );
     let stopped_cleanly = stack.stop_all();
-    let runs = match runs {
+    let mut runs = match runs {
         Ok(runs) => runs,
         Err(error) => {
             eprintln!("error: {error:#}");
             return Ok(ExitCode::FAILURE);
         }
     };
+    if args.publishes() && !stop.requested() {
+        keep_reports(&root.join(REPORTS), &mut runs)?;
+    }
 
     let section = render_results(&machine, &runs);
     println!();
@@ -494,6 +499,27 @@ fn not_run(entry: &Entry, reason: &str) -> RunResult {
     }
 }
 
+/// Copies each run's HTML report into `dir` (emptied of older reports first) as `<run>.html`,
+/// and points the run at the copy: BENCHMARKS.md then links reports that are committed with it
+/// and open offline in any checkout.
+fn keep_reports(dir: &Path, runs: &mut [RunResult]) -> anyhow::Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|ext| ext == "html") {
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    for run in runs.iter_mut() {
+        let Some(html) = &run.html else { continue };
+        let kept = dir.join(format!("{}.html", run.name));
+        fs::copy(workspace_root().join(html), &kept)
+            .with_context(|| format!("copying {html} to {}", kept.display()))?;
+        run.html = Some(shown(&kept));
+    }
+    Ok(())
+}
+
 /// Writes the section to `<out>/results.md`, and into BENCHMARKS.md when the run was the full
 /// suite, uninterrupted.
 fn publish(args: &BenchArgs, section: &str, out: &Path, stop: &Stop) -> anyhow::Result<()> {
@@ -668,6 +694,31 @@ mod tests {
     #[test]
     fn rejects_an_unknown_run_name() {
         assert!(parse(&["--only", "steady-2k"]).is_err());
+    }
+
+    #[test]
+    fn published_reports_are_copied_beside_the_loadtest_and_linked_there() {
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().join("reports");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("stale.html"), "old").unwrap();
+        let source = scratch.path().join("steady.html");
+        fs::write(&source, "<svg/>").unwrap();
+        let mut runs = vec![RunResult {
+            name: "steady-1k".into(),
+            command: "steady".into(),
+            outcome: Outcome::Correct,
+            report: None,
+            html: Some(source.display().to_string()),
+            projection_lag: None,
+        }];
+        runs.push(not_run(&SUITE[1], "not run: interrupted"));
+        keep_reports(&dir, &mut runs).unwrap();
+        let kept = dir.join("steady-1k.html");
+        assert_eq!(fs::read_to_string(&kept).unwrap(), "<svg/>");
+        assert!(!dir.join("stale.html").exists());
+        assert_eq!(runs[0].html.as_deref(), Some(shown(&kept).as_str()));
+        assert_eq!(runs[1].html, None);
     }
 
     #[test]

@@ -161,9 +161,9 @@ pub fn render_results(machine: &Machine, runs: &[RunResult]) -> String {
          device complete). Projection lag is accept → committed in PostgreSQL, from the persister's \
          `natter_persister_projection_lag_seconds` histogram scraped before and after the run \
          (warm-up included), interpolated within its buckets (…, 50, 100, 250, 500 ms, 1 s, …). \
-         The HTML reports (charts, timeline) and the JSON beside them are \
-         written to `target/bench/<run>/` and are not committed: the links work only in the \
-         checkout that ran the suite.\n",
+         The HTML reports (charts, timeline) open offline: a published \
+         suite keeps a copy of each in `loadtest/reports/`, linked above; every run also writes \
+         its HTML and JSON to `target/bench/<run>/`.\n",
     );
     out
 }
@@ -489,7 +489,7 @@ mod tests {
             "fsync: interval",
             "PostgreSQL 15.18",
             "`cargo xtask bench`",
-            "not committed",
+            "loadtest/reports/",
         ] {
             assert!(section.contains(fact), "{fact} missing from:\n{section}");
         }
