@@ -34,6 +34,20 @@ async fn unread(conn: &mut PgConnection, user: UserId) -> i32 {
         .unwrap()
 }
 
+/// Projects `batch` and returns the CHAT sequences it fans out.
+async fn fanned_out(
+    conn: &mut PgConnection,
+    members: &mut Membership,
+    batch: &[Record],
+) -> Vec<u64> {
+    project(conn, members, batch)
+        .await
+        .unwrap()
+        .iter()
+        .map(|f| f.chat_seq)
+        .collect()
+}
+
 #[tokio::test]
 async fn a_send_twice_in_chat_is_stored_counted_and_fanned_out_once() {
     let db = TestDatabase::create(false).await.unwrap();
@@ -57,12 +71,7 @@ async fn a_send_twice_in_chat_is_stored_counted_and_fanned_out_once() {
         },
     ];
 
-    let fanned: Vec<u64> = project(&mut conn, &mut members, &batch)
-        .await
-        .unwrap()
-        .iter()
-        .map(|f| f.chat_seq)
-        .collect();
+    let fanned = fanned_out(&mut conn, &mut members, &batch).await;
     assert_eq!(fanned, [1, 3], "the retry is not delivered");
     let rows: Vec<(Uuid, i64)> = sqlx::query_as("SELECT id, seq FROM messages ORDER BY seq")
         .fetch_all(&mut conn)
@@ -74,12 +83,7 @@ async fn a_send_twice_in_chat_is_stored_counted_and_fanned_out_once() {
     // The whole batch again, as after a crash between commit and ack: the
     // stored records are fanned out again (their fan-out may not have
     // finished), nothing is stored or counted twice.
-    let fanned: Vec<u64> = project(&mut conn, &mut members, &batch)
-        .await
-        .unwrap()
-        .iter()
-        .map(|f| f.chat_seq)
-        .collect();
+    let fanned = fanned_out(&mut conn, &mut members, &batch).await;
     assert_eq!(fanned, [1, 3]);
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
         .fetch_one(&mut conn)

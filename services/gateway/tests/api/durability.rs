@@ -25,6 +25,28 @@ async fn delivery_records_for(app: &TestApp, user: &natter_testkit::TestUser) ->
     count
 }
 
+/// Sends every content to `to` without waiting, then requires a
+/// `message_sent` for each.
+async fn send_all_then_confirm(
+    sender: &mut natter_testkit::WsClient,
+    to: &natter_testkit::TestUser,
+    contents: &[String],
+) {
+    for (i, content) in contents.iter().enumerate() {
+        sender
+            .send_ref(
+                "send_direct_message",
+                json!({"receiverId": to.id.to_string(), "content": content}),
+                &format!("s{i}"),
+            )
+            .await;
+    }
+    for i in 0..contents.len() {
+        let reply = sender.reply_to(&format!("s{i}")).await;
+        assert_eq!(reply["event"], "message_sent", "{reply}");
+    }
+}
+
 #[tokio::test]
 async fn messages_accepted_while_the_persister_is_down_are_delivered_after() {
     let mut app = TestApp::spawn().await;
@@ -309,18 +331,7 @@ async fn sends_beyond_the_publish_window_wait_for_room_and_never_stall() {
     let mut a = app.connect(&alice, "a").await;
     let mut b = app.connect(&bob, "phone").await;
     let expected = numbered("w", 60);
-    for (i, content) in expected.iter().enumerate() {
-        a.send_ref(
-            "send_direct_message",
-            json!({"receiverId": bob.id.to_string(), "content": content}),
-            &format!("s{i}"),
-        )
-        .await;
-    }
-    for i in 0..expected.len() {
-        let reply = a.reply_to(&format!("s{i}")).await;
-        assert_eq!(reply["event"], "message_sent", "{reply}");
-    }
+    send_all_then_confirm(&mut a, &bob, &expected).await;
     assert_eq!(
         contents(&b.receive_messages(expected.len()).await),
         expected
@@ -343,17 +354,7 @@ async fn a_crash_between_the_persisters_two_stages_loses_and_reorders_nothing() 
     let mut b = app.connect(&bob, "phone").await;
     app.stop_persister().await;
     let expected = numbered("p", 200);
-    for (i, content) in expected.iter().enumerate() {
-        a.send_ref(
-            "send_direct_message",
-            json!({"receiverId": bob.id.to_string(), "content": content}),
-            &format!("r{i}"),
-        )
-        .await;
-    }
-    for i in 0..expected.len() {
-        assert_eq!(a.reply_to(&format!("r{i}")).await["event"], "message_sent");
-    }
+    send_all_then_confirm(&mut a, &bob, &expected).await;
     let fanned_out = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = fanned_out.clone();
     let hook: natter_persister::FaultHook =
