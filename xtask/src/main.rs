@@ -4,6 +4,7 @@
 //! natter-localinfra.
 
 mod bench;
+mod e2e;
 mod service;
 mod signals;
 mod stack;

@@ -1,4 +1,4 @@
-//! `cargo xtask test`: fmt, clippy, doc tests and nextest, failing fast, with nats-server
+//! `cargo xtask test`: fmt, clippy, doc tests, nextest and the browser tests, failing fast, with nats-server
 //! installed once and one PostgreSQL shared by every test process of the run.
 
 use std::fs;
@@ -14,6 +14,9 @@ use crate::step::{banner, run_cargo};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
+    /// Leave out the browser tests in `e2e/` (for a quick run; CI runs them).
+    #[arg(long)]
+    skip_browser: bool,
     /// Passed on to `cargo nextest run`, e.g. `-- -E 'test(replays)'`.
     #[arg(last = true)]
     nextest_args: Vec<String>,
@@ -117,9 +120,20 @@ fn run_steps(args: &TestArgs, stop: &Stop) -> anyhow::Result<Option<String>> {
     }
     let mut nextest = vec!["nextest", "run", "--workspace", "--no-fail-fast"];
     nextest.extend(args.nextest_args.iter().map(String::as_str));
-    Ok(check(
+    if let Some(failed) = check(
         "cargo nextest",
         run_cargo(&nextest, environment, stop)?,
+        stop,
+    ) {
+        return Ok(Some(failed));
+    }
+    if args.skip_browser {
+        banner("browser tests skipped (--skip-browser)");
+        return Ok(None);
+    }
+    Ok(check(
+        "browser tests (e2e/)",
+        crate::e2e::run(postgres, stop)?,
         stop,
     ))
 }

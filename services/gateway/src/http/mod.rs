@@ -8,6 +8,7 @@ mod groups;
 mod health;
 mod messages;
 mod users;
+mod web;
 
 use crate::state::AppState;
 use axum::Router;
@@ -36,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .merge(groups::router())
         .merge(debug::router())
         .merge(health::router())
+        .merge(web::router())
         .route("/ws", axum::routing::get(crate::ws::session::upgrade))
         .layer(cors)
         .layer(axum::middleware::from_fn(observe))

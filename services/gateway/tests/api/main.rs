@@ -11,3 +11,4 @@ mod groups;
 mod presence;
 mod replay;
 mod sessions;
+mod web;
