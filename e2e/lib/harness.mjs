@@ -175,6 +175,10 @@ export class Person {
     return person;
   }
 
+  async waitConnected(timeout = 30_000) {
+    await this.page.waitForSelector('#connection-status[data-state="connected"]', { timeout });
+  }
+
   expectNetworkErrors(expected = true) {
     this.networkErrorsExpected = expected;
   }
@@ -185,7 +189,7 @@ export class Person {
     await page.fill('#password', password);
     if (displayName) await page.fill('#display-name', displayName);
     await page.click('#signup-button');
-    await page.waitForSelector('#connection-status[data-state="connected"]');
+    await this.waitConnected();
   }
 
   async login(username, password = 'correct horse battery') {
@@ -193,7 +197,7 @@ export class Person {
     await page.fill('#username', username);
     await page.fill('#password', password);
     await page.click('#login-button');
-    await page.waitForSelector('#connection-status[data-state="connected"]');
+    await this.waitConnected();
   }
 
   async userId() {
@@ -264,6 +268,22 @@ export async function scenario(label, body) {
     await browser.close();
     await stack.stop();
   }
+}
+
+/**
+ * Two people signed up in browsers of their own; the first reloads, so its
+ * list shows the second.
+ */
+export async function twoPeople(person, { names, displayNames = [], urls = [] } = {}) {
+  const [name1, name2] = names ?? [username('alice'), username('bob')];
+  const a = await person('tab-a', urls[0]);
+  await a.signup(name1, displayNames[0]);
+  const b = await person('tab-b', urls[1]);
+  await b.signup(name2, displayNames[1]);
+  const [id1, id2] = [await a.userId(), await b.userId()];
+  await a.page.reload();
+  await a.waitConnected();
+  return { a, b, id1, id2, name1, name2 };
 }
 
 /** A unique user name for this run. */

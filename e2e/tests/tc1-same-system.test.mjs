@@ -3,18 +3,11 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { scenario, username } from '../lib/harness.mjs';
+import { scenario, twoPeople } from '../lib/harness.mjs';
 
 test('test case 1: messages appear instantly in both tabs', async () => {
   await scenario('tc1', async ({ stack, person }) => {
-    const [name1, name2] = [username('alice'), username('bob')];
-    const a = await person('tab-a');
-    await a.signup(name1, 'Alice Martin');
-    const b = await person('tab-b');
-    await b.signup(name2, 'Bob Chen');
-    const [id1, id2] = [await a.userId(), await b.userId()];
-    await a.page.reload();
-    await a.page.waitForSelector('#connection-status[data-state="connected"]');
+    const { a, b, id1, id2 } = await twoPeople(person, { displayNames: ['Alice Martin', 'Bob Chen'] });
 
     await a.open(id2);
     const before = Date.now();

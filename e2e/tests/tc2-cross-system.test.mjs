@@ -6,17 +6,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
-import { scenario, username, freePort } from '../lib/harness.mjs';
+import { freePort, scenario, twoPeople } from '../lib/harness.mjs';
 
 test('test case 2: cross-system messaging and the origin check', async () => {
   await scenario('tc2', async ({ stack, browser, person }) => {
-    const a = await person('system-a', stack.url);
-    await a.signup(username('alice'));
-    const b = await person('system-b', stack.otherUrl);
-    await b.signup(username('bob'));
-    const [id1, id2] = [await a.userId(), await b.userId()];
-    await a.page.reload();
-    await a.page.waitForSelector('#connection-status[data-state="connected"]');
+    const { a, b, id1, id2 } = await twoPeople(person, { urls: [stack.url, stack.otherUrl] });
 
     await a.open(id2);
     await b.open(id1);

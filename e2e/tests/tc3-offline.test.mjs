@@ -3,18 +3,13 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { scenario, username } from '../lib/harness.mjs';
+import { scenario, twoPeople } from '../lib/harness.mjs';
 
 test('test case 3: offline storage and delivery', async () => {
   await scenario('tc3', async ({ stack, person }) => {
-    const name2 = username('bob');
-    const a = await person('tab-a');
-    await a.signup(username('alice'));
-    let b = await person('tab-b');
-    await b.signup(name2);
-    const [id1, id2] = [await a.userId(), await b.userId()];
-    await a.page.reload();
-    await a.page.waitForSelector('#connection-status[data-state="connected"]');
+    const people = await twoPeople(person);
+    const { a, id1, id2, name2 } = people;
+    let { b } = people;
     await a.open(id2);
     await b.open(id1);
     await b.send('from bob');

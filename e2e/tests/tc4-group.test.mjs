@@ -3,18 +3,11 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { scenario, username } from '../lib/harness.mjs';
+import { scenario, twoPeople } from '../lib/harness.mjs';
 
 test('test case 4: group messaging', async () => {
   await scenario('tc4', async ({ stack, person }) => {
-    const [name1, name2] = [username('alice'), username('bob')];
-    const a = await person('tab-a');
-    await a.signup(name1);
-    const b = await person('tab-b');
-    await b.signup(name2);
-    const id2 = await b.userId();
-    await a.page.reload();
-    await a.page.waitForSelector('#connection-status[data-state="connected"]');
+    const { a, b, id2, name2 } = await twoPeople(person);
 
     await a.page.click('#new-group-button');
     await a.page.fill('#group-name', 'TestGroup');

@@ -3,17 +3,11 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { scenario, username } from '../lib/harness.mjs';
+import { scenario, twoPeople } from '../lib/harness.mjs';
 
 test('test case 5: connection loss and recovery', async () => {
   await scenario('tc5', async ({ stack, person }) => {
-    const a = await person('tab-a');
-    await a.signup(username('alice'));
-    const b = await person('tab-b');
-    await b.signup(username('bob'));
-    const [id1, id2] = [await a.userId(), await b.userId()];
-    await a.page.reload();
-    await a.page.waitForSelector('#connection-status[data-state="connected"]');
+    const { a, b, id1, id2 } = await twoPeople(person);
     // Both online with the conversation open, as the seed's setup says.
     await a.open(id2);
     await a.send('before');
@@ -22,7 +16,7 @@ test('test case 5: connection loss and recovery', async () => {
     await b.message('before').waitFor();
     // Then Bob looks elsewhere (the pane closes), so what comes next is unread.
     await b.page.reload();
-    await b.page.waitForSelector('#connection-status[data-state="connected"]');
+    await b.waitConnected();
 
     b.expectNetworkErrors();
     await b.context.setOffline(true);
@@ -32,7 +26,7 @@ test('test case 5: connection loss and recovery', async () => {
     await a.message('Testing reconnection').locator('.status[data-status="sent"]').waitFor();
 
     await b.context.setOffline(false);
-    await b.page.waitForSelector('#connection-status[data-state="connected"]', { timeout: 5_000 });
+    await b.waitConnected(5_000);
     b.expectNetworkErrors(false);
     await b.userItem(id1).locator('.unread-badge').filter({ hasText: /^1$/ }).waitFor({ timeout: 5_000 });
     await a.userItem(id2).locator('.online-dot.online').waitFor();

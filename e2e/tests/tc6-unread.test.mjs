@@ -2,17 +2,11 @@
 // is not open, clear when it is opened, and count again afterwards.
 
 import { test } from 'node:test';
-import { scenario, username } from '../lib/harness.mjs';
+import { scenario, twoPeople } from '../lib/harness.mjs';
 
 test('test case 6: unread counts', async () => {
   await scenario('tc6', async ({ person }) => {
-    const a = await person('tab-a');
-    await a.signup(username('alice'));
-    const b = await person('tab-b');
-    await b.signup(username('bob'));
-    const [id1, id2] = [await a.userId(), await b.userId()];
-    await a.page.reload();
-    await a.page.waitForSelector('#connection-status[data-state="connected"]');
+    const { a, b, id1, id2 } = await twoPeople(person);
 
     await a.open(id2);
     for (const text of ['one', 'two', 'three']) {
@@ -28,7 +22,7 @@ test('test case 6: unread counts', async () => {
 
     // Bob looks elsewhere: open nothing by reloading, then a new message.
     await b.page.reload();
-    await b.page.waitForSelector('#connection-status[data-state="connected"]');
+    await b.waitConnected();
     await b.userItem(id1).locator('.unread-badge').waitFor({ state: 'hidden' });
     await a.send('four');
     await b.userItem(id1).locator('.unread-badge').filter({ hasText: /^1$/ }).waitFor();

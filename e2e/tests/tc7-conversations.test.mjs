@@ -14,7 +14,7 @@ test('test case 7: multiple conversations', async () => {
     await c.signup(username('carol'));
     const [id1, id2, id3] = [await a.userId(), await b.userId(), await c.userId()];
     await a.page.reload();
-    await a.page.waitForSelector('#connection-status[data-state="connected"]');
+    await a.waitConnected();
 
     await a.open(id2);
     await a.send('Hello User2');

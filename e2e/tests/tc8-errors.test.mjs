@@ -5,17 +5,11 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { scenario, username } from '../lib/harness.mjs';
+import { scenario, twoPeople } from '../lib/harness.mjs';
 
 test('test case 8: error handling', async () => {
   await scenario('tc8', async ({ stack, person }) => {
-    const a = await person('tab-a');
-    await a.signup(username('alice'));
-    const b = await person('tab-b');
-    await b.signup(username('bob'));
-    const [id1, id2] = [await a.userId(), await b.userId()];
-    await a.page.reload();
-    await a.page.waitForSelector('#connection-status[data-state="connected"]');
+    const { a, b, id1, id2 } = await twoPeople(person);
     await a.open(id2);
     await b.open(id1);
 
@@ -27,8 +21,8 @@ test('test case 8: error handling', async () => {
     await a.send('while the gateway is down');
     await a.page.locator('#toasts .toast', { hasText: 'Failed to send message' }).waitFor();
     await stack.startGateway();
-    await a.page.waitForSelector('#connection-status[data-state="connected"]', { timeout: 35_000 });
-    await b.page.waitForSelector('#connection-status[data-state="connected"]', { timeout: 35_000 });
+    await a.waitConnected(35_000);
+    await b.waitConnected(35_000);
     a.expectNetworkErrors(false);
     b.expectNetworkErrors(false);
     await a.send('after the restart');

@@ -216,7 +216,9 @@ fn start_and_supervise(
         (
             "gateway",
             format!("http://127.0.0.1:{gateway_port}"),
-            format!("WebSocket ws://127.0.0.1:{gateway_port}/ws, origins {origins}, /metrics"),
+            format!(
+                "the web client (open it in a browser), WebSocket /ws, origins {origins}, /metrics"
+            ),
         ),
     );
     print_table(&table, stack);

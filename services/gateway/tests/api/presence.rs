@@ -91,6 +91,12 @@ async fn a_killed_gateways_users_go_offline_within_the_ttl() {
     let bob = app.signup("bob").await;
     contacts(&app, &alice, &bob).await;
     let mut b = app.connect(&bob, "b").await;
+    // The setup connection's "offline" may still be on its way to bob.
+    b.drain(Duration::from_millis(200)).await;
+    while presence_of(&mut b, &alice, Duration::from_millis(300))
+        .await
+        .is_some()
+    {}
 
     // A second gateway, as its own process, holds alice's connection.
     let port = natter_localinfra::free_port();
