@@ -78,12 +78,9 @@ async fn apply(state: &AppState, message: async_nats::Message) {
     match serde_json::from_slice::<Control>(&message.payload) {
         Ok(Control::DeviceConnected { device_id, session }) => {
             let own = state.gateway_id.to_string();
-            let replaced = state
-                .hub
-                .close_sessions(user, REPLACED, |info| {
-                    info.device == device_id && format!("{own}:{}", info.id) != session
-                })
-                .await;
+            let replaced = state.hub.close_sessions(user, REPLACED, |info| {
+                info.device == device_id && format!("{own}:{}", info.id) != session
+            });
             if replaced > 0 {
                 tracing::info!(%user, device = %device_id, "older connection of the device replaced");
             }

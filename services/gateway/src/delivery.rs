@@ -219,7 +219,7 @@ impl Hub {
     }
 
     /// Unregisters a session; the last one of a user ends its subscription.
-    pub async fn detach(&self, user: UserId, session: u64) {
+    pub fn detach(&self, user: UserId, session: u64) {
         let mut feeds = self.lock_feeds();
         let Some(feed) = feeds.get(&user) else {
             return;
@@ -239,7 +239,7 @@ impl Hub {
     }
 
     /// Pushes an ephemeral frame to every session of `user` here.
-    pub async fn push_frame(&self, user: UserId, frame: Arc<str>) {
+    pub fn push_frame(&self, user: UserId, frame: Arc<str>) {
         let feed = self.lock_feeds().get(&user).cloned();
         if let Some(feed) = feed
             && let Ok(sessions) = feed.sessions.lock()
@@ -252,7 +252,7 @@ impl Hub {
     }
 
     /// Closes `user`'s sessions here that `matches` picks; returns how many.
-    pub async fn close_sessions(
+    pub fn close_sessions(
         &self,
         user: UserId,
         closing: Closing,
@@ -279,13 +279,13 @@ impl Hub {
     }
 
     /// Users with at least one session here.
-    pub async fn local_users(&self) -> Vec<UserId> {
+    pub fn local_users(&self) -> Vec<UserId> {
         self.lock_feeds().keys().copied().collect()
     }
 
     /// After a reconnect to NATS live records may have been missed while the
     /// connection was down: every session re-reads its log.
-    pub async fn resync_all(&self) {
+    pub fn resync_all(&self) {
         for feed in self.lock_feeds().values() {
             feed.flag_all_lagging();
         }

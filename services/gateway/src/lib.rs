@@ -114,7 +114,7 @@ pub async fn run(
             match event {
                 async_nats::Event::Connected | async_nats::Event::SlowConsumer(_) => {
                     tracing::info!(%event, "NATS event; live sessions re-read their logs");
-                    events_state.hub.resync_all().await;
+                    events_state.hub.resync_all();
                 }
                 other => tracing::info!(event = %other, "NATS connection event"),
             }

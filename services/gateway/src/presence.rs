@@ -238,13 +238,7 @@ async fn beat(state: &AppState) {
 /// Pushes `presence` to this gateway's users who share a conversation with
 /// `user`.
 async fn tell_contacts(state: &AppState, user: UserId, online: bool, at: DateTime<Utc>) {
-    let local: Vec<Uuid> = state
-        .hub
-        .local_users()
-        .await
-        .into_iter()
-        .map(|u| u.0)
-        .collect();
+    let local: Vec<Uuid> = state.hub.local_users().into_iter().map(|u| u.0).collect();
     if local.is_empty() {
         return;
     }
@@ -272,6 +266,6 @@ async fn tell_contacts(state: &AppState, user: UserId, online: bool, at: DateTim
     )
     .into();
     for contact in contacts {
-        state.hub.push_frame(UserId(contact), frame.clone()).await;
+        state.hub.push_frame(UserId(contact), frame.clone());
     }
 }

@@ -154,8 +154,7 @@ pub async fn follow(state: AppState, shutdown: CancellationToken) -> Result<(), 
             state.revocations.remember(jti, revoked.exp);
             let closed = state
                 .hub
-                .close_sessions(revoked.user_id, REVOKED, |info| info.jti == jti)
-                .await;
+                .close_sessions(revoked.user_id, REVOKED, |info| info.jti == jti);
             if closed > 0 {
                 tracing::info!(user = %revoked.user_id, closed, "sockets of a revoked token closed");
             }

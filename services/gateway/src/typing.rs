@@ -73,6 +73,6 @@ async fn deliver(state: &AppState, message: async_nats::Message) {
     )
     .into();
     for recipient in signal.recipients {
-        state.hub.push_frame(recipient, frame.clone()).await;
+        state.hub.push_frame(recipient, frame.clone());
     }
 }

@@ -182,7 +182,7 @@ async fn run(state: AppState, socket: WebSocket, user: UserId, device: DeviceId,
     };
     tracing::info!(user = %session.user, device = %session.device, "[CONNECTION] user connected");
     let end = session.serve(&mut stream, attachment).await;
-    state.hub.detach(user, session_id).await;
+    state.hub.detach(user, session_id);
     metrics::active_users(state.hub.user_count());
     state.presence.disconnected(&presence_key).await;
     if let Err(e) = state.cursors.flush().await {
