@@ -22,7 +22,7 @@ pub fn describe() {
     describe_histogram!(
         BATCH_DURATION,
         metrics::Unit::Seconds,
-        "time to project and fan out one batch"
+        "from the start of a batch's projection to its ack, fan-out (and the wait for it) included"
     );
     describe_histogram!(
         PROJECTION_LAG,
