@@ -208,55 +208,66 @@ async fn consume(
 
     // One committed batch may wait while another is fanned out.
     let (to_fanout, committed) = mpsc::channel(1);
-    let projecting = project_stage(
-        config, leader, hooks, shutdown, consumer, messages, to_fanout,
-    );
+    let projector = Projector {
+        config,
+        leader,
+        hooks,
+        shutdown,
+        to_fanout,
+    };
+    let projecting = projector.run(consumer, messages);
     let fanning = fan_out_stage(config, js, hooks, shutdown, committed);
     tokio::try_join!(projecting, fanning).map(|_| ())
 }
 
-/// Pulls batches and projects them, handing each committed batch to the
-/// fan-out stage. Returns on shutdown, which closes the hand-over.
-#[allow(clippy::too_many_arguments)]
-async fn project_stage(
-    config: &Config,
-    leader: &mut Leader,
-    hooks: &FaultHooks,
-    shutdown: &CancellationToken,
-    mut consumer: jetstream::consumer::PullConsumer,
-    mut messages: pull::Stream,
+/// The projection stage: pulls batches and projects them, handing each
+/// committed batch to the fan-out stage.
+struct Projector<'a> {
+    config: &'a Config,
+    leader: &'a mut Leader,
+    hooks: &'a FaultHooks,
+    shutdown: &'a CancellationToken,
     to_fanout: mpsc::Sender<Committed>,
-) -> Result<(), ConsumeError> {
-    let mut backlog = tokio::time::interval(BACKLOG_EVERY);
-    loop {
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = backlog.tick() => {
-                match consumer.info().await {
-                    Ok(info) => metrics::consumer_backlog(info.num_pending, info.num_ack_pending),
-                    Err(e) => tracing::debug!(error = %e, "cannot read the consumer's backlog"),
+}
+
+impl Projector<'_> {
+    /// Returns on shutdown; dropping the projector closes the hand-over.
+    async fn run(
+        mut self,
+        mut consumer: jetstream::consumer::PullConsumer,
+        mut messages: pull::Stream,
+    ) -> Result<(), ConsumeError> {
+        let mut backlog = tokio::time::interval(BACKLOG_EVERY);
+        loop {
+            let first = tokio::select! {
+                _ = self.shutdown.cancelled() => return Ok(()),
+                _ = backlog.tick() => {
+                    match consumer.info().await {
+                        Ok(info) => metrics::consumer_backlog(info.num_pending, info.num_ack_pending),
+                        Err(e) => tracing::debug!(error = %e, "cannot read the consumer's backlog"),
+                    }
+                    continue;
                 }
-                continue;
+                next = messages.next() => next,
+            };
+            let mut batch = match first {
+                Some(Ok(m)) => vec![m],
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "pull consumer error");
+                    continue;
+                }
+                None => return Err(ConsumeError::Stream("pull subscription ended".into())),
+            };
+            let deadline = Instant::now() + self.config.batch_wait();
+            while batch.len() < self.config.batch_max {
+                match timeout_at(deadline, messages.next()).await {
+                    Ok(Some(Ok(m))) => batch.push(m),
+                    Ok(Some(Err(e))) => tracing::warn!(error = %e, "pull consumer error"),
+                    Ok(None) | Err(_) => break,
+                }
             }
-            next = messages.next() => next,
-        };
-        let mut batch = match first {
-            Some(Ok(m)) => vec![m],
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "pull consumer error");
-                continue;
-            }
-            None => return Err(ConsumeError::Stream("pull subscription ended".into())),
-        };
-        let deadline = Instant::now() + config.batch_wait();
-        while batch.len() < config.batch_max {
-            match timeout_at(deadline, messages.next()).await {
-                Ok(Some(Ok(m))) => batch.push(m),
-                Ok(Some(Err(e))) => tracing::warn!(error = %e, "pull consumer error"),
-                Ok(None) | Err(_) => break,
-            }
+            self.process(batch).await?;
         }
-        process(config, leader, hooks, shutdown, &to_fanout, batch).await?;
     }
 }
 
@@ -340,69 +351,38 @@ struct Pulled {
     traceparent: Option<String>,
 }
 
-async fn process(
-    config: &Config,
-    leader: &mut Leader,
-    hooks: &FaultHooks,
-    shutdown: &CancellationToken,
-    to_fanout: &mpsc::Sender<Committed>,
-    batch: Vec<jetstream::Message>,
-) -> Result<(), ConsumeError> {
-    let mut pulled: Vec<Pulled> = batch.into_iter().map(decode).collect();
-    // One transaction serves many traces: the batch is a trace of its own,
-    // linked to the span of each record it holds.
-    let batch_span = tracing::info_span!(parent: None, "persister.batch", records = pulled.len());
-    for p in &pulled {
-        trace::link_to(&batch_span, p.traceparent.as_deref());
-        if p.delivered > 1 {
-            metrics::redelivered();
+impl Projector<'_> {
+    async fn process(&mut self, batch: Vec<jetstream::Message>) -> Result<(), ConsumeError> {
+        let mut pulled: Vec<Pulled> = batch.into_iter().map(decode).collect();
+        // One transaction serves many traces: the batch is a trace of its own,
+        // linked to the span of each record it holds.
+        let batch_span =
+            tracing::info_span!(parent: None, "persister.batch", records = pulled.len());
+        for p in &pulled {
+            trace::link_to(&batch_span, p.traceparent.as_deref());
+            if p.delivered > 1 {
+                metrics::redelivered();
+            }
         }
+        self.settle_batch(&mut pulled).instrument(batch_span).await
     }
-    settle_batch(config, leader, hooks, shutdown, to_fanout, &mut pulled)
-        .instrument(batch_span)
-        .await
-}
 
-async fn settle_batch(
-    config: &Config,
-    leader: &mut Leader,
-    hooks: &FaultHooks,
-    shutdown: &CancellationToken,
-    to_fanout: &mpsc::Sender<Committed>,
-    pulled: &mut [Pulled],
-) -> Result<(), ConsumeError> {
-    // Records that cannot even be decoded will never project.
-    for p in pulled.iter_mut() {
-        if let Some(Err(reason)) = &p.record {
-            let reason = reason.clone();
-            dead_letter(leader, p, &reason, shutdown).await?;
-            p.record = None;
+    async fn settle_batch(&mut self, pulled: &mut [Pulled]) -> Result<(), ConsumeError> {
+        // Records that cannot even be decoded will never project.
+        for p in pulled.iter_mut() {
+            if let Some(Err(reason)) = &p.record {
+                let reason = reason.clone();
+                dead_letter(self.leader, p, &reason, self.shutdown).await?;
+                p.record = None;
+            }
         }
+        let pending: Vec<&Pulled> = pulled.iter().filter(|p| p.record.is_some()).collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        self.settle(&pending).await
     }
-    let pending: Vec<&Pulled> = pulled.iter().filter(|p| p.record.is_some()).collect();
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let mut step = Step {
-        config,
-        leader,
-        hooks,
-        shutdown,
-        to_fanout,
-    };
-    step.settle(&pending).await
-}
 
-/// What settling records needs.
-struct Step<'a> {
-    config: &'a Config,
-    leader: &'a mut Leader,
-    hooks: &'a FaultHooks,
-    shutdown: &'a CancellationToken,
-    to_fanout: &'a mpsc::Sender<Committed>,
-}
-
-impl Step<'_> {
     /// Projects `pending` (in CHAT order) and hands it to the fan-out
     /// stage, retrying transient failures in place so nothing is reordered. If the database
     /// refuses a batch, its records are settled one by one so that only the
