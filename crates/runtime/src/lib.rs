@@ -1,5 +1,6 @@
 //! What every natter process shares.
 //!
+//! - [`backoff`]: the one exponential backoff, and waiting for a dependency at start.
 //! - [`config`]: clap argument groups (each flag also an environment variable).
 //! - [`telemetry`]: the tracing subscriber (logs and OpenTelemetry spans), built once per process.
 //! - [`trace`]: the W3C `traceparent` carried in NATS headers.
@@ -10,6 +11,7 @@
 //! - [`health`]: the readiness probe behind `/readyz`.
 //! - [`views`]: read-model queries shared by the services.
 
+pub mod backoff;
 pub mod config;
 pub mod database;
 pub mod health;
