@@ -1,12 +1,8 @@
 //! Authentication: Argon2id password hashes (computed off the async
-//! threads), HS256 tokens with a pinned algorithm and a required `exp`, and
-//! the [`AuthUser`] extractor for REST handlers.
+//! threads) and HS256 tokens with a pinned algorithm and a required `exp`.
 
 use crate::error::ApiError;
-use crate::state::AppState;
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use natter_core::{Password, UserId};
 use serde::{Deserialize, Serialize};
@@ -132,36 +128,6 @@ pub async fn verify_password(password: String, hash: Option<String>) -> Result<b
     })
     .await
     .map_err(ApiError::internal)
-}
-
-/// The caller of a REST handler, from `Authorization: Bearer <token>`.
-#[derive(Debug, Clone)]
-pub struct AuthUser {
-    pub id: UserId,
-    pub claims: Claims,
-}
-
-impl FromRequestParts<AppState> for AuthUser {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer_token(&parts.headers)
-            .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
-        let claims = authenticate(state, token)?;
-        Ok(AuthUser {
-            id: UserId(claims.sub),
-            claims,
-        })
-    }
-}
-
-/// A token's claims if it is valid and not revoked.
-pub fn authenticate(state: &AppState, token: &str) -> Result<Claims, ApiError> {
-    let claims = state.tokens().verify(token)?;
-    if state.revocations.is_revoked(claims.jti) {
-        return Err(ApiError::Unauthorized("token revoked".into()));
-    }
-    Ok(claims)
 }
 
 /// The token of an `Authorization: Bearer` header, if any.

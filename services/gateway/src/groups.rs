@@ -3,16 +3,18 @@
 //! applied whole or not at all; the reply waits (briefly) until the
 //! persister has projected it, so the caller reads its own write.
 
-use crate::chat::{self, parse_uuid};
+use crate::chat::Chat;
 use crate::directory::UserRecord;
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::ws::protocol::parse_uuid;
 use natter_core::{
     ChatEvent, Group, GroupCreated, GroupId, GroupName, MemberRemoved, MembersAdded, UserId,
     subjects,
 };
 use serde_json::Value;
+use sqlx::PgPool;
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -21,210 +23,217 @@ pub const MAX_MEMBERS: usize = 1000;
 /// How long a change's reply waits for the projection.
 const PROJECTION_WAIT: Duration = Duration::from_secs(3);
 
-/// A list of user ids: an array of distinct UUIDs, each a known user.
-async fn parse_users(
-    state: &AppState,
-    value: Option<&Value>,
-    field: &str,
-) -> Result<Vec<UserId>, ApiError> {
-    let items = value
-        .and_then(Value::as_array)
-        .ok_or_else(|| ApiError::bad_request(format!("{field} must be an array of user ids")))?;
-    if items.len() > MAX_MEMBERS {
-        return Err(ApiError::bad_request(format!(
-            "at most {MAX_MEMBERS} users at a time"
-        )));
+/// Group changes: each one a `CHAT` event, validated against the projection.
+pub struct Groups {
+    pool: PgPool,
+    chat: Arc<Chat>,
+}
+
+impl Groups {
+    pub fn new(pool: PgPool, chat: Arc<Chat>) -> Self {
+        Self { pool, chat }
     }
-    let mut ids = Vec::with_capacity(items.len());
-    let mut seen = HashSet::new();
-    for item in items {
-        let id = UserId(parse_uuid(item, field)?);
-        if !seen.insert(id) {
-            return Err(ApiError::bad_request(format!("{field} lists {id} twice")));
+
+    /// A list of user ids: an array of distinct UUIDs, each a known user.
+    async fn parse_users(
+        &self,
+        value: Option<&Value>,
+        field: &str,
+    ) -> Result<Vec<UserId>, ApiError> {
+        let items = value.and_then(Value::as_array).ok_or_else(|| {
+            ApiError::bad_request(format!("{field} must be an array of user ids"))
+        })?;
+        if items.len() > MAX_MEMBERS {
+            return Err(ApiError::bad_request(format!(
+                "at most {MAX_MEMBERS} users at a time"
+            )));
         }
-        ids.push(id);
+        let mut ids = Vec::with_capacity(items.len());
+        let mut seen = HashSet::new();
+        for item in items {
+            let id = UserId(parse_uuid(item, field)?);
+            if !seen.insert(id) {
+                return Err(ApiError::bad_request(format!("{field} lists {id} twice")));
+            }
+            ids.push(id);
+        }
+        let raw: Vec<Uuid> = ids.iter().map(|u| u.0).collect();
+        let known: HashSet<Uuid> = sqlx::query_scalar("SELECT id FROM users WHERE id = ANY($1)")
+            .bind(&raw)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .collect();
+        let unknown: Vec<String> = raw
+            .iter()
+            .filter(|id| !known.contains(id))
+            .map(Uuid::to_string)
+            .collect();
+        if !unknown.is_empty() {
+            return Err(ApiError::NotFound(format!(
+                "unknown users: {}",
+                unknown.join(", ")
+            )));
+        }
+        Ok(ids)
     }
-    let raw: Vec<Uuid> = ids.iter().map(|u| u.0).collect();
-    let known: HashSet<Uuid> = sqlx::query_scalar("SELECT id FROM users WHERE id = ANY($1)")
-        .bind(&raw)
-        .fetch_all(&state.pool)
-        .await?
-        .into_iter()
-        .collect();
-    let unknown: Vec<String> = raw
-        .iter()
-        .filter(|id| !known.contains(id))
-        .map(Uuid::to_string)
-        .collect();
-    if !unknown.is_empty() {
-        return Err(ApiError::NotFound(format!(
-            "unknown users: {}",
-            unknown.join(", ")
-        )));
-    }
-    Ok(ids)
-}
 
-/// `POST /api/groups {name, memberIds}`: the creator is always a member.
-pub async fn create(
-    state: &AppState,
-    creator: &UserRecord,
-    body: &Value,
-) -> Result<Group, ApiError> {
-    let name = match body.get("name") {
-        Some(Value::String(name)) => GroupName::parse(name)?,
-        Some(_) => return Err(ApiError::bad_request("name must be a string")),
-        None => return Err(ApiError::bad_request("name is required")),
-    };
-    let listed = parse_users(state, body.get("memberIds"), "memberIds").await?;
-    let mut members = vec![creator.id];
-    members.extend(listed.into_iter().filter(|id| *id != creator.id));
-    if members.len() > MAX_MEMBERS {
-        return Err(ApiError::bad_request(format!(
-            "a group has at most {MAX_MEMBERS} members"
-        )));
-    }
-    let group = GroupId::generate();
-    let seq = chat::append(
-        state,
-        subjects::chat_group(group),
-        ChatEvent::GroupCreated(GroupCreated {
-            group_id: group,
-            name: name.into_string(),
-            creator_id: creator.id,
-            member_ids: members,
-            at: natter_core::events::accepted_at(),
-        }),
-    )
-    .await?;
-    tracing::info!(%group, creator = %creator.id, "group created");
-    projected(state, group, seq).await
-}
-
-/// `POST /api/groups/{id}/members {userIds}`: members add others.
-pub async fn add(
-    state: &AppState,
-    actor: UserId,
-    group: GroupId,
-    body: &Value,
-) -> Result<Group, ApiError> {
-    let current = member_view(state, actor, group).await?;
-    let users = parse_users(state, body.get("userIds"), "userIds").await?;
-    if users.is_empty() {
-        return Err(ApiError::bad_request("userIds must not be empty"));
-    }
-    let present: HashSet<UserId> = current.members.iter().map(|m| m.id).collect();
-    let already: Vec<String> = users
-        .iter()
-        .filter(|u| present.contains(u))
-        .map(ToString::to_string)
-        .collect();
-    if !already.is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "already members: {}",
-            already.join(", ")
-        )));
-    }
-    if present.len() + users.len() > MAX_MEMBERS {
-        return Err(ApiError::bad_request(format!(
-            "a group has at most {MAX_MEMBERS} members"
-        )));
-    }
-    let seq = chat::append(
-        state,
-        subjects::chat_group(group),
-        ChatEvent::MembersAdded(MembersAdded {
-            group_id: group,
-            actor_id: actor,
-            user_ids: users,
-            at: natter_core::events::accepted_at(),
-        }),
-    )
-    .await?;
-    projected(state, group, seq).await
-}
-
-/// `DELETE /api/groups/{id}/members/{userId}`: a member may leave; only the
-/// group's creator removes others.
-pub async fn remove(
-    state: &AppState,
-    actor: UserId,
-    group: GroupId,
-    user: UserId,
-) -> Result<(), ApiError> {
-    let current = member_view(state, actor, group).await?;
-    if !current.members.iter().any(|m| m.id == user) {
-        return Err(ApiError::NotFound(format!(
-            "user {user} is not a member of group {group}"
-        )));
-    }
-    if user != actor && current.created_by != actor {
-        return Err(ApiError::Forbidden(
-            "only the group's creator removes other members".into(),
-        ));
-    }
-    let seq = chat::append(
-        state,
-        subjects::chat_group(group),
-        ChatEvent::MemberRemoved(MemberRemoved {
-            group_id: group,
-            actor_id: actor,
-            user_id: user,
-            at: natter_core::events::accepted_at(),
-        }),
-    )
-    .await?;
-    wait_for_projection(state, group, seq).await?;
-    Ok(())
-}
-
-/// The group, if `user` is one of its members; `not_found` otherwise, so a
-/// non-member cannot tell whether the group exists.
-pub async fn member_view(
-    state: &AppState,
-    user: UserId,
-    group: GroupId,
-) -> Result<Group, ApiError> {
-    let not_found = || ApiError::NotFound(format!("group {group} not found"));
-    let mut conn = state.pool.acquire().await?;
-    let view = natter_runtime::views::group(&mut conn, group)
-        .await?
-        .ok_or_else(not_found)?;
-    if view.members.iter().any(|m| m.id == user) {
-        Ok(view)
-    } else {
-        Err(not_found())
-    }
-}
-
-/// The group once the persister projected `seq` (or as it stands after
-/// [`PROJECTION_WAIT`], if the persister is behind: the change is accepted
-/// either way).
-async fn projected(state: &AppState, group: GroupId, seq: u64) -> Result<Group, ApiError> {
-    wait_for_projection(state, group, seq).await?;
-    let mut conn = state.pool.acquire().await?;
-    natter_runtime::views::group(&mut conn, group)
-        .await?
-        .ok_or_else(|| {
-            ApiError::Unavailable(
-                "the group was accepted and is not visible yet; retry shortly".into(),
+    /// `POST /api/groups {name, memberIds}`: the creator is always a member.
+    pub async fn create(&self, creator: &UserRecord, body: &Value) -> Result<Group, ApiError> {
+        let name = match body.get("name") {
+            Some(Value::String(name)) => GroupName::parse(name)?,
+            Some(_) => return Err(ApiError::bad_request("name must be a string")),
+            None => return Err(ApiError::bad_request("name is required")),
+        };
+        let listed = self.parse_users(body.get("memberIds"), "memberIds").await?;
+        let mut members = vec![creator.id];
+        members.extend(listed.into_iter().filter(|id| *id != creator.id));
+        if members.len() > MAX_MEMBERS {
+            return Err(ApiError::bad_request(format!(
+                "a group has at most {MAX_MEMBERS} members"
+            )));
+        }
+        let group = GroupId::generate();
+        let seq = self
+            .chat
+            .append(
+                subjects::chat_group(group),
+                ChatEvent::GroupCreated(GroupCreated {
+                    group_id: group,
+                    name: name.into_string(),
+                    creator_id: creator.id,
+                    member_ids: members,
+                    at: natter_core::events::accepted_at(),
+                }),
             )
-        })
-}
+            .await?;
+        tracing::info!(%group, creator = %creator.id, "group created");
+        self.projected(group, seq).await
+    }
 
-async fn wait_for_projection(state: &AppState, group: GroupId, seq: u64) -> Result<(), ApiError> {
-    let deadline = Instant::now() + PROJECTION_WAIT;
-    let mut pause = Duration::from_millis(2);
-    loop {
-        let applied: Option<i64> =
-            sqlx::query_scalar("SELECT group_seq FROM conversations WHERE id = $1")
-                .bind(group.0)
-                .fetch_optional(&state.pool)
-                .await?;
-        if applied.is_some_and(|applied| applied >= seq as i64) || Instant::now() > deadline {
-            return Ok(());
+    /// `POST /api/groups/{id}/members {userIds}`: members add others.
+    pub async fn add(
+        &self,
+        actor: UserId,
+        group: GroupId,
+        body: &Value,
+    ) -> Result<Group, ApiError> {
+        let current = self.member_view(actor, group).await?;
+        let users = self.parse_users(body.get("userIds"), "userIds").await?;
+        if users.is_empty() {
+            return Err(ApiError::bad_request("userIds must not be empty"));
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(50));
+        let present: HashSet<UserId> = current.members.iter().map(|m| m.id).collect();
+        let already: Vec<String> = users
+            .iter()
+            .filter(|u| present.contains(u))
+            .map(ToString::to_string)
+            .collect();
+        if !already.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "already members: {}",
+                already.join(", ")
+            )));
+        }
+        if present.len() + users.len() > MAX_MEMBERS {
+            return Err(ApiError::bad_request(format!(
+                "a group has at most {MAX_MEMBERS} members"
+            )));
+        }
+        let seq = self
+            .chat
+            .append(
+                subjects::chat_group(group),
+                ChatEvent::MembersAdded(MembersAdded {
+                    group_id: group,
+                    actor_id: actor,
+                    user_ids: users,
+                    at: natter_core::events::accepted_at(),
+                }),
+            )
+            .await?;
+        self.projected(group, seq).await
+    }
+
+    /// `DELETE /api/groups/{id}/members/{userId}`: a member may leave; only the
+    /// group's creator removes others.
+    pub async fn remove(
+        &self,
+        actor: UserId,
+        group: GroupId,
+        user: UserId,
+    ) -> Result<(), ApiError> {
+        let current = self.member_view(actor, group).await?;
+        if !current.members.iter().any(|m| m.id == user) {
+            return Err(ApiError::NotFound(format!(
+                "user {user} is not a member of group {group}"
+            )));
+        }
+        if user != actor && current.created_by != actor {
+            return Err(ApiError::Forbidden(
+                "only the group's creator removes other members".into(),
+            ));
+        }
+        let seq = self
+            .chat
+            .append(
+                subjects::chat_group(group),
+                ChatEvent::MemberRemoved(MemberRemoved {
+                    group_id: group,
+                    actor_id: actor,
+                    user_id: user,
+                    at: natter_core::events::accepted_at(),
+                }),
+            )
+            .await?;
+        self.wait_for_projection(group, seq).await?;
+        Ok(())
+    }
+
+    /// The group, if `user` is one of its members; `not_found` otherwise, so a
+    /// non-member cannot tell whether the group exists.
+    pub async fn member_view(&self, user: UserId, group: GroupId) -> Result<Group, ApiError> {
+        let not_found = || ApiError::NotFound(format!("group {group} not found"));
+        let mut conn = self.pool.acquire().await?;
+        let view = natter_runtime::views::group(&mut conn, group)
+            .await?
+            .ok_or_else(not_found)?;
+        if view.members.iter().any(|m| m.id == user) {
+            Ok(view)
+        } else {
+            Err(not_found())
+        }
+    }
+
+    /// The group once the persister projected `seq` (or as it stands after
+    /// [`PROJECTION_WAIT`], if the persister is behind: the change is accepted
+    /// either way).
+    async fn projected(&self, group: GroupId, seq: u64) -> Result<Group, ApiError> {
+        self.wait_for_projection(group, seq).await?;
+        let mut conn = self.pool.acquire().await?;
+        natter_runtime::views::group(&mut conn, group)
+            .await?
+            .ok_or_else(|| {
+                ApiError::Unavailable(
+                    "the group was accepted and is not visible yet; retry shortly".into(),
+                )
+            })
+    }
+
+    async fn wait_for_projection(&self, group: GroupId, seq: u64) -> Result<(), ApiError> {
+        let deadline = Instant::now() + PROJECTION_WAIT;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let applied: Option<i64> =
+                sqlx::query_scalar("SELECT group_seq FROM conversations WHERE id = $1")
+                    .bind(group.0)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            if applied.is_some_and(|applied| applied >= seq as i64) || Instant::now() > deadline {
+                return Ok(());
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
     }
 }

@@ -2,20 +2,36 @@
 //! JWT auth, publishing accepted commands to JetStream, and live delivery
 //! with replay from per-device cursors.
 //!
+//! A message's path through the gateway, one hop a line (DESIGN.md §1):
+//! 1. [`ws::session`] (or `POST /api/messages` in [`http`]) parses the
+//!    command with [`ws::protocol`];
+//! 2. [`chat::Chat::submit`] validates it and publishes `chat.msg.<conv>`
+//!    to `CHAT` with a `Nats-Msg-Id` and the trace's `traceparent`;
+//! 3. [`chat::Submitted::confirm`] awaits JetStream's ack: only then is the
+//!    sender told `message_sent` (invariant 1);
+//! 4. the persister projects it and fans it out to `deliver.<user>`;
+//! 5. [`delivery::Hub`] receives the republished `live.deliver.<user>`
+//!    and hands it to each of the user's sessions;
+//! 6. the session writes it, or, after a gap, replays the log from the
+//!    device's cursor with [`delivery::log`] (invariant 4);
+//! 7. the client's `ack` advances the cursor in [`delivery::cursors`].
+//!
+//! The parts, each given only what it uses:
 //! - [`config`]: settings from environment or flags.
-//! - [`auth`]: password hashing, tokens, the `AuthUser` extractor.
+//! - [`auth`]: password hashing and tokens; [`access`]: token checks
+//!   against [`revocation`], the cluster's logged-out tokens.
 //! - [`error`]: the one error type, for HTTP and WebSocket alike.
 //! - [`directory`]: a read-through cache of users.
-//! - [`chat`]: commands shared by REST and WebSocket (send, mark read).
+//! - [`chat`]: the commands shared by REST and WebSocket (send, mark read).
 //! - [`groups`]: group management, one `CHAT` event per change.
 //! - [`delivery`]: live subscriptions, log replay, device cursors.
 //! - [`control`]: cross-gateway session control (device replacement, profile changes).
-//! - [`revocation`]: logged-out tokens, cluster-wide.
-//! - [`presence`]: who is online, cluster-wide.
-//! - [`typing`]: typing signals over core NATS.
+//! - [`presence`]: who is online, cluster-wide; [`typing`]: typing signals.
 //! - [`metrics`]: the Prometheus metrics on `/metrics`.
 //! - [`http`]: the REST routers; [`ws`]: the WebSocket protocol and sessions.
+//! - [`state`]: the wiring of all of the above for the routers.
 
+pub mod access;
 pub mod auth;
 pub mod chat;
 pub mod config;
@@ -34,11 +50,16 @@ pub mod ws;
 
 pub use config::Config;
 
+use async_nats::jetstream;
 use natter_core::subjects;
-use state::{AppState, Inner};
+use natter_runtime::backoff::until_ready;
+use state::AppState;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How often acked cursors are written to PostgreSQL.
 const CURSOR_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
@@ -49,87 +70,277 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    Box::pin(serve(config, listener, shutdown, TaskTracker::new())).await
+}
+
+/// [`run`] with the tracker that owns every task the gateway spawns: when
+/// this returns, the tracker is closed and empty.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) -> anyhow::Result<()> {
     natter_runtime::metrics::install()?;
     metrics::describe();
+    // Configuration errors end the process; everything after them is waited for.
     let tokens =
         auth::TokenKeys::new(config.jwt_secret.as_deref(), config.dev, config.token_ttl())?;
     let pool = natter_runtime::database::pool(&config.database)?;
-    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
     let nats =
         natter_runtime::jetstream::connect(&config.nats, "natter-gateway", Some(events_tx)).await?;
-    let js = natter_runtime::jetstream::context(nats.clone(), &config.nats);
-    let settings = config.streams.settings();
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match natter_runtime::jetstream::ensure_streams(&js, &settings).await {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, "streams not ready; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(3));
-            }
+    let result = match Box::pin(Dependencies::wait(&config, &nats, &pool, &shutdown)).await {
+        Some(dependencies) => {
+            let state = wire(
+                config,
+                tokens,
+                pool.clone(),
+                nats.clone(),
+                dependencies,
+                &tasks,
+                &shutdown,
+            );
+            Box::pin(serve_until_shutdown(
+                state, listener, events, &tasks, &shutdown,
+            ))
+            .await
         }
-    }
-    let revocations =
-        revocation::Revocations::open(&js, config.token_ttl(), settings.replicas).await?;
-    let presence = presence::Presence::open(&js, config.presence_ttl(), settings.replicas).await?;
-    let chat = js.get_stream(subjects::CHAT_STREAM).await?;
-    let delivery = js.get_stream(subjects::DELIVERY_STREAM).await?;
+        None => Ok(()),
+    };
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
+    nats.flush().await.ok();
+    pool.close().await;
+    result
+}
 
-    let state = AppState::new(Inner {
-        hub: delivery::Hub::new(nats.clone(), config.session_queue),
-        directory: directory::Directory::new(pool.clone()),
-        cursors: delivery::CursorStore::new(pool.clone()),
+/// What the gateway needs from NATS and PostgreSQL before it can serve.
+struct Dependencies {
+    js: jetstream::Context,
+    chat: jetstream::stream::Stream,
+    delivery: jetstream::stream::Stream,
+    revocations: revocation::Revocations,
+    presence: presence::Presence,
+}
+
+impl Dependencies {
+    /// Waits, with backoff and a log line per attempt, until PostgreSQL,
+    /// NATS and JetStream answer. `None` if `shutdown` came first.
+    async fn wait(
+        config: &Config,
+        nats: &async_nats::Client,
+        pool: &sqlx::PgPool,
+        shutdown: &CancellationToken,
+    ) -> Option<Self> {
+        let js = natter_runtime::jetstream::context(nats.clone(), &config.nats);
+        let settings = config.streams.settings();
+        until_ready("PostgreSQL", shutdown, || {
+            sqlx::query("SELECT 1").execute(pool)
+        })
+        .await?;
+        until_ready("JetStream streams", shutdown, || {
+            natter_runtime::jetstream::ensure_streams(&js, &settings)
+        })
+        .await?;
+        let ttl = config.token_ttl();
+        let revocations = until_ready("revocations bucket", shutdown, || {
+            revocation::Revocations::open(&js, ttl, settings.replicas)
+        })
+        .await?;
+        let presence_ttl = config.presence_ttl();
+        let presence = until_ready("presence bucket", shutdown, || {
+            presence::Presence::open(&js, presence_ttl, settings.replicas)
+        })
+        .await?;
+        let chat = until_ready("CHAT stream", shutdown, || {
+            js.get_stream(subjects::CHAT_STREAM)
+        })
+        .await?;
+        let delivery = until_ready("DELIVERY stream", shutdown, || {
+            js.get_stream(subjects::DELIVERY_STREAM)
+        })
+        .await?;
+        Some(Self {
+            js,
+            chat,
+            delivery,
+            revocations,
+            presence,
+        })
+    }
+}
+
+/// Builds every part of the gateway, each given only what it uses.
+fn wire(
+    config: Config,
+    tokens: auth::TokenKeys,
+    pool: sqlx::PgPool,
+    nats: async_nats::Client,
+    dependencies: Dependencies,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> AppState {
+    let config = Arc::new(config);
+    let tokens = Arc::new(tokens);
+    let revocations = Arc::new(dependencies.revocations);
+    let presence = Arc::new(dependencies.presence);
+    let directory = Arc::new(directory::Directory::new(pool.clone()));
+    let hub = Arc::new(delivery::Hub::new(
+        nats.clone(),
+        config.session_queue,
+        tasks.clone(),
+        shutdown.child_token(),
+    ));
+    let cursors = Arc::new(delivery::CursorStore::new(pool.clone()));
+    let chat = Arc::new(chat::Chat::new(
+        dependencies.js,
+        dependencies.chat,
+        pool.clone(),
+        directory.clone(),
+        presence.clone(),
+    ));
+    let auth = access::Authenticator::new(tokens.clone(), revocations.clone());
+    let control = control::ControlBus::new(nats.clone(), uuid::Uuid::now_v7());
+    let typing = typing::TypingSignals::new(nats.clone(), pool.clone());
+    let backend = Arc::new(ws::upgrade::Live {
+        cursors: cursors.clone(),
+        log: delivery::DeliveryLog::new(nats.clone(), dependencies.delivery),
+        chat: chat.clone(),
+        typing,
+        tasks: tasks.clone(),
+    });
+    let connections = ws::upgrade::Connections {
+        backend,
+        auth: auth.clone(),
+        directory: directory.clone(),
+        hub: hub.clone(),
+        control: control.clone(),
+        presence: presence.clone(),
+        cursors: cursors.clone(),
+        limits: session_limits(&config),
+        allowed_origins: config.allowed_origins.clone().into(),
+        max_frame_bytes: config.max_frame_bytes,
+        tasks: tasks.clone(),
+        shutdown: shutdown.clone(),
+    };
+    AppState {
+        groups: Arc::new(groups::Groups::new(pool.clone(), chat.clone())),
         config,
-        pool: pool.clone(),
-        nats: nats.clone(),
-        js,
-        chat,
-        delivery,
+        pool,
+        nats,
+        auth,
         tokens,
+        directory,
         revocations,
         presence,
-        gateway_id: uuid::Uuid::now_v7(),
-        shutdown: shutdown.clone(),
-    });
-    revocation::follow(state.clone(), shutdown.clone()).await?;
-    tokio::spawn(control::run(state.clone(), shutdown.clone()));
-    tokio::spawn(typing::run(state.clone(), shutdown.clone()));
-    let presence_task = tokio::spawn(presence::run(state.clone(), shutdown.clone()));
+        chat,
+        hub,
+        cursors,
+        control,
+        connections,
+    }
+}
 
-    let writer_state = state.clone();
-    let writer_shutdown = shutdown.clone();
-    let cursor_writer = tokio::spawn(async move {
-        writer_state
-            .cursors
-            .run_writer(CURSOR_FLUSH_INTERVAL, writer_shutdown)
-            .await;
-    });
-    let events_state = state.clone();
-    tokio::spawn(async move {
-        while let Some(event) = events.recv().await {
-            match event {
-                async_nats::Event::Connected | async_nats::Event::SlowConsumer(_) => {
-                    tracing::info!(%event, "NATS event; live sessions re-read their logs");
-                    events_state.hub.resync_all();
-                }
-                other => tracing::info!(event = %other, "NATS connection event"),
-            }
-        }
-    });
+fn session_limits(config: &Config) -> ws::session::Limits {
+    ws::session::Limits {
+        max_message_bytes: config.max_message_bytes,
+        max_inflight: config.session_max_inflight,
+        send_rate: config.send_rate_per_sec,
+        ping_every: config.ws_ping_interval(),
+        slow_reader: config.slow_reader_timeout(),
+    }
+}
 
-    let app = http::router(state.clone());
+/// Starts the background tasks, then serves HTTP until `shutdown`.
+async fn serve_until_shutdown(
+    state: AppState,
+    listener: TcpListener,
+    events: UnboundedReceiver<async_nats::Event>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    // Revoked tokens are loaded before the first request is served.
+    let follower = until_ready("revocations", shutdown, || {
+        state
+            .revocations
+            .clone()
+            .follow(state.hub.clone(), shutdown.child_token())
+    })
+    .await;
+    let Some(follower) = follower else {
+        return Ok(());
+    };
+    tasks.spawn(follower);
+    spawn_background(&state, events, tasks, shutdown);
+    let app = http::router(state);
     tracing::info!(address = %listener.local_addr()?, "natter-gateway listening");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await?;
-    shutdown.cancel();
-    let _ = cursor_writer.await;
-    let _ = presence_task.await;
-    nats.flush().await.ok();
-    pool.close().await;
     Ok(())
+}
+
+/// The gateway's own tasks, each stopping on a child of `shutdown`.
+fn spawn_background(
+    state: &AppState,
+    events: UnboundedReceiver<async_nats::Event>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
+    tasks.spawn(state.control.clone().run(
+        state.hub.clone(),
+        state.directory.clone(),
+        shutdown.child_token(),
+    ));
+    tasks.spawn(typing::run(
+        state.nats.clone(),
+        state.hub.clone(),
+        shutdown.child_token(),
+    ));
+    tasks.spawn(presence::run(
+        state.presence.clone(),
+        state.hub.clone(),
+        state.pool.clone(),
+        shutdown.child_token(),
+    ));
+    let cursors = state.cursors.clone();
+    let writer_shutdown = shutdown.child_token();
+    tasks.spawn(async move {
+        cursors
+            .run_writer(CURSOR_FLUSH_INTERVAL, writer_shutdown)
+            .await;
+    });
+    tasks.spawn(follow_connection(
+        events,
+        state.hub.clone(),
+        shutdown.child_token(),
+    ));
+}
+
+/// Reacts to NATS connection events until `shutdown`: after a reconnect or
+/// a slow-consumer drop, live records may have been missed, so every
+/// session re-reads its log.
+async fn follow_connection(
+    mut events: UnboundedReceiver<async_nats::Event>,
+    hub: Arc<delivery::Hub>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => return,
+            },
+        };
+        match event {
+            async_nats::Event::Connected | async_nats::Event::SlowConsumer(_) => {
+                tracing::info!(%event, "NATS event; live sessions re-read their logs");
+                hub.resync_all();
+            }
+            other => tracing::info!(event = %other, "NATS connection event"),
+        }
+    }
 }

@@ -5,15 +5,16 @@
 //! follows the bucket into a local view, which answers `online`, and tells
 //! its connected users when one of their contacts comes or goes.
 
+use crate::delivery::Hub;
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::ws::protocol;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use chrono::{DateTime, SubsecRound, Utc};
 use futures::StreamExt;
 use natter_core::{DeviceId, UserId, subjects};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -36,11 +37,17 @@ struct UserView {
     last_seen: Option<DateTime<Utc>>,
 }
 
+/// The cluster's connections as this gateway last heard them: the part of
+/// [`Presence`] that needs no NATS.
+#[derive(Default)]
+pub struct PresenceView {
+    users: RwLock<HashMap<UserId, UserView>>,
+}
+
 pub struct Presence {
     store: kv::Store,
     ttl: Duration,
-    /// The cluster as this gateway last heard it.
-    view: RwLock<HashMap<UserId, UserView>>,
+    view: PresenceView,
     /// This gateway's own keys, re-put by the heartbeat.
     own: Mutex<HashMap<String, Bytes>>,
 }
@@ -77,12 +84,12 @@ impl Presence {
         Ok(Self {
             store,
             ttl,
-            view: RwLock::new(HashMap::new()),
+            view: PresenceView::default(),
             own: Mutex::new(HashMap::new()),
         })
     }
 
-    fn key(user: UserId, gateway: Uuid, session: u64) -> String {
+    pub fn key(user: UserId, gateway: Uuid, session: u64) -> String {
         format!("{}.{}.{session}", user.0.simple(), gateway.simple())
     }
 
@@ -122,7 +129,18 @@ impl Presence {
     }
 
     pub fn is_online(&self, user: UserId) -> bool {
-        self.view
+        self.view.is_online(user)
+    }
+
+    /// Everyone connected anywhere, with their connection counts.
+    pub fn active_users(&self) -> Vec<ActiveUser> {
+        self.view.active_users()
+    }
+}
+
+impl PresenceView {
+    pub fn is_online(&self, user: UserId) -> bool {
+        self.users
             .read()
             .map(|v| v.get(&user).is_some_and(|u| !u.connections.is_empty()))
             .unwrap_or(false)
@@ -130,7 +148,7 @@ impl Presence {
 
     /// Everyone connected anywhere, with their connection counts.
     pub fn active_users(&self) -> Vec<ActiveUser> {
-        let Ok(view) = self.view.read() else {
+        let Ok(view) = self.users.read() else {
             return Vec::new();
         };
         let mut users: Vec<ActiveUser> = view
@@ -151,26 +169,29 @@ impl Presence {
         users
     }
 
-    /// Applies one bucket entry; `Some((user, online, at))` when the user's
-    /// online state flipped.
-    fn apply(&self, entry: &kv::Entry) -> Option<(UserId, bool, DateTime<Utc>)> {
-        let user: UserId = entry
-            .key
+    /// Applies one bucket entry: `put` is the stored connection, `None` a
+    /// delete or expiry. `Some((user, online, at))` when the user's online
+    /// state flipped.
+    pub fn apply(&self, key: &str, put: Option<&[u8]>) -> Option<(UserId, bool, DateTime<Utc>)> {
+        let user: UserId = key
             .split('.')
             .next()
             .and_then(|raw| Uuid::parse_str(raw).ok())
             .map(UserId)?;
-        let mut view = self.view.write().ok()?;
+        let connection: Option<Connection> = match put {
+            Some(value) => Some(serde_json::from_slice(value).ok()?),
+            None => None,
+        };
+        let mut view = self.users.write().ok()?;
         let state = view.entry(user).or_default();
         let was_online = !state.connections.is_empty();
         let now = Utc::now().trunc_subsecs(3);
-        match entry.operation {
-            kv::Operation::Put => {
-                let connection: Connection = serde_json::from_slice(&entry.value).ok()?;
-                state.connections.insert(entry.key.clone(), connection);
+        match connection {
+            Some(connection) => {
+                state.connections.insert(key.to_owned(), connection);
             }
-            kv::Operation::Delete | kv::Operation::Purge => {
-                state.connections.remove(&entry.key);
+            None => {
+                state.connections.remove(key);
             }
         }
         state.last_seen = Some(now);
@@ -179,29 +200,35 @@ impl Presence {
     }
 }
 
-/// Follows the bucket, tells contacts of changes, and beats the heart of
-/// this gateway's keys, until `shutdown`; then removes this gateway's keys.
-pub async fn run(state: AppState, shutdown: CancellationToken) {
-    let mut watch = match state.presence.store.watch_all().await {
+/// Follows the bucket, tells this gateway's users of their contacts'
+/// changes, and beats the heart of this gateway's keys, until `shutdown`;
+/// then removes this gateway's keys.
+pub async fn run(
+    presence: Arc<Presence>,
+    hub: Arc<Hub>,
+    pool: PgPool,
+    shutdown: CancellationToken,
+) {
+    let mut watch = match presence.store.watch_all().await {
         Ok(w) => w,
         Err(e) => {
             tracing::error!(error = %e, "cannot follow presence");
             return;
         }
     };
-    let mut heartbeat =
-        tokio::time::interval((state.presence.ttl / 3).max(Duration::from_millis(200)));
+    let mut heartbeat = tokio::time::interval((presence.ttl / 3).max(Duration::from_millis(200)));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = heartbeat.tick() => beat(&state).await,
+            _ = heartbeat.tick() => presence.beat().await,
             entry = watch.next() => match entry {
                 Some(Ok(entry)) => {
-                    if let Some((user, online, at)) = state.presence.apply(&entry)
+                    let put = (entry.operation == kv::Operation::Put).then_some(&entry.value[..]);
+                    if let Some((user, online, at)) = presence.view.apply(&entry.key, put)
                         && entry.seen_current
                     {
                         tracing::info!(%user, online, "presence changed");
-                        tell_contacts(&state, user, online, at).await;
+                        tell_contacts(&hub, &pool, user, online, at).await;
                     }
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "presence watch error"),
@@ -209,36 +236,36 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
             },
         }
     }
-    let keys: Vec<String> = state
-        .presence
+    let keys: Vec<String> = presence
         .own
         .lock()
         .map(|own| own.keys().cloned().collect())
         .unwrap_or_default();
     for key in keys {
-        state.presence.disconnected(&key).await;
+        presence.disconnected(&key).await;
     }
 }
 
-async fn beat(state: &AppState) {
-    let own: Vec<(String, Bytes)> = state
-        .presence
-        .own
-        .lock()
-        .map(|own| own.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-        .unwrap_or_default();
-    for (key, value) in own {
-        if let Err(e) = state.presence.store.put(&key, value).await {
-            tracing::warn!(error = %e, "presence heartbeat failed");
-            return;
+impl Presence {
+    async fn beat(&self) {
+        let own: Vec<(String, Bytes)> = self
+            .own
+            .lock()
+            .map(|own| own.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        for (key, value) in own {
+            if let Err(e) = self.store.put(&key, value).await {
+                tracing::warn!(error = %e, "presence heartbeat failed");
+                return;
+            }
         }
     }
 }
 
 /// Pushes `presence` to this gateway's users who share a conversation with
 /// `user`.
-async fn tell_contacts(state: &AppState, user: UserId, online: bool, at: DateTime<Utc>) {
-    let local: Vec<Uuid> = state.hub.local_users().into_iter().map(|u| u.0).collect();
+async fn tell_contacts(hub: &Hub, pool: &PgPool, user: UserId, online: bool, at: DateTime<Utc>) {
+    let local: Vec<Uuid> = hub.local_users().into_iter().map(|u| u.0).collect();
     if local.is_empty() {
         return;
     }
@@ -250,7 +277,7 @@ async fn tell_contacts(state: &AppState, user: UserId, online: bool, at: DateTim
     )
     .bind(user.0)
     .bind(&local)
-    .fetch_all(&state.pool)
+    .fetch_all(pool)
     .await;
     let contacts = match contacts {
         Ok(c) => c,
@@ -259,13 +286,53 @@ async fn tell_contacts(state: &AppState, user: UserId, online: bool, at: DateTim
             return;
         }
     };
-    let frame: Arc<str> = crate::ws::protocol::frame(
-        "presence",
-        json!({"userId": user, "online": online, "lastSeen": at}),
-        None,
-    )
-    .into();
+    let frame: Arc<str> = protocol::presence(user, online, at).into();
     for contact in contacts {
-        state.hub.push_frame(UserId(contact), frame.clone());
+        hub.push_frame(UserId(contact), frame.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connection(user: UserId, gateway: Uuid) -> Vec<u8> {
+        serde_json::to_vec(&Connection {
+            user_id: user,
+            device_id: DeviceId::default(),
+            gateway,
+            connected_at: Utc::now(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_user_is_online_while_any_connection_is_and_flips_once_each_way() {
+        let view = PresenceView::default();
+        let user = UserId::generate();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let (key_a, key_b) = (Presence::key(user, a, 1), Presence::key(user, b, 2));
+        let flipped = view.apply(&key_a, Some(&connection(user, a)));
+        assert!(matches!(flipped, Some((u, true, _)) if u == user));
+        assert!(view.apply(&key_b, Some(&connection(user, b))).is_none());
+        assert!(view.is_online(user));
+        let users = view.active_users();
+        assert_eq!(users.len(), 1);
+        assert_eq!(users[0].connections, 2);
+        assert_eq!(users[0].gateways.len(), 2);
+        assert!(view.apply(&key_a, None).is_none());
+        assert!(matches!(view.apply(&key_b, None), Some((_, false, _))));
+        assert!(!view.is_online(user));
+        assert!(view.active_users().is_empty());
+    }
+
+    #[test]
+    fn entries_with_foreign_keys_or_values_change_nothing() {
+        let view = PresenceView::default();
+        assert!(view.apply("not-a-user.gw.1", Some(b"{}")).is_none());
+        let user = UserId::generate();
+        let key = Presence::key(user, Uuid::now_v7(), 1);
+        assert!(view.apply(&key, Some(b"not json")).is_none());
+        assert!(!view.is_online(user));
     }
 }

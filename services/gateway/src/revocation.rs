@@ -4,16 +4,16 @@
 //! revoked token opened.
 
 use crate::auth::Claims;
-use crate::delivery::Closing;
+use crate::delivery::{Closing, Hub};
 use crate::error::ApiError;
-use crate::state::AppState;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures::StreamExt;
 use natter_core::{UserId, subjects};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -32,10 +32,50 @@ struct Revoked {
     exp: u64,
 }
 
-pub struct Revocations {
-    store: kv::Store,
+/// The revoked token ids this gateway knows of, with each token's expiry:
+/// the part of [`Revocations`] that needs no NATS.
+#[derive(Default)]
+pub struct RevokedSet {
     /// Revoked token id → the token's expiry (unix seconds).
     revoked: RwLock<HashMap<Uuid, u64>>,
+}
+
+/// How long after its expiry a revoked token is still remembered, for clock skew.
+const SKEW_SECS: u64 = 60;
+/// Past this many entries, expired ones are dropped when a new one comes.
+const PRUNE_ABOVE: usize = 10_000;
+
+impl RevokedSet {
+    /// Whether `jti` is revoked at `now` (unix seconds). A poisoned lock
+    /// answers "revoked": refusing is the safe side.
+    pub fn contains(&self, jti: Uuid, now: u64) -> bool {
+        self.revoked
+            .read()
+            .map(|r| r.get(&jti).is_some_and(|exp| *exp + SKEW_SECS >= now))
+            .unwrap_or(true)
+    }
+
+    pub fn insert(&self, jti: Uuid, exp: u64, now: u64) {
+        if let Ok(mut revoked) = self.revoked.write() {
+            if revoked.len() > PRUNE_ABOVE {
+                revoked.retain(|_, exp| *exp + SKEW_SECS >= now);
+            }
+            revoked.insert(jti, exp);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.revoked.read().map(|r| r.len()).unwrap_or_default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+pub struct Revocations {
+    store: kv::Store,
+    set: RevokedSet,
 }
 
 fn now() -> u64 {
@@ -46,8 +86,7 @@ fn now() -> u64 {
 }
 
 impl Revocations {
-    /// Opens (or declares) the bucket and loads what it holds. Entries live
-    /// as long as a token can.
+    /// Opens (or declares) the bucket. Entries live as long as a token can.
     pub async fn open(
         js: &jetstream::Context,
         token_ttl: Duration,
@@ -57,7 +96,7 @@ impl Revocations {
             .create_or_update_key_value(kv::Config {
                 bucket: subjects::REVOCATIONS_BUCKET.to_owned(),
                 history: 1,
-                max_age: token_ttl + Duration::from_secs(60),
+                max_age: token_ttl + Duration::from_secs(SKEW_SECS),
                 storage: jetstream::stream::StorageType::File,
                 num_replicas: replicas.max(1),
                 ..Default::default()
@@ -66,15 +105,12 @@ impl Revocations {
             .map_err(ApiError::internal)?;
         Ok(Self {
             store,
-            revoked: RwLock::new(HashMap::new()),
+            set: RevokedSet::default(),
         })
     }
 
     pub fn is_revoked(&self, jti: Uuid) -> bool {
-        self.revoked
-            .read()
-            .map(|r| r.get(&jti).is_some_and(|exp| *exp + 60 >= now()))
-            .unwrap_or(true)
+        self.set.contains(jti, now())
     }
 
     /// Revokes the token of `claims`: durable first, then visible here at once.
@@ -91,45 +127,42 @@ impl Revocations {
                 tracing::warn!(error = %e, "revocation not stored");
                 ApiError::Unavailable("logout could not be recorded; retry".into())
             })?;
-        self.remember(claims.jti, claims.exp);
+        self.set.insert(claims.jti, claims.exp, now());
         Ok(())
     }
 
-    fn remember(&self, jti: Uuid, exp: u64) {
-        if let Ok(mut revoked) = self.revoked.write() {
-            let now = now();
-            if revoked.len() > 10_000 {
-                revoked.retain(|_, exp| *exp + 60 >= now);
-            }
-            revoked.insert(jti, exp);
-        }
+    /// Loads what the bucket holds, so no revoked token slips in, and
+    /// returns the follower: every revocation, from any gateway, enters the
+    /// local set and closes the token's sockets on `hub`, until `shutdown`.
+    pub async fn follow(
+        self: Arc<Self>,
+        hub: Arc<Hub>,
+        shutdown: CancellationToken,
+    ) -> Result<impl Future<Output = ()> + Send + 'static, ApiError> {
+        let watch = self.store.watch_all().await.map_err(ApiError::internal)?;
+        self.load().await?;
+        Ok(async move {
+            self.watch(watch, &hub, shutdown).await;
+        })
     }
-}
 
-/// Follows the bucket until `shutdown`: every revocation, from any gateway,
-/// enters the local set and closes the token's sockets here. Returns once
-/// the bucket's current content is loaded, the follower running.
-pub async fn follow(state: AppState, shutdown: CancellationToken) -> Result<(), ApiError> {
-    let revocations = &state.revocations;
-    let mut watch = revocations
-        .store
-        .watch_all()
-        .await
-        .map_err(ApiError::internal)?;
-    // Load what is there before serving, so no revoked token slips in.
-    let mut keys = revocations.store.keys().await.map_err(ApiError::internal)?;
-    while let Some(key) = keys.next().await {
-        let Ok(key) = key else { continue };
-        if let Ok(Some(value)) = revocations.store.get(&key).await
-            && let (Ok(jti), Ok(entry)) = (
-                Uuid::parse_str(&key),
-                serde_json::from_slice::<Revoked>(&value),
-            )
-        {
-            revocations.remember(jti, entry.exp);
+    async fn load(&self) -> Result<(), ApiError> {
+        let mut keys = self.store.keys().await.map_err(ApiError::internal)?;
+        while let Some(key) = keys.next().await {
+            let Ok(key) = key else { continue };
+            if let Ok(Some(value)) = self.store.get(&key).await
+                && let (Ok(jti), Ok(entry)) = (
+                    Uuid::parse_str(&key),
+                    serde_json::from_slice::<Revoked>(&value),
+                )
+            {
+                self.set.insert(jti, entry.exp, now());
+            }
         }
+        Ok(())
     }
-    tokio::spawn(async move {
+
+    async fn watch(&self, mut watch: kv::Watch, hub: &Hub, shutdown: CancellationToken) {
         loop {
             let entry = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -151,14 +184,40 @@ pub async fn follow(state: AppState, shutdown: CancellationToken) -> Result<(), 
             ) else {
                 continue;
             };
-            state.revocations.remember(jti, revoked.exp);
-            let closed = state
-                .hub
-                .close_sessions(revoked.user_id, REVOKED, |info| info.jti == jti);
+            self.set.insert(jti, revoked.exp, now());
+            let closed = hub.close_sessions(revoked.user_id, REVOKED, |info| info.jti == jti);
             if closed > 0 {
                 tracing::info!(user = %revoked.user_id, closed, "sockets of a revoked token closed");
             }
         }
-    });
-    Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revoked_token_stays_revoked_until_its_expiry_and_skew_pass() {
+        let set = RevokedSet::default();
+        let jti = Uuid::now_v7();
+        assert!(!set.contains(jti, 1_000));
+        set.insert(jti, 1_000, 900);
+        assert!(set.contains(jti, 1_000));
+        assert!(set.contains(jti, 1_000 + SKEW_SECS));
+        assert!(!set.contains(jti, 1_001 + SKEW_SECS));
+        assert!(!set.contains(Uuid::now_v7(), 1_000));
+    }
+
+    #[test]
+    fn expired_entries_are_pruned_once_the_set_is_large() {
+        let set = RevokedSet::default();
+        for _ in 0..=PRUNE_ABOVE {
+            set.insert(Uuid::now_v7(), 10, 0);
+        }
+        let fresh = Uuid::now_v7();
+        set.insert(fresh, 1_000_000, 10 + SKEW_SECS + 1);
+        assert_eq!(set.len(), 1);
+        assert!(set.contains(fresh, 1_000_000));
+    }
 }

@@ -1,51 +1,37 @@
-//! The state every handler shares.
+//! The wiring: one handle to each part of a running gateway, so an axum
+//! handler extracts exactly the parts it uses (`State<Arc<Chat>>`, …)
+//! through [`axum::extract::FromRef`]. No part depends on this struct.
 
+use crate::access::Authenticator;
 use crate::auth::TokenKeys;
+use crate::chat::Chat;
 use crate::config::Config;
+use crate::control::ControlBus;
 use crate::delivery::{CursorStore, Hub};
 use crate::directory::Directory;
+use crate::groups::Groups;
 use crate::presence::Presence;
 use crate::revocation::Revocations;
-use async_nats::jetstream;
+use crate::ws::upgrade::Connections;
+use axum::extract::FromRef;
 use sqlx::PgPool;
 use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
 
-#[derive(Clone)]
-pub struct AppState(Arc<Inner>);
-
-pub struct Inner {
-    pub config: Config,
+#[derive(Clone, FromRef)]
+pub struct AppState {
+    pub config: Arc<Config>,
     pub pool: PgPool,
     pub nats: async_nats::Client,
-    pub js: jetstream::Context,
-    pub chat: jetstream::stream::Stream,
-    pub delivery: jetstream::stream::Stream,
-    pub tokens: TokenKeys,
-    pub directory: Directory,
-    pub hub: Hub,
-    pub cursors: CursorStore,
-    pub revocations: Revocations,
-    pub presence: Presence,
-    /// This gateway's name among its peers.
-    pub gateway_id: uuid::Uuid,
-    pub shutdown: CancellationToken,
-}
-
-impl AppState {
-    pub fn new(inner: Inner) -> Self {
-        Self(Arc::new(inner))
-    }
-
-    pub fn tokens(&self) -> &TokenKeys {
-        &self.0.tokens
-    }
-}
-
-impl std::ops::Deref for AppState {
-    type Target = Inner;
-
-    fn deref(&self) -> &Inner {
-        &self.0
-    }
+    pub auth: Authenticator,
+    pub tokens: Arc<TokenKeys>,
+    pub directory: Arc<Directory>,
+    pub revocations: Arc<Revocations>,
+    pub presence: Arc<Presence>,
+    pub chat: Arc<Chat>,
+    pub groups: Arc<Groups>,
+    pub hub: Arc<Hub>,
+    pub cursors: Arc<CursorStore>,
+    pub control: ControlBus,
+    /// What the WebSocket endpoint needs.
+    pub connections: Connections,
 }

@@ -2,11 +2,13 @@
 //! members to tell, and pushed by every gateway to those of them connected
 //! to it. Never stored.
 
+use crate::delivery::Hub;
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::ws::protocol;
 use bytes::Bytes;
 use natter_core::{ConversationId, UserId, subjects};
 use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -19,60 +21,67 @@ struct Typing {
     recipients: Vec<UserId>,
 }
 
-/// `user` is typing in `conversation` (members only).
-pub async fn publish(
-    state: &AppState,
-    user: UserId,
-    conversation: ConversationId,
-) -> Result<(), ApiError> {
-    let members: Vec<Uuid> =
-        sqlx::query_scalar("SELECT user_id FROM conversation_members WHERE conversation_id = $1")
-            .bind(conversation.0)
-            .fetch_all(&state.pool)
-            .await?;
-    if !members.contains(&user.0) {
-        return Err(ApiError::NotFound(format!(
-            "conversation {conversation} not found"
-        )));
+/// Publishes typing signals for members of a conversation.
+#[derive(Clone)]
+pub struct TypingSignals {
+    nats: async_nats::Client,
+    pool: PgPool,
+}
+
+impl TypingSignals {
+    pub fn new(nats: async_nats::Client, pool: PgPool) -> Self {
+        Self { nats, pool }
     }
-    let signal = Typing {
-        conversation_id: conversation,
-        user_id: user,
-        recipients: members
-            .into_iter()
-            .map(UserId)
-            .filter(|m| *m != user)
-            .collect(),
-    };
-    let payload = serde_json::to_vec(&signal).map_err(ApiError::internal)?;
-    state
-        .nats
-        .publish(subjects::typing(conversation), Bytes::from(payload))
-        .await
-        .map_err(|_| ApiError::Unavailable("typing signal not sent".into()))
+
+    /// `user` is typing in `conversation` (members only).
+    pub async fn publish(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+    ) -> Result<(), ApiError> {
+        let members: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT user_id FROM conversation_members WHERE conversation_id = $1",
+        )
+        .bind(conversation.0)
+        .fetch_all(&self.pool)
+        .await?;
+        if !members.contains(&user.0) {
+            return Err(ApiError::NotFound(format!(
+                "conversation {conversation} not found"
+            )));
+        }
+        let signal = Typing {
+            conversation_id: conversation,
+            user_id: user,
+            recipients: members
+                .into_iter()
+                .map(UserId)
+                .filter(|m| *m != user)
+                .collect(),
+        };
+        let payload = serde_json::to_vec(&signal).map_err(ApiError::internal)?;
+        self.nats
+            .publish(subjects::typing(conversation), Bytes::from(payload))
+            .await
+            .map_err(|_| ApiError::Unavailable("typing signal not sent".into()))
+    }
 }
 
 /// Pushes typing signals to this gateway's sessions until `shutdown`.
-pub async fn run(state: AppState, shutdown: CancellationToken) {
-    let nats = state.nats.clone();
+pub async fn run(nats: async_nats::Client, hub: Arc<Hub>, shutdown: CancellationToken) {
     natter_runtime::jetstream::for_each_message(&nats, subjects::TYPING_ALL, shutdown, |message| {
-        let state = state.clone();
-        async move { deliver(&state, message).await }
+        let hub = hub.clone();
+        async move { deliver(&hub, message) }
     })
     .await;
 }
 
-async fn deliver(state: &AppState, message: async_nats::Message) {
+fn deliver(hub: &Hub, message: async_nats::Message) {
     let Ok(signal) = serde_json::from_slice::<Typing>(&message.payload) else {
         return;
     };
-    let frame: Arc<str> = crate::ws::protocol::frame(
-        "typing",
-        serde_json::json!({"conversationId": signal.conversation_id, "userId": signal.user_id}),
-        None,
-    )
-    .into();
+    let frame: Arc<str> = protocol::typing(signal.conversation_id, signal.user_id).into();
     for recipient in signal.recipients {
-        state.hub.push_frame(recipient, frame.clone());
+        hub.push_frame(recipient, frame.clone());
     }
 }

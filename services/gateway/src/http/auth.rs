@@ -1,9 +1,11 @@
 //! Sign-up and log-in.
 
-use super::JsonBody;
-use crate::auth::{AuthUser, hash_password, verify_password};
-use crate::directory::UserRecord;
+use super::extract::{AuthUser, JsonBody};
+use crate::auth::{TokenKeys, hash_password, verify_password};
+use crate::delivery::Hub;
+use crate::directory::{Directory, UserRecord};
 use crate::error::ApiError;
+use crate::revocation::{REVOKED, Revocations};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -12,6 +14,8 @@ use axum::{Json, Router};
 use natter_core::{DisplayName, Password, UserId, Username};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sqlx::PgPool;
+use std::sync::Arc;
 use uuid::Uuid;
 
 pub fn router() -> Router<AppState> {
@@ -40,7 +44,9 @@ pub fn user_json(user: &UserRecord) -> Value {
 }
 
 async fn signup(
-    State(state): State<AppState>,
+    State(pool): State<PgPool>,
+    State(directory): State<Arc<Directory>>,
+    State(tokens): State<Arc<TokenKeys>>,
     JsonBody(body): JsonBody<Signup>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let username = Username::parse(&body.username)?;
@@ -59,18 +65,18 @@ async fn signup(
     .bind(username.as_str())
     .bind(display_name.as_str())
     .bind(&hash)
-    .execute(&state.pool)
+    .execute(&pool)
     .await?;
     if inserted.rows_affected() == 0 {
         return Err(ApiError::Conflict("username is taken".into()));
     }
-    let user = state.directory.remember(UserRecord {
+    let user = directory.remember(UserRecord {
         id,
         username: username.as_str().to_owned(),
         display_name: display_name.into_string(),
     });
     tracing::info!(user = %id, "user signed up");
-    let token = state.tokens().issue(id)?;
+    let token = tokens.issue(id)?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"token": token, "user": user_json(&user)})),
@@ -78,7 +84,9 @@ async fn signup(
 }
 
 async fn login(
-    State(state): State<AppState>,
+    State(pool): State<PgPool>,
+    State(directory): State<Arc<Directory>>,
+    State(tokens): State<Arc<TokenKeys>>,
     JsonBody(body): JsonBody<Login>,
 ) -> Result<Json<Value>, ApiError> {
     // Any malformed name is simply unknown: the answer never says which part was wrong.
@@ -88,7 +96,7 @@ async fn login(
                 "SELECT id, username, display_name, password_hash FROM users WHERE username = $1",
             )
             .bind(username.as_str())
-            .fetch_optional(&state.pool)
+            .fetch_optional(&pool)
             .await?,
             Err(_) => None,
         };
@@ -99,25 +107,25 @@ async fn login(
             "invalid username or password".into(),
         ));
     };
-    let user = state.directory.remember(UserRecord {
+    let user = directory.remember(UserRecord {
         id: UserId(id),
         username,
         display_name,
     });
-    let token = state.tokens().issue(user.id)?;
+    let token = tokens.issue(user.id)?;
     Ok(Json(json!({"token": token, "user": user_json(&user)})))
 }
 
 /// Revokes the caller's token everywhere and closes the sockets it opened.
-async fn logout(State(state): State<AppState>, caller: AuthUser) -> Result<StatusCode, ApiError> {
-    state.revocations.revoke(&caller.claims).await?;
+async fn logout(
+    State(revocations): State<Arc<Revocations>>,
+    State(hub): State<Arc<Hub>>,
+    caller: AuthUser,
+) -> Result<StatusCode, ApiError> {
+    revocations.revoke(&caller.claims).await?;
     // The cluster-wide watch closes them too; this gateway need not wait for it.
     let jti = caller.claims.jti;
-    state
-        .hub
-        .close_sessions(caller.id, crate::revocation::REVOKED, |info| {
-            info.jti == jti
-        });
+    hub.close_sessions(caller.id, REVOKED, |info| info.jti == jti);
     tracing::info!(user = %caller.id, "logged out");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,8 +1,8 @@
 //! A conversation's history and read position. Members only: anyone else
 //! gets `not_found`, never data.
 
-use crate::auth::AuthUser;
-use crate::chat;
+use super::extract::AuthUser;
+use crate::chat::Chat;
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::extract::{Path, Query, State};
@@ -13,7 +13,9 @@ use chrono::{DateTime, Utc};
 use natter_core::{ConversationId, GroupId, Message, MessageId, UserId};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sqlx::PgPool;
 use sqlx::types::Json as SqlJson;
+use std::sync::Arc;
 use uuid::Uuid;
 
 const DEFAULT_PAGE: i64 = 50;
@@ -82,7 +84,7 @@ struct ConversationPage {
 /// range scan on the caller's memberships by activity, then one conversation
 /// row, at most one peer and one message per listed conversation.
 async fn list(
-    State(state): State<AppState>,
+    State(pool): State<PgPool>,
     caller: AuthUser,
     Query(page): Query<ConversationPage>,
 ) -> Result<Json<Value>, ApiError> {
@@ -121,7 +123,7 @@ async fn list(
         .bind(caller.id.0)
         .bind(page.before)
         .bind(limit)
-        .fetch_all(&state.pool)
+        .fetch_all(&pool)
         .await?;
     let conversations: Vec<Value> = rows
         .into_iter()
@@ -183,13 +185,14 @@ impl From<MessageRow> for Message {
 }
 
 async fn history(
-    State(state): State<AppState>,
+    State(pool): State<PgPool>,
+    State(chat): State<Arc<Chat>>,
     caller: AuthUser,
     Path(id): Path<String>,
     Query(page): Query<Page>,
 ) -> Result<Json<Value>, ApiError> {
     let conversation = conversation_id(&id)?;
-    chat::ensure_member(&state, caller.id, conversation).await?;
+    chat.ensure_member(caller.id, conversation).await?;
     let limit = page.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::bad_request(format!(
@@ -219,7 +222,7 @@ async fn history(
         .bind(page.after)
         .bind(forward)
         .bind(limit + 1)
-        .fetch_all(&state.pool)
+        .fetch_all(&pool)
         .await?;
     let has_more = rows.len() as i64 > limit;
     let mut messages: Vec<Message> = rows
@@ -240,7 +243,7 @@ struct ReadBody {
 }
 
 async fn read(
-    State(state): State<AppState>,
+    State(chat): State<Arc<Chat>>,
     caller: AuthUser,
     Path(id): Path<String>,
     body: axum::body::Bytes,
@@ -254,6 +257,6 @@ async fn read(
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
             .up_to_seq
     };
-    chat::mark_read(&state, caller.id, conversation, up_to).await?;
+    chat.mark_read(caller.id, conversation, up_to).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,12 +1,16 @@
 //! Operator views, for the users named in `ADMIN_USERS` only.
 
-use crate::auth::AuthUser;
+use super::extract::AuthUser;
+use crate::config::Config;
+use crate::directory::Directory;
 use crate::error::ApiError;
+use crate::presence::Presence;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/debug/active-users", get(active_users))
@@ -15,23 +19,23 @@ pub fn router() -> Router<AppState> {
 /// Everyone connected to any gateway: user, connection count, gateways.
 /// Never socket ids or tokens.
 async fn active_users(
-    State(state): State<AppState>,
+    State(config): State<Arc<Config>>,
+    State(directory): State<Arc<Directory>>,
+    State(presence): State<Arc<Presence>>,
     caller: AuthUser,
 ) -> Result<Json<Value>, ApiError> {
-    let user = state
-        .directory
+    let user = directory
         .get(caller.id)
         .await?
         .ok_or_else(|| ApiError::Unauthorized("unknown user".into()))?;
-    if !state
-        .config
+    if !config
         .admin_users
         .iter()
         .any(|a| a.eq_ignore_ascii_case(&user.username))
     {
         return Err(ApiError::Forbidden("administrators only".into()));
     }
-    let users = state.presence.active_users();
+    let users = presence.active_users();
     let connections: usize = users.iter().map(|u| u.connections).sum();
     Ok(Json(json!({
         "activeUsers": users,

@@ -15,8 +15,11 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Ready while NATS is connected and PostgreSQL answers.
-async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let readiness = natter_runtime::health::probe(&state.nats, &state.pool).await;
+async fn readyz(
+    State(nats): State<async_nats::Client>,
+    State(pool): State<sqlx::PgPool>,
+) -> (StatusCode, Json<Value>) {
+    let readiness = natter_runtime::health::probe(&nats, &pool).await;
     let status = if readiness.ready() {
         StatusCode::OK
     } else {

@@ -4,6 +4,7 @@
 mod auth;
 mod conversations;
 mod debug;
+mod extract;
 mod groups;
 mod health;
 mod messages;
@@ -38,7 +39,7 @@ pub fn router(state: AppState) -> Router {
         .merge(debug::router())
         .merge(health::router())
         .merge(web::router())
-        .route("/ws", axum::routing::get(crate::ws::session::upgrade))
+        .route("/ws", axum::routing::get(crate::ws::upgrade::upgrade))
         .layer(cors)
         .layer(axum::middleware::from_fn(observe))
         .with_state(state)
@@ -64,22 +65,4 @@ async fn observe(request: axum::extract::Request, next: axum::middleware::Next) 
     span.record("status", status);
     crate::metrics::http_request(status);
     response
-}
-
-/// A JSON body that answers malformed input with our error shape.
-pub(crate) struct JsonBody<T>(pub T);
-
-impl<T, S> axum::extract::FromRequest<S> for JsonBody<T>
-where
-    T: serde::de::DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = crate::error::ApiError;
-
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(crate::error::ApiError::bad_request(rejection.body_text())),
-        }
-    }
 }

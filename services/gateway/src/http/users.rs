@@ -1,19 +1,21 @@
 //! The caller and the people they can talk to.
 
-use super::JsonBody;
 use super::auth::user_json;
-use crate::auth::AuthUser;
-use crate::control::{self, Control};
-use crate::directory::UserRecord;
+use super::conversations::MESSAGE_JSON;
+use super::extract::{AuthUser, JsonBody};
+use crate::control::{Control, ControlBus};
+use crate::directory::{Directory, UserRecord};
 use crate::error::ApiError;
-use crate::http::conversations::MESSAGE_JSON;
+use crate::presence::Presence;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use natter_core::{ConversationId, DisplayName, Message, UserId};
 use serde_json::{Value, json};
+use sqlx::PgPool;
 use sqlx::types::Json as SqlJson;
+use std::sync::Arc;
 use uuid::Uuid;
 
 pub fn router() -> Router<AppState> {
@@ -22,9 +24,11 @@ pub fn router() -> Router<AppState> {
         .route("/api/users", get(users))
 }
 
-async fn me(State(state): State<AppState>, caller: AuthUser) -> Result<Json<Value>, ApiError> {
-    let user = state
-        .directory
+async fn me(
+    State(directory): State<Arc<Directory>>,
+    caller: AuthUser,
+) -> Result<Json<Value>, ApiError> {
+    let user = directory
         .get(caller.id)
         .await?
         .ok_or_else(|| ApiError::Unauthorized("unknown user".into()))?;
@@ -40,7 +44,9 @@ struct ProfileChange {
 /// `PATCH /api/me {displayName}`: others see the new name in the user list
 /// and on the caller's later messages.
 async fn update_me(
-    State(state): State<AppState>,
+    State(pool): State<PgPool>,
+    State(directory): State<Arc<Directory>>,
+    State(control): State<ControlBus>,
     caller: AuthUser,
     JsonBody(change): JsonBody<ProfileChange>,
 ) -> Result<Json<Value>, ApiError> {
@@ -49,15 +55,15 @@ async fn update_me(
         sqlx::query_scalar("UPDATE users SET display_name = $2 WHERE id = $1 RETURNING username")
             .bind(caller.id.0)
             .bind(display_name.as_str())
-            .fetch_optional(&state.pool)
+            .fetch_optional(&pool)
             .await?;
     let username = username.ok_or_else(|| ApiError::Unauthorized("unknown user".into()))?;
-    let user = state.directory.remember(UserRecord {
+    let user = directory.remember(UserRecord {
         id: caller.id,
         username,
         display_name: display_name.into_string(),
     });
-    control::announce(&state, caller.id, &Control::ProfileChanged).await;
+    control.announce(caller.id, &Control::ProfileChanged).await;
     Ok(Json(user_json(&user)))
 }
 
@@ -71,7 +77,11 @@ struct UserRow {
 }
 
 /// Everyone else, with the direct conversation's unread count and last message.
-async fn users(State(state): State<AppState>, caller: AuthUser) -> Result<Json<Value>, ApiError> {
+async fn users(
+    State(pool): State<PgPool>,
+    State(presence): State<Arc<Presence>>,
+    caller: AuthUser,
+) -> Result<Json<Value>, ApiError> {
     let sql = format!(
         "SELECT u.id, u.username, u.display_name, mine.unread_count, last.message AS last_message
          FROM users u
@@ -93,7 +103,7 @@ async fn users(State(state): State<AppState>, caller: AuthUser) -> Result<Json<V
     );
     let rows: Vec<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(caller.id.0)
-        .fetch_all(&state.pool)
+        .fetch_all(&pool)
         .await?;
     let users: Vec<Value> = rows
         .into_iter()
@@ -102,7 +112,7 @@ async fn users(State(state): State<AppState>, caller: AuthUser) -> Result<Json<V
                 "id": row.id,
                 "username": row.username,
                 "displayName": row.display_name,
-                "online": state.presence.is_online(UserId(row.id)),
+                "online": presence.is_online(UserId(row.id)),
                 "conversationId": ConversationId::direct(caller.id, UserId(row.id)),
                 "unreadCount": row.unread_count.unwrap_or(0),
                 "lastMessage": row.last_message.map(|SqlJson(m)| m),

@@ -1,10 +1,13 @@
 //! The WebSocket endpoint `/ws` (wire protocol v1, DESIGN.md §4).
 //!
-//! - [`protocol`]: parsing client frames and writing server frames; no I/O.
-//! - [`session`]: one connection's life: handshake checks, `ready`, replay,
-//!   live delivery, commands.
+//! - [`protocol`]: parsing client frames and building server frames; no I/O.
+//! - [`session`]: one connection after its handshake — `ready`, replay, live
+//!   delivery, commands — over any socket and [`session::Backend`].
+//! - [`upgrade`]: the handshake checks and a connection's life around its
+//!   session, with the gateway's real backend.
 //! - [`throttle`]: the per-connection rate limit.
 
 pub mod protocol;
 pub mod session;
 pub mod throttle;
+pub mod upgrade;

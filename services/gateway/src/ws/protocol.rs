@@ -1,12 +1,14 @@
-//! Wire protocol v1: `{"event", "data", "ref"}` text frames. Parsing turns a
-//! frame into a [`Command`] or an error that names what is wrong; it never
-//! fails the connection.
+//! Wire protocol v1 (DESIGN.md §4): `{"event", "data", "ref"}` text frames.
+//! Parsing turns a frame into a [`Command`] or an error that names what is
+//! wrong, and never fails the connection; every server frame is built here.
+//! No I/O: the session reads and writes, this module only translates.
 
-use crate::chat::{Expect, SendMessage, optional_u64, parse_uuid};
 use crate::error::ApiError;
-use natter_core::{ConversationId, Message};
+use natter_core::{
+    ClientMsgId, ConversationId, DeviceId, GroupId, Message, MessageContent, UserId,
+};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 /// A client's command.
 #[derive(Debug)]
@@ -39,6 +41,101 @@ impl Command {
             Self::Typing { .. } => "typing",
             Self::Ping => "ping",
         }
+    }
+}
+
+/// Where a message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Direct(UserId),
+    Group(GroupId),
+}
+
+/// A validated send command, from a socket frame or a REST body alike.
+#[derive(Debug, Clone)]
+pub struct SendMessage {
+    pub target: Target,
+    pub content: MessageContent,
+    pub client_msg_id: Option<ClientMsgId>,
+}
+
+/// Which targets a send accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    Direct,
+    Group,
+    Either,
+}
+
+impl SendMessage {
+    /// Parses `{receiverId | groupId, content, clientMsgId?}`.
+    pub fn parse(data: &Value, max_bytes: usize, expect: Expect) -> Result<Self, ApiError> {
+        let data = object(data)?;
+        let target = target(data, expect)?;
+        let content = match data.get("content") {
+            Some(Value::String(s)) => MessageContent::parse(s.clone(), max_bytes)?,
+            Some(_) => return Err(ApiError::bad_request("content must be a string")),
+            None => return Err(ApiError::bad_request("content is required")),
+        };
+        let client_msg_id = optional_str(data, "clientMsgId")?
+            .map(ClientMsgId::parse)
+            .transpose()?;
+        Ok(Self {
+            target,
+            content,
+            client_msg_id,
+        })
+    }
+}
+
+fn target(data: &Map<String, Value>, expect: Expect) -> Result<Target, ApiError> {
+    let receiver = data.get("receiverId").filter(|v| !v.is_null());
+    let group = data.get("groupId").filter(|v| !v.is_null());
+    match (expect, receiver, group) {
+        (Expect::Direct | Expect::Either, Some(receiver), None) => {
+            Ok(Target::Direct(UserId(parse_uuid(receiver, "receiverId")?)))
+        }
+        (Expect::Group | Expect::Either, None, Some(group)) => {
+            Ok(Target::Group(GroupId(parse_uuid(group, "groupId")?)))
+        }
+        (Expect::Either, Some(_), Some(_)) => Err(ApiError::bad_request(
+            "give receiverId or groupId, not both",
+        )),
+        (Expect::Group, _, None) => Err(ApiError::bad_request("groupId is required")),
+        (Expect::Either, None, None) => {
+            Err(ApiError::bad_request("receiverId or groupId is required"))
+        }
+        _ => Err(ApiError::bad_request("receiverId is required")),
+    }
+}
+
+/// A UUID field, or `bad_request` naming it.
+pub fn parse_uuid(value: &Value, field: &str) -> Result<uuid::Uuid, ApiError> {
+    value
+        .as_str()
+        .and_then(|s| uuid::Uuid::parse_str(s).ok())
+        .ok_or_else(|| ApiError::bad_request(format!("{field} must be a UUID")))
+}
+
+/// An optional string field.
+pub fn optional_str<'a>(
+    data: &'a Map<String, Value>,
+    field: &str,
+) -> Result<Option<&'a str>, ApiError> {
+    match data.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::bad_request(format!("{field} must be a string"))),
+    }
+}
+
+/// An optional non-negative integer field.
+pub fn optional_u64(data: &Map<String, Value>, field: &str) -> Result<Option<u64>, ApiError> {
+    match data.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            ApiError::bad_request(format!("{field} must be a non-negative integer"))
+        }),
     }
 }
 
@@ -111,14 +208,14 @@ fn command(event: &str, data: &Value, max_message_bytes: usize) -> Result<Comman
     }
 }
 
-fn conversation_id(data: &serde_json::Map<String, Value>) -> Result<ConversationId, ApiError> {
+fn conversation_id(data: &Map<String, Value>) -> Result<ConversationId, ApiError> {
     let raw = data
         .get("conversationId")
         .ok_or_else(|| ApiError::bad_request("conversationId is required"))?;
     Ok(ConversationId(parse_uuid(raw, "conversationId")?))
 }
 
-fn object(data: &Value) -> Result<&serde_json::Map<String, Value>, ApiError> {
+fn object(data: &Value) -> Result<&Map<String, Value>, ApiError> {
     data.as_object()
         .ok_or_else(|| ApiError::bad_request("data must be an object"))
 }
@@ -138,8 +235,55 @@ pub fn error_frame(error: &ApiError, reference: Option<&Value>) -> String {
     frame("error", error.body(), reference)
 }
 
+/// The sender's confirmation of an accepted message.
 pub fn message_sent(message: &Message, reference: Option<&Value>) -> String {
     frame("message_sent", json!({ "message": message }), reference)
+}
+
+/// The first frame of a session: who it is and where its replay starts.
+pub fn ready(user: UserId, device: &DeviceId, cursor: u64) -> String {
+    frame(
+        "ready",
+        json!({"userId": user, "deviceId": device, "cursor": cursor}),
+        None,
+    )
+}
+
+/// The device's cursor is older than the delivery log keeps.
+pub fn resync_required() -> String {
+    frame(
+        "resync_required",
+        json!({"reason": "the device was away longer than the delivery log is kept; reload over REST"}),
+        None,
+    )
+}
+
+pub fn pong(reference: Option<&Value>) -> String {
+    frame("pong", json!({}), reference)
+}
+
+/// A contact came online or went offline.
+pub fn presence(user: UserId, online: bool, last_seen: chrono::DateTime<chrono::Utc>) -> String {
+    frame(
+        "presence",
+        json!({"userId": user, "online": online, "lastSeen": last_seen}),
+        None,
+    )
+}
+
+/// `user` is typing in `conversation`.
+pub fn typing(conversation: ConversationId, user: UserId) -> String {
+    frame(
+        "typing",
+        json!({"conversationId": conversation, "userId": user}),
+        None,
+    )
+}
+
+/// A stored delivery record as its frame, with its top-level `cursor`;
+/// `None` if the record is not a JSON object.
+pub fn delivery(payload: &[u8], cursor: u64) -> Option<String> {
+    natter_core::delivery::frame_with_cursor(payload, cursor)
 }
 
 #[cfg(test)]
@@ -189,11 +333,37 @@ mod tests {
     }
 
     #[test]
+    fn a_send_names_one_target_of_the_kind_its_event_expects() {
+        let id = uuid::Uuid::now_v7();
+        let both = json!({"receiverId": id, "groupId": id, "content": "x"});
+        let group = json!({"groupId": id, "content": "x"});
+        assert!(SendMessage::parse(&both, 16, Expect::Either).is_err());
+        assert!(SendMessage::parse(&group, 16, Expect::Direct).is_err());
+        assert_eq!(
+            SendMessage::parse(&group, 16, Expect::Either)
+                .map(|s| s.target)
+                .ok(),
+            Some(Target::Group(GroupId(id)))
+        );
+    }
+
+    #[test]
     fn reply_echoes_ref() {
         let incoming = parse(r#"{"event":"ping","ref":"r1"}"#, 16);
-        let reply = frame("pong", json!({}), incoming.reference.as_ref());
+        let reply = pong(incoming.reference.as_ref());
         let json: Value = serde_json::from_str(&reply).unwrap();
         assert_eq!(json["ref"], "r1");
         assert_eq!(json["event"], "pong");
+    }
+
+    #[test]
+    fn ready_names_the_user_device_and_cursor() {
+        let user = UserId::generate();
+        let device = DeviceId::default();
+        let json: Value = serde_json::from_str(&ready(user, &device, 42)).unwrap();
+        assert_eq!(json["event"], "ready");
+        assert_eq!(json["data"]["userId"], user.to_string());
+        assert_eq!(json["data"]["deviceId"], device.as_str());
+        assert_eq!(json["data"]["cursor"], 42);
     }
 }

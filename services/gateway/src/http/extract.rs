@@ -1,0 +1,52 @@
+//! Request extractors that answer bad input with the API's error shape:
+//! the caller's identity from a bearer token, and a JSON body.
+
+use crate::access::Authenticator;
+use crate::auth::{Claims, bearer_token};
+use crate::error::ApiError;
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use natter_core::UserId;
+
+/// The caller of a REST handler, from `Authorization: Bearer <token>`.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub id: UserId,
+    pub claims: Claims,
+}
+
+impl<S> FromRequestParts<S> for AuthUser
+where
+    Authenticator: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let token = bearer_token(&parts.headers)
+            .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
+        let claims = Authenticator::from_ref(state).authenticate(token)?;
+        Ok(AuthUser {
+            id: UserId(claims.sub),
+            claims,
+        })
+    }
+}
+
+/// A JSON body that answers malformed input with our error shape.
+pub struct JsonBody<T>(pub T);
+
+impl<T, S> FromRequest<S> for JsonBody<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(ApiError::bad_request(rejection.body_text())),
+        }
+    }
+}

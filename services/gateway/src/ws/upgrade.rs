@@ -1,0 +1,250 @@
+//! `GET /ws`: the handshake checks (token, origin, device), then a
+//! connection's life around its [`Session`]: joining the hub, replacing the
+//! device's older connection, presence, and the cleanup when it ends. The
+//! session's [`Backend`] here is the real gateway: cursors in PostgreSQL,
+//! the `DELIVERY` log, and the chat commands.
+
+use crate::access::Authenticator;
+use crate::auth::bearer_token;
+use crate::chat::Chat;
+use crate::control::{Control, ControlBus};
+use crate::delivery::{CursorStore, DeliveryLog, Hub, Stored};
+use crate::directory::Directory;
+use crate::error::ApiError;
+use crate::metrics::{self, Closed};
+use crate::presence::Presence;
+use crate::typing::TypingSignals;
+use crate::ws::protocol::SendMessage;
+use crate::ws::session::{Backend, Confirmation, End, Limits, Session, Unavailable, close};
+use axum::extract::ws::{WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use futures::{SinkExt, StreamExt};
+use natter_core::{ConversationId, DeviceId, UserId};
+use serde::Deserialize;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+/// Per-connection socket buffers: small, since most connections are idle.
+const SOCKET_BUFFER: usize = 4 * 1024;
+/// Bytes a connection may have queued for the network before writes block.
+const MAX_WRITE_BUFFER: usize = 256 * 1024;
+
+/// What every connection of this gateway shares.
+#[derive(Clone)]
+pub struct Connections {
+    pub backend: Arc<Live>,
+    pub auth: Authenticator,
+    pub directory: Arc<Directory>,
+    pub hub: Arc<Hub>,
+    pub control: ControlBus,
+    pub presence: Arc<Presence>,
+    pub cursors: Arc<CursorStore>,
+    pub limits: Limits,
+    /// Browser origins allowed besides the gateway's own.
+    pub allowed_origins: Arc<[String]>,
+    pub max_frame_bytes: usize,
+    /// Owns every connection's task.
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Params {
+    token: Option<String>,
+    device: Option<String>,
+}
+
+/// `GET /ws?token=&device=`: authenticate, check the origin, upgrade.
+pub async fn upgrade(
+    State(connections): State<Connections>,
+    Query(params): Query<Params>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    check_origin(&connections.allowed_origins, &headers)?;
+    let token = params
+        .token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .or_else(|| bearer_token(&headers))
+        .ok_or_else(|| ApiError::Unauthorized("missing token".into()))?;
+    let claims = connections.auth.authenticate(token)?;
+    let device = match params.device.as_deref() {
+        Some(raw) => DeviceId::parse(raw)?,
+        None => DeviceId::default(),
+    };
+    let user = connections
+        .directory
+        .get(UserId(claims.sub))
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("unknown user".into()))?;
+    tracing::debug!(user = %user.id, username = %user.username, "handshake accepted");
+    let max_frame = connections.max_frame_bytes;
+    let user = user.id;
+    Ok(ws
+        .read_buffer_size(SOCKET_BUFFER)
+        .write_buffer_size(SOCKET_BUFFER)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .max_message_size(max_frame)
+        .max_frame_size(max_frame)
+        .on_upgrade(move |socket| {
+            let tasks = connections.tasks.clone();
+            tasks.track_future(connections.run(socket, user, device, claims.jti))
+        }))
+}
+
+/// A handshake with an `Origin` must come from an allowed origin or the
+/// gateway's own; one without (a non-browser client) is judged by its token.
+fn check_origin(allowed: &[String], headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin
+        .to_str()
+        .map_err(|_| ApiError::Forbidden("origin not allowed".into()))?;
+    let own = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|host| {
+            origin == format!("http://{host}") || origin == format!("https://{host}")
+        });
+    if own || allowed.iter().any(|o| o == origin) {
+        Ok(())
+    } else {
+        tracing::warn!(origin, "WebSocket handshake from a foreign origin refused");
+        Err(ApiError::Forbidden("origin not allowed".into()))
+    }
+}
+
+impl Connections {
+    /// One connection, from joining the hub to its close frame.
+    async fn run(self, socket: WebSocket, user: UserId, device: DeviceId, jti: uuid::Uuid) {
+        let (mut sink, mut stream) = socket.split();
+        let attachment = match self.hub.attach(user, device.clone(), jti).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, %user, "cannot subscribe to live delivery");
+                let _ = sink
+                    .send(close(close_code::AGAIN, "delivery unavailable; retry"))
+                    .await;
+                return;
+            }
+        };
+        metrics::connection_opened();
+        metrics::active_users(self.hub.user_count());
+        let session_id = attachment.session;
+        // This device's older connection, on any gateway, gives way.
+        let replaces = Control::DeviceConnected {
+            device_id: device.clone(),
+            session: self.control.session_key(session_id),
+        };
+        self.control.announce(user, &replaces).await;
+        let presence_key = self
+            .presence
+            .connected(user, device.clone(), self.control.gateway_id(), session_id)
+            .await;
+        let mut session = Session::new(
+            self.backend.clone(),
+            user,
+            device.clone(),
+            self.limits.clone(),
+            sink,
+        );
+        tracing::info!(%user, %device, "[CONNECTION] user connected");
+        let end = session.serve(&mut stream, attachment, &self.shutdown).await;
+        self.hub.detach(user, session_id);
+        metrics::active_users(self.hub.user_count());
+        self.presence.disconnected(&presence_key).await;
+        if let Err(e) = self.cursors.flush().await {
+            tracing::warn!(error = %e, "cursor write at disconnect failed; will retry");
+        }
+        metrics::connection_closed(match end {
+            End::ClientGone => Closed::Client,
+            End::Close(_, reason) => Closed::Server(reason),
+        });
+        session.close(end).await;
+        tracing::info!(%user, %device, "[DISCONNECT] user disconnected");
+    }
+}
+
+/// The gateway behind every session: device cursors, the delivery log, and
+/// the chat commands.
+pub struct Live {
+    pub cursors: Arc<CursorStore>,
+    pub log: DeliveryLog,
+    pub chat: Arc<Chat>,
+    pub typing: TypingSignals,
+    /// Owns the tasks that await sends' acks.
+    pub tasks: TaskTracker,
+}
+
+impl Backend for Live {
+    async fn cursor(&self, user: UserId, device: &DeviceId) -> Result<Option<u64>, Unavailable> {
+        self.cursors
+            .load(user, device)
+            .await
+            .map_err(Unavailable::new)
+    }
+
+    async fn register(
+        &self,
+        user: UserId,
+        device: &DeviceId,
+        seq: u64,
+    ) -> Result<u64, Unavailable> {
+        self.cursors
+            .create(user, device, seq)
+            .await
+            .map_err(Unavailable::new)
+    }
+
+    fn advance(&self, user: UserId, device: &DeviceId, seq: u64) {
+        self.cursors.advance(user, device, seq);
+    }
+
+    async fn log_bounds(&self) -> Result<(u64, u64), Unavailable> {
+        self.log.bounds().await.map_err(Unavailable::new)
+    }
+
+    async fn read_log(
+        &self,
+        user: UserId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Stored>, Unavailable> {
+        self.log
+            .read(user, from, limit)
+            .await
+            .map_err(Unavailable::new)
+    }
+
+    async fn submit(&self, sender: UserId, send: SendMessage) -> Result<Confirmation, ApiError> {
+        let submitted = self.chat.submit(sender, send).await?;
+        let confirmed = self.tasks.spawn(submitted.confirm().in_current_span());
+        Ok(Box::pin(async move {
+            confirmed.await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "a send's confirmation task failed");
+                Err(ApiError::Unavailable(
+                    "the message was not accepted; retry".into(),
+                ))
+            })
+        }))
+    }
+
+    async fn mark_read(
+        &self,
+        reader: UserId,
+        conversation: ConversationId,
+        up_to_seq: Option<u64>,
+    ) -> Result<(), ApiError> {
+        self.chat.mark_read(reader, conversation, up_to_seq).await
+    }
+
+    async fn typing(&self, user: UserId, conversation: ConversationId) -> Result<(), ApiError> {
+        self.typing.publish(user, conversation).await
+    }
+}
