@@ -28,7 +28,8 @@ struct Cli {
 enum Task {
     /// Build and run natter locally: gateway, persister, NATS and PostgreSQL. Ctrl-C stops all.
     Up(up::UpArgs),
-    /// Run what CI runs: fmt, clippy, nextest (with a shared PostgreSQL) and doc tests.
+    /// Run what CI runs: fmt, the module-cycle check, clippy, doc tests and nextest (with a
+    /// shared PostgreSQL), then the browser tests.
     Test(test::TestArgs),
     /// Run the standard load-test suite against a fresh local natter and write the numbers into
     /// BENCHMARKS.md.
