@@ -1,7 +1,7 @@
 //! `cargo xtask`: the README's commands. `up` builds natter and runs it locally with its own
 //! NATS and PostgreSQL; `test` runs every check CI runs; `bench` runs the load-test suite and
-//! records it in BENCHMARKS.md. Orchestration only: finding and running the servers lives in
-//! natter-localinfra.
+//! records it in BENCHMARKS.md; `structure` checks the crates for module cycles. Orchestration
+//! only: finding and running the servers lives in natter-localinfra.
 
 mod bench;
 mod e2e;
@@ -9,6 +9,7 @@ mod service;
 mod signals;
 mod stack;
 mod step;
+mod structure;
 mod test;
 mod up;
 
@@ -27,11 +28,16 @@ struct Cli {
 enum Task {
     /// Build and run natter locally: gateway, persister, NATS and PostgreSQL. Ctrl-C stops all.
     Up(up::UpArgs),
-    /// Run what CI runs: fmt, clippy, nextest (with a shared PostgreSQL) and doc tests.
+    /// Run what CI runs: fmt, the module-cycle check, clippy, doc tests and nextest (with a
+    /// shared PostgreSQL), then the browser tests.
     Test(test::TestArgs),
     /// Run the standard load-test suite against a fresh local natter and write the numbers into
     /// BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// Fail if a crate of the workspace has a module cycle, showing each cycle and the
+    /// references that make it; optionally print a crate's module graph and the largest
+    /// functions and files.
+    Structure(structure::StructureArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +46,7 @@ fn main() -> ExitCode {
         Task::Up(args) => up::run(&args, &stop),
         Task::Test(args) => test::run(&args, &stop),
         Task::Bench(args) => bench::run(&args, &stop),
+        Task::Structure(args) => structure::run(&args),
     });
     match outcome {
         Ok(code) => code,

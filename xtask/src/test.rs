@@ -1,5 +1,6 @@
-//! `cargo xtask test`: fmt, clippy, doc tests, nextest and the browser tests, failing fast, with nats-server
-//! installed once and one PostgreSQL shared by every test process of the run.
+//! `cargo xtask test`: fmt, the module-cycle check, clippy, doc tests, nextest and the browser
+//! tests, failing fast, with nats-server installed once and one PostgreSQL shared by every test
+//! process of the run.
 
 use std::fs;
 use std::path::PathBuf;
@@ -71,6 +72,13 @@ fn run_steps(args: &TestArgs, stop: &Stop) -> anyhow::Result<Option<String>> {
         stop,
     ) {
         return Ok(Some(failed));
+    }
+    // Before clippy: it takes a second and needs no build.
+    banner("module cycles (`cargo xtask structure`)");
+    if !crate::structure::check_workspace()? {
+        return Ok(Some(
+            "module cycles (listed above; `cargo xtask structure` to check again)".to_owned(),
+        ));
     }
     let clippy = [
         "clippy",
