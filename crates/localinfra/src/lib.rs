@@ -21,24 +21,13 @@ pub mod probe;
 pub mod process;
 pub mod tools;
 
-use std::path::{Path, PathBuf};
 
 pub use error::{InfraError, Result};
 pub use nats::{Fsync, NatsOptions, NatsServer};
 pub use postgres::{Postgres, PostgresOptions};
 pub use probe::{free_port, http_status, port_is_free, tcp_accepts, try_free_port};
 pub use process::{Signal, effective_uid, is_alive, send_signal};
-pub use tools::{nats_server_binary, nats_version, postgres_bin_dir};
-
-/// The workspace root: two levels above this crate's manifest directory, fixed at compile time.
-pub fn workspace_root() -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir
-        .ancestors()
-        .nth(2)
-        .unwrap_or(manifest_dir)
-        .to_path_buf()
-}
+pub use tools::{nats_server_binary, nats_version, postgres_bin_dir, workspace_root};
 
 #[cfg(test)]
 mod tests {

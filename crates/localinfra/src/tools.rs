@@ -11,7 +11,6 @@ use std::sync::OnceLock;
 
 use crate::error::{InfraError, IoContext, Result};
 use crate::process::run;
-use crate::workspace_root;
 
 /// The oldest nats-server natter works with: 2.10 multi-filter consumers, 2.11 batched direct
 /// get, the Jepsen fixes up to 2.12, and 2.14's consumer reset, which the
@@ -235,6 +234,16 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
 
 fn is_executable(path: &Path) -> bool {
     fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The workspace root: two levels above this crate's manifest directory, fixed at compile time.
+pub fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .ancestors()
+        .nth(2)
+        .unwrap_or(manifest_dir)
+        .to_path_buf()
 }
 
 #[cfg(test)]

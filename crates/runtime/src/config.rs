@@ -45,9 +45,25 @@ pub struct StreamArgs {
     pub delivery_max_age_secs: u64,
 }
 
+/// How the streams are declared: what [`StreamArgs`] configure.
+#[derive(Clone, Debug)]
+pub struct StreamSettings {
+    pub replicas: usize,
+    pub delivery_max_age: Duration,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            delivery_max_age: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
 impl StreamArgs {
-    pub fn settings(&self) -> crate::jetstream::StreamSettings {
-        crate::jetstream::StreamSettings {
+    pub fn settings(&self) -> StreamSettings {
+        StreamSettings {
             replicas: self.stream_replicas.max(1),
             delivery_max_age: Duration::from_secs(self.delivery_max_age_secs),
         }

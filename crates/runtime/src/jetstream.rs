@@ -1,6 +1,8 @@
 //! Connecting to NATS and declaring natter's streams (DESIGN.md §2).
 //! Declaring is idempotent: every process may do it at start.
 
+pub use crate::config::StreamSettings;
+
 use crate::config::NatsArgs;
 use async_nats::jetstream::{self, stream};
 use natter_core::subjects;
@@ -10,21 +12,6 @@ use std::time::Duration;
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// The largest record either stream accepts.
 pub const MAX_RECORD_BYTES: i32 = 256 * 1024;
-
-#[derive(Clone, Debug)]
-pub struct StreamSettings {
-    pub replicas: usize,
-    pub delivery_max_age: Duration,
-}
-
-impl Default for StreamSettings {
-    fn default() -> Self {
-        Self {
-            replicas: 1,
-            delivery_max_age: Duration::from_secs(7 * 24 * 3600),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum JetStreamError {

@@ -96,7 +96,7 @@ impl TestApp {
     }
 
     async fn try_spawn(options: TestOptions) -> anyhow::Result<Self> {
-        crate::init_logging();
+        crate::logging::init_logging();
         let dir = tempfile::Builder::new().prefix("natter-test-").tempdir()?;
         let nats_dir = dir.path().join("nats");
         let nats = tokio::task::spawn_blocking(move || {

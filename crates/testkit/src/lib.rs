@@ -7,6 +7,7 @@
 //!   on free ports, with handles to stop, crash and restart each part.
 //! - [`ws`]: a WebSocket client speaking protocol v1.
 //! - [`scrape`]: reading `/metrics` to check what moved.
+//! - [`logging`]: the test log subscriber.
 
 // A test kit's job is to fail the test loudly when the world is not as expected.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -14,19 +15,10 @@
 pub mod app;
 pub mod database;
 pub mod deploy;
+pub mod logging;
 pub mod scrape;
 pub mod ws;
 
 pub use app::{TestApp, TestOptions, TestUser};
+pub use logging::init_logging;
 pub use ws::WsClient;
-
-/// Installs a test log subscriber once (`RUST_LOG` filters it; quiet by default).
-pub fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
-}

@@ -4,7 +4,7 @@
 //! lagging and catches up from the stream instead, so memory stays bounded
 //! and nothing is skipped.
 
-use super::{Closing, DeliveryError, Push, Stored, header_u64};
+use super::record::{Closing, DeliveryError, Push, Stored, header_u64};
 use futures::StreamExt;
 use natter_core::{DeviceId, UserId, subjects};
 use std::collections::HashMap;

@@ -1,7 +1,7 @@
 //! Replay of a user's delivery log: records by subject from a sequence, with
 //! one batched JetStream direct get and no consumer created.
 
-use super::{DeliveryError, Stored, header_u64};
+use super::record::{DeliveryError, Stored, header_u64};
 use async_nats::jetstream;
 use bytes::Bytes;
 use futures::StreamExt;
