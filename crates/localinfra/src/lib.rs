@@ -21,7 +21,6 @@ pub mod probe;
 pub mod process;
 pub mod tools;
 
-
 pub use error::{InfraError, Result};
 pub use nats::{Fsync, NatsOptions, NatsServer};
 pub use postgres::{Postgres, PostgresOptions};

@@ -198,13 +198,19 @@ impl NatsServer {
         let conf = self.data_dir.join("nats.conf");
         fs::write(&conf, self.config(http_port))
             .context(|| format!("writing {}", conf.display()))?;
-
         let log = self.log_path();
         let log_start = log_len(&log);
+        self.spawn(&conf, &log)?;
+        self.wait_ready(http_port, &log, log_start)
+    }
+
+    /// Starts the process with its output appended to `log`, watched so it
+    /// dies with its owner.
+    fn spawn(&mut self, conf: &Path, log: &Path) -> Result<()> {
         let stdout = File::options()
             .create(true)
             .append(true)
-            .open(&log)
+            .open(log)
             .context(|| format!("opening {}", log.display()))?;
         let stderr = stdout
             .try_clone()
@@ -212,7 +218,7 @@ impl NatsServer {
         let mut command = Command::new(&self.binary);
         command
             .arg("-c")
-            .arg(&conf)
+            .arg(conf)
             .current_dir(&self.data_dir)
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -237,7 +243,13 @@ impl NatsServer {
             Group::Caller
         };
         self.watchdog = Some(Watchdog::arm(&script, group)?);
+        Ok(())
+    }
 
+    /// Polls until the server serves clients with JetStream, or fails with
+    /// the tail of its log.
+    fn wait_ready(&mut self, http_port: u16, log: &Path, log_start: u64) -> Result<()> {
+        let port = self.port;
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let exited = match self.child.as_mut() {
@@ -252,8 +264,8 @@ impl NatsServer {
                 return Err(InfraError::ExitedEarly {
                     what: format!("nats-server on port {port}"),
                     status: status.to_string(),
-                    tail: log_tail(&log, log_start, LOG_TAIL_LINES),
-                    log,
+                    tail: log_tail(log, log_start, LOG_TAIL_LINES),
+                    log: log.to_path_buf(),
                 });
             }
             // A connect proves the client listener; /healthz answering 200 proves JetStream
@@ -266,8 +278,8 @@ impl NatsServer {
                 return Err(InfraError::NotReady {
                     what: format!("nats-server on port {port}"),
                     secs: START_TIMEOUT.as_secs(),
-                    tail: log_tail(&log, log_start, LOG_TAIL_LINES),
-                    log,
+                    tail: log_tail(log, log_start, LOG_TAIL_LINES),
+                    log: log.to_path_buf(),
                 });
             }
             thread::sleep(POLL);

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// The signing secret test tokens use.
 pub const TEST_JWT_SECRET: &str = "natter-test-secret-natter-test-secret-0123456789";
@@ -44,6 +45,8 @@ impl Default for TestOptions {
 struct Service {
     shutdown: CancellationToken,
     handle: JoinHandle<anyhow::Result<()>>,
+    /// The gateway's own task tracker (the persister has none here).
+    tasks: Option<TaskTracker>,
 }
 
 impl Service {
@@ -163,12 +166,18 @@ impl TestApp {
 
     async fn start_gateway_on(&mut self, listener: TcpListener) -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(natter_gateway::run(
+        let tasks = TaskTracker::new();
+        let handle = tokio::spawn(natter_gateway::serve(
             self.gateway_config(),
             listener,
             shutdown.clone(),
+            tasks.clone(),
         ));
-        self.gateway = Some(Service { shutdown, handle });
+        self.gateway = Some(Service {
+            shutdown,
+            handle,
+            tasks: Some(tasks),
+        });
         self.wait_ready(self.gateway_port).await
     }
 
@@ -184,7 +193,11 @@ impl TestApp {
             hooks,
             shutdown.clone(),
         ));
-        self.persister = Some(Service { shutdown, handle });
+        self.persister = Some(Service {
+            shutdown,
+            handle,
+            tasks: None,
+        });
         self.wait_ready(self.persister_port).await
     }
 
@@ -224,6 +237,11 @@ impl TestApp {
             service.crash();
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The tracker that owns every task of the running gateway.
+    pub fn gateway_tasks(&self) -> Option<TaskTracker> {
+        self.gateway.as_ref().and_then(|g| g.tasks.clone())
     }
 
     /// Stops the gateway gracefully and starts a new one on the same port.

@@ -216,15 +216,50 @@ impl Compose {
 }
 
 fn parse_service(dir: &Path, name: &str, raw: &Yaml) -> anyhow::Result<Service> {
-    let image = raw.get("image").and_then(Yaml::as_str).map(str::to_owned);
-    let build = match raw.get("build") {
-        None => None,
-        Some(Yaml::String(context)) => {
+    let (bind_mounts, named_volumes) = volumes(dir, raw.get("volumes"))?;
+    let env_files = match raw.get("env_file") {
+        None => Vec::new(),
+        Some(Yaml::String(path)) => vec![resolve(dir, path)],
+        Some(files) => sequence(Some(files))?
+            .iter()
+            .filter_map(|f| f.as_str().or_else(|| f.get("path").and_then(Yaml::as_str)))
+            .map(|path| resolve(dir, path))
+            .collect(),
+    };
+    let depends_on = match raw.get("depends_on") {
+        None => Vec::new(),
+        Some(Yaml::Mapping(map)) => map
+            .keys()
+            .filter_map(Yaml::as_str)
+            .map(str::to_owned)
+            .collect(),
+        Some(list) => sequence(Some(list))?
+            .iter()
+            .filter_map(Yaml::as_str)
+            .map(str::to_owned)
+            .collect(),
+    };
+    Ok(Service {
+        name: name.to_owned(),
+        image: raw.get("image").and_then(Yaml::as_str).map(str::to_owned),
+        build: build(dir, raw.get("build")),
+        bind_mounts,
+        named_volumes,
+        env_files,
+        depends_on,
+        raw: raw.clone(),
+    })
+}
+
+/// A service's build context and Dockerfile, in the short or the long form.
+fn build(dir: &Path, build: Option<&Yaml>) -> Option<(PathBuf, PathBuf)> {
+    match build? {
+        Yaml::String(context) => {
             let context = resolve(dir, context);
             let dockerfile = context.join("Dockerfile");
             Some((context, dockerfile))
         }
-        Some(build) => {
+        build => {
             let context = resolve(
                 dir,
                 build.get("context").and_then(Yaml::as_str).unwrap_or("."),
@@ -238,11 +273,14 @@ fn parse_service(dir: &Path, name: &str, raw: &Yaml) -> anyhow::Result<Service> 
             );
             Some((context, dockerfile))
         }
-    };
+    }
+}
 
+/// A service's bind mounts and named volumes, in the short or the long form.
+fn volumes(dir: &Path, raw: Option<&Yaml>) -> anyhow::Result<(Vec<BindMount>, Vec<String>)> {
     let mut bind_mounts = Vec::new();
     let mut named_volumes = Vec::new();
-    for volume in sequence(raw.get("volumes"))? {
+    for volume in sequence(raw)? {
         match volume {
             Yaml::String(short) => {
                 let mut parts = short.splitn(3, ':');
@@ -275,41 +313,7 @@ fn parse_service(dir: &Path, name: &str, raw: &Yaml) -> anyhow::Result<Service> 
             }
         }
     }
-
-    let env_files = match raw.get("env_file") {
-        None => Vec::new(),
-        Some(Yaml::String(path)) => vec![resolve(dir, path)],
-        Some(files) => sequence(Some(files))?
-            .iter()
-            .filter_map(|f| f.as_str().or_else(|| f.get("path").and_then(Yaml::as_str)))
-            .map(|path| resolve(dir, path))
-            .collect(),
-    };
-
-    let depends_on = match raw.get("depends_on") {
-        None => Vec::new(),
-        Some(Yaml::Mapping(map)) => map
-            .keys()
-            .filter_map(Yaml::as_str)
-            .map(str::to_owned)
-            .collect(),
-        Some(list) => sequence(Some(list))?
-            .iter()
-            .filter_map(Yaml::as_str)
-            .map(str::to_owned)
-            .collect(),
-    };
-
-    Ok(Service {
-        name: name.to_owned(),
-        image,
-        build,
-        bind_mounts,
-        named_volumes,
-        env_files,
-        depends_on,
-        raw: raw.clone(),
-    })
+    Ok((bind_mounts, named_volumes))
 }
 
 fn sequence(value: Option<&Yaml>) -> anyhow::Result<&[Yaml]> {

@@ -67,3 +67,45 @@ impl Directory {
         self.cache.read().ok()?.get(&id).cloned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool that never connects: these tests must not reach a database.
+    fn directory() -> Directory {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(std::time::Duration::from_millis(200))
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        Directory::new(pool)
+    }
+
+    #[tokio::test]
+    async fn a_remembered_user_is_answered_from_the_cache() {
+        let directory = directory();
+        let id = UserId::generate();
+        directory.remember(UserRecord {
+            id,
+            username: "alice".into(),
+            display_name: "Alice".into(),
+        });
+        let user = directory.get(id).await.unwrap().unwrap();
+        assert_eq!(user.display_name, "Alice");
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_user_is_read_again() {
+        let directory = directory();
+        let id = UserId::generate();
+        directory.remember(UserRecord {
+            id,
+            username: "alice".into(),
+            display_name: "Alice".into(),
+        });
+        directory.forget(id);
+        assert!(directory.cached(id).is_none());
+        // The read goes to the database, which is unreachable here.
+        assert!(directory.get(id).await.is_err());
+    }
+}

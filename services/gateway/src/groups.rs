@@ -11,6 +11,7 @@ use natter_core::{
     ChatEvent, Group, GroupCreated, GroupId, GroupName, MemberRemoved, MembersAdded, UserId,
     subjects,
 };
+use natter_runtime::backoff::Backoff;
 use serde_json::Value;
 use sqlx::PgPool;
 use std::collections::HashSet;
@@ -222,7 +223,7 @@ impl Groups {
 
     async fn wait_for_projection(&self, group: GroupId, seq: u64) -> Result<(), ApiError> {
         let deadline = Instant::now() + PROJECTION_WAIT;
-        let mut pause = Duration::from_millis(2);
+        let mut pause = Backoff::new(Duration::from_millis(2), Duration::from_millis(50));
         loop {
             let applied: Option<i64> =
                 sqlx::query_scalar("SELECT group_seq FROM conversations WHERE id = $1")
@@ -232,8 +233,7 @@ impl Groups {
             if applied.is_some_and(|applied| applied >= seq as i64) || Instant::now() > deadline {
                 return Ok(());
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
+            tokio::time::sleep(pause.next_delay()).await;
         }
     }
 }

@@ -126,3 +126,54 @@ async fn the_binary_exports_its_spans_over_otlp_and_flushes_them_at_shutdown() {
     );
     assert!(contains(&body, "/api/auth/signup"));
 }
+
+#[tokio::test]
+async fn the_binary_waits_for_a_nats_server_that_starts_after_it() {
+    let app = TestApp::spawn().await;
+    let nats_port = natter_localinfra::free_port();
+    let http_port = natter_localinfra::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("gateway.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_natter-gateway"))
+        .env("NATS_URL", format!("nats://127.0.0.1:{nats_port}"))
+        .env("DATABASE_URL", &app.db.url)
+        .env("JWT_SECRET", "a-strong-secret-of-at-least-32-bytes!!")
+        .env("PORT", http_port.to_string())
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .env("LOG_FORMAT", "json")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+
+    // Nothing answers on the NATS port: the gateway keeps trying, and says so.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("not ready yet; retrying") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no retry logged while NATS was down:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the gateway gave up");
+
+    let nats_dir = dir.path().join("nats");
+    let _nats = tokio::task::spawn_blocking(move || {
+        natter_localinfra::NatsServer::start(natter_localinfra::NatsOptions {
+            data_dir: nats_dir,
+            port: Some(nats_port),
+            fsync: natter_localinfra::Fsync::Interval,
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    wait_until_ok(&app.http, &format!("http://127.0.0.1:{http_port}/readyz")).await;
+    let status = terminate(&mut child).await;
+    assert!(status.success(), "{status}");
+}

@@ -1,88 +1,25 @@
 //! The live push: one core subscription to `live.deliver.<user>` per
-//! connected user, shared by that user's sessions. Each session gets the
-//! records on a bounded queue; a session whose queue is full is flagged as
-//! lagging and catches up from the stream instead, so memory stays bounded
-//! and nothing is skipped.
+//! connected user, shared by that user's sessions through the
+//! [`Registry`]. Each session gets the records on a bounded queue; a
+//! session whose queue is full is flagged as lagging and catches up from
+//! the stream instead, so memory stays bounded and nothing is skipped.
 
-use super::record::{Closing, DeliveryError, Push, Stored, header_u64};
+use super::record::{Closing, DeliveryError, Stored, header_u64};
+use super::registry::{Attachment, Feed, Registry, SessionInfo};
 use futures::StreamExt;
 use natter_core::{DeviceId, UserId, subjects};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use tokio::sync::{Notify, mpsc, watch};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-/// What the hub knows of a session, to pick sessions to close.
-#[derive(Clone, Debug)]
-pub struct SessionInfo {
-    pub id: u64,
-    pub device: DeviceId,
-    pub jti: Uuid,
-}
-
-/// One session's view of the hub.
-pub struct Attachment {
-    pub rx: mpsc::Receiver<Push>,
-    pub lagged: Arc<Notify>,
-    pub closed: watch::Receiver<Option<Closing>>,
-    pub user: UserId,
-    pub session: u64,
-}
-
-struct SessionTx {
-    info: SessionInfo,
-    tx: mpsc::Sender<Push>,
-    lagged: Arc<Notify>,
-    close: watch::Sender<Option<Closing>>,
-}
-
-struct Feed {
-    sessions: Mutex<Vec<SessionTx>>,
-    stop: CancellationToken,
-}
-
-impl Feed {
-    fn join(&self, session: SessionTx) {
-        if let Ok(mut sessions) = self.sessions.lock() {
-            sessions.push(session);
-        }
-    }
-
-    fn dispatch(&self, record: Stored) {
-        let Ok(sessions) = self.sessions.lock() else {
-            return;
-        };
-        for session in sessions.iter() {
-            if session.tx.try_send(Push::Record(record.clone())).is_err() {
-                session.lagged.notify_one();
-            }
-        }
-    }
-
-    fn flag_all_lagging(&self) {
-        if let Ok(sessions) = self.sessions.lock() {
-            for session in sessions.iter() {
-                session.lagged.notify_one();
-            }
-        }
-    }
-}
-
 /// The live push for every connected user of this gateway.
 pub struct Hub {
     nats: async_nats::Client,
+    registry: Registry,
     /// Owns each user's forwarding task; every feed stops with `shutdown`.
     tasks: TaskTracker,
     shutdown: CancellationToken,
-    /// Held only for map operations, never across an await.
-    feeds: Mutex<HashMap<UserId, Arc<Feed>>>,
-    /// How many users `feeds` holds, readable without its lock.
-    users: AtomicUsize,
-    next_session: AtomicU64,
-    queue: usize,
 }
 
 impl Hub {
@@ -94,12 +31,9 @@ impl Hub {
     ) -> Self {
         Self {
             nats,
+            registry: Registry::new(queue),
             tasks,
             shutdown,
-            feeds: Mutex::new(HashMap::new()),
-            users: AtomicUsize::new(0),
-            next_session: AtomicU64::new(1),
-            queue: queue.max(1),
         }
     }
 
@@ -112,85 +46,28 @@ impl Hub {
         device: DeviceId,
         jti: Uuid,
     ) -> Result<Attachment, DeliveryError> {
-        let (tx, rx) = mpsc::channel(self.queue);
-        let (close, closed) = watch::channel(None);
-        let lagged = Arc::new(Notify::new());
-        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let entry = SessionTx {
-            info: SessionInfo {
-                id: session,
-                device,
-                jti,
-            },
-            tx,
-            lagged: lagged.clone(),
-            close,
-        };
-        // The user's feed is opened outside the lock: its subscribe and flush
-        // are a round trip to NATS, and a connect storm must not queue every
-        // user's connect behind every other's. A feed enters the map only
-        // once its subscription is active (the promise above), and a session
-        // joins a feed only under the lock, so a detach cannot close the
-        // feed under a joining session.
-        if let Some(feed) = self.lock_feeds().get(&user) {
-            feed.join(entry);
-        } else {
+        let (entry, attachment) = self.registry.new_session(user, device, jti);
+        // The user's feed is opened outside the registry's lock: its
+        // subscribe and flush are a round trip to NATS, and a connect storm
+        // must not queue every user's connect behind every other's. A feed
+        // joins the registry only once its subscription is active (the
+        // promise above), and a session joins a feed only under the lock, so
+        // a detach cannot stop the feed under a joining session.
+        if let Err(entry) = self.registry.join_existing(user, entry) {
             let opened = self.open_feed(user).await?;
-            let mut feeds = self.lock_feeds();
-            let feed = feeds.entry(user).or_insert_with(|| opened.clone());
-            if !Arc::ptr_eq(feed, &opened) {
-                // Another session of this user opened one meanwhile.
-                opened.stop.cancel();
-            }
-            feed.join(entry);
-            self.users.store(feeds.len(), Ordering::Relaxed);
+            self.registry.join_opened(user, opened, entry);
         }
-        Ok(Attachment {
-            rx,
-            lagged,
-            closed,
-            user,
-            session,
-        })
-    }
-
-    fn lock_feeds(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Arc<Feed>>> {
-        self.feeds
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        Ok(attachment)
     }
 
     /// Unregisters a session; the last one of a user ends its subscription.
     pub fn detach(&self, user: UserId, session: u64) {
-        let mut feeds = self.lock_feeds();
-        let Some(feed) = feeds.get(&user) else {
-            return;
-        };
-        let empty = match feed.sessions.lock() {
-            Ok(mut sessions) => {
-                sessions.retain(|s| s.info.id != session);
-                sessions.is_empty()
-            }
-            Err(_) => true,
-        };
-        if empty {
-            feed.stop.cancel();
-            feeds.remove(&user);
-            self.users.store(feeds.len(), Ordering::Relaxed);
-        }
+        self.registry.detach(user, session);
     }
 
     /// Pushes an ephemeral frame to every session of `user` here.
     pub fn push_frame(&self, user: UserId, frame: Arc<str>) {
-        let feed = self.lock_feeds().get(&user).cloned();
-        if let Some(feed) = feed
-            && let Ok(sessions) = feed.sessions.lock()
-        {
-            for session in sessions.iter() {
-                // Ephemeral: a session that is behind does without.
-                let _ = session.tx.try_send(Push::Frame(frame.clone()));
-            }
-        }
+        self.registry.push_frame(user, frame);
     }
 
     /// Closes `user`'s sessions here that `matches` picks; returns how many.
@@ -200,37 +77,23 @@ impl Hub {
         closing: Closing,
         matches: impl Fn(&SessionInfo) -> bool,
     ) -> usize {
-        let feed = self.lock_feeds().get(&user).cloned();
-        let Some(feed) = feed else {
-            return 0;
-        };
-        let Ok(sessions) = feed.sessions.lock() else {
-            return 0;
-        };
-        let mut closed = 0;
-        for session in sessions.iter().filter(|s| matches(&s.info)) {
-            session.close.send_replace(Some(closing));
-            closed += 1;
-        }
-        closed
+        self.registry.close_sessions(user, closing, matches)
     }
 
     /// How many users have a session here.
     pub fn user_count(&self) -> usize {
-        self.users.load(Ordering::Relaxed)
+        self.registry.user_count()
     }
 
     /// Users with at least one session here.
     pub fn local_users(&self) -> Vec<UserId> {
-        self.lock_feeds().keys().copied().collect()
+        self.registry.local_users()
     }
 
     /// After a reconnect to NATS live records may have been missed while the
     /// connection was down: every session re-reads its log.
     pub fn resync_all(&self) {
-        for feed in self.lock_feeds().values() {
-            feed.flag_all_lagging();
-        }
+        self.registry.resync_all();
     }
 
     async fn open_feed(&self, user: UserId) -> Result<Arc<Feed>, DeliveryError> {
@@ -244,10 +107,7 @@ impl Hub {
             .flush()
             .await
             .map_err(|e| DeliveryError::Nats(e.to_string()))?;
-        let feed = Arc::new(Feed {
-            sessions: Mutex::new(Vec::new()),
-            stop: self.shutdown.child_token(),
-        });
+        let feed = Arc::new(Feed::new(self.shutdown.child_token()));
         let forward = feed.clone();
         self.tasks.spawn(async move {
             loop {

@@ -1,7 +1,9 @@
 //! Delivery to connected devices (DESIGN.md §1–2).
 //!
 //! - [`hub`]: one core subscription to `live.deliver.<user>` per connected
-//!   user, shared by that user's sessions, each fed through a bounded queue.
+//!   user, shared by that user's sessions.
+//! - [`registry`]: those users' feeds and sessions, each session fed
+//!   through a bounded queue; no NATS.
 //! - [`log`]: replay of a user's log from a sequence with one batched
 //!   JetStream direct get, no consumer created.
 //! - [`cursors`]: the durable per-device cursors, written in batches.
@@ -11,8 +13,10 @@ pub mod cursors;
 pub mod hub;
 pub mod log;
 pub mod record;
+pub mod registry;
 
 pub use cursors::CursorStore;
-pub use hub::{Attachment, Hub, SessionInfo};
+pub use hub::Hub;
 pub use log::{DeliveryLog, read_log};
 pub use record::{Closing, DeliveryError, Push, Stored};
+pub use registry::{Attachment, SessionInfo};

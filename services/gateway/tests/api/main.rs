@@ -8,6 +8,7 @@ mod direct_messages;
 mod durability;
 mod errors;
 mod groups;
+mod lifecycle;
 mod presence;
 mod replay;
 mod sessions;
