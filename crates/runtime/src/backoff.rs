@@ -24,7 +24,11 @@ impl Default for Backoff {
 impl Backoff {
     pub fn new(min: Duration, max: Duration) -> Self {
         let max = max.max(min);
-        Self { min, max, next: min }
+        Self {
+            min,
+            max,
+            next: min,
+        }
     }
 
     /// The delay to wait now; the one after it is twice as long, up to `max`.
