@@ -13,10 +13,12 @@
 //! leaves committed but unacked records, which the rewind at start
 //! redelivers and the idempotent projection passes on to be fanned out.
 
+use crate::config::Config;
 use crate::fanout::Provenance;
+use crate::faults::FaultHooks;
 use crate::membership::Membership;
 use crate::projection::{self, Fanout, ProjectionError, Record};
-use crate::{Config, FaultHooks, fanout, metrics};
+use crate::{fanout, metrics};
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
