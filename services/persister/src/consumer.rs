@@ -16,7 +16,7 @@
 use crate::config::Config;
 use crate::fanout::Provenance;
 use crate::faults::FaultHooks;
-use crate::membership::Membership;
+use crate::projection::membership::Membership;
 use crate::projection::{self, Fanout, ProjectionError, Record};
 use crate::{fanout, metrics};
 use async_nats::jetstream::{self, AckKind, consumer::pull};
@@ -574,7 +574,7 @@ async fn dead_letter(
 ) -> Result<(), ConsumeError> {
     let mut backoff = RETRY_MIN;
     loop {
-        let stored = projection::dead_letter(
+        let stored = projection::dead_letter::store(
             &mut leader.conn,
             p.chat_seq,
             p.message.subject.as_str(),

@@ -5,8 +5,8 @@
 //! - [`faults`]: fault hooks that let tests crash the persister between steps.
 //! - [`consumer`]: leader election, the durable pull consumer, batching,
 //!   retry, dead letters and acks.
-//! - [`projection`]: one transaction per batch; idempotent SQL.
-//! - [`membership`]: group membership events and the membership cache.
+//! - [`projection`]: one transaction per batch; idempotent SQL for
+//!   messages, reads and group membership.
 //! - [`fanout`]: publishing `deliver.<user>` records in `CHAT` order.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics` on `PERSISTER_PORT`.
 //! - [`metrics`]: the Prometheus metrics.
@@ -16,7 +16,6 @@ pub mod consumer;
 pub mod fanout;
 pub mod faults;
 pub mod health;
-pub mod membership;
 pub mod metrics;
 pub mod projection;
 
