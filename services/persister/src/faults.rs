@@ -16,3 +16,15 @@ pub struct FaultHooks {
     /// Called after a batch's fan-out was published, before the acks.
     pub after_fanout: Option<FaultHook>,
 }
+
+impl FaultHooks {
+    /// Whether to crash right after the batch `seqs` committed.
+    pub(crate) fn crash_after_commit(&self, seqs: &[u64]) -> bool {
+        self.after_commit.as_ref().is_some_and(|hook| hook(seqs))
+    }
+
+    /// Whether to crash right after the batch `seqs` was fanned out.
+    pub(crate) fn crash_after_fanout(&self, seqs: &[u64]) -> bool {
+        self.after_fanout.as_ref().is_some_and(|hook| hook(seqs))
+    }
+}

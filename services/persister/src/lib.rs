@@ -1,23 +1,35 @@
 //! natter-persister: projects the `CHAT` stream into PostgreSQL and fans each
 //! event out to its recipients' delivery logs (DESIGN.md §1–3).
 //!
+//! The crate, one module a line:
 //! - [`config`]: the configuration, from the environment or flags.
 //! - [`faults`]: fault hooks that let tests crash the persister between steps.
-//! - [`consumer`]: leader election, the durable pull consumer, batching,
-//!   retry, dead letters and acks.
-//! - [`projection`]: one transaction per batch; idempotent SQL for
-//!   messages, reads and group membership.
+//! - `leader`: leader election on a PostgreSQL advisory lock.
+//! - [`consumer`]: the run loop (elect, consume, start over) and the consumer's setup.
+//! - `stage`: the two overlapping pipeline stages, projection and fan-out; dead letters, acks.
+//! - [`projection`]: one transaction per batch; idempotent SQL for messages, reads, groups.
 //! - [`fanout`]: publishing `deliver.<user>` records in `CHAT` order.
+//! - `error`: why a consumer run stops.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics` on `PERSISTER_PORT`.
 //! - [`metrics`]: the Prometheus metrics.
+//!
+//! A message's path through the persister, one hop a line; the numbers are
+//! the invariants of DESIGN.md §1 that each hop keeps:
+//! 1. pull: the durable consumer `persister` on `CHAT`, on the one leader (`consumer`, `leader`).
+//! 2. project: one PostgreSQL transaction per batch, idempotent SQL (`stage::project`; 3).
+//! 3. fan out: `deliver.<uid>`, `Nats-Msg-Id <msgId>.<uid>`, in `CHAT` order (`stage::fanout`; 2, 5).
+//! 4. ack: only once fanned out; a crash before that redelivers the batch (`stage::fanout`; 1, 3).
 
 pub mod config;
 pub mod consumer;
+mod error;
 pub mod fanout;
 pub mod faults;
 pub mod health;
+mod leader;
 pub mod metrics;
 pub mod projection;
+mod stage;
 
 pub use config::Config;
 pub use faults::{FaultHook, FaultHooks};
