@@ -14,7 +14,7 @@ use crate::metrics;
 use crate::stage::{self, FanOut, Projector, Source};
 use async_nats::jetstream::{self, consumer::pull};
 use natter_core::subjects;
-use natter_runtime::backoff::Backoff;
+use natter_runtime::backoff::{Backoff, until_ready};
 use sqlx::PgPool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -31,10 +31,12 @@ pub async fn run(
     let settings = config.streams.settings();
     let mut backoff = Backoff::default();
     while !shutdown.is_cancelled() {
-        if let Err(e) = natter_runtime::jetstream::ensure_streams(&js, &settings).await {
-            tracing::warn!(error = %e, "streams not ready; retrying");
-            backoff.wait(&shutdown).await;
-            continue;
+        let declared = until_ready("JetStream streams", &shutdown, || {
+            natter_runtime::jetstream::ensure_streams(&js, &settings)
+        })
+        .await;
+        if declared.is_none() {
+            return;
         }
         let Some(mut leader) = Leader::elect(&pool, &shutdown).await else {
             return;

@@ -34,33 +34,17 @@ mod stage;
 pub use config::Config;
 pub use faults::{FaultHook, FaultHooks};
 
+use natter_runtime::backoff::until_ready;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-/// Applies the schema, retrying while PostgreSQL is unreachable. `false`
-/// if `shutdown` came first.
-async fn migrate(pool: &sqlx::PgPool, shutdown: &CancellationToken) -> bool {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match natter_runtime::database::migrate(pool).await {
-            Ok(()) => {
-                tracing::info!("database schema is up to date");
-                return true;
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot apply migrations yet; retrying"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(3));
-    }
-}
+use tokio_util::task::TaskTracker;
 
 /// Runs the persister until `shutdown` fires: migrations, streams, the
-/// health endpoints on `listener`, and the consumer.
+/// health endpoints on `listener`, and the consumer. Waits for NATS and
+/// PostgreSQL as long as it takes; returns an error only for a bad
+/// configuration.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -74,22 +58,28 @@ pub async fn run(
     let client = natter_runtime::jetstream::connect(&config.nats, "natter-persister", None).await?;
     let js = natter_runtime::jetstream::context(client.clone(), &config.nats);
 
-    let migrated = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let health = tokio::spawn(health::serve(
+    // Every task the persister spawns stops on `tasks_stop` and is awaited
+    // before `run` returns.
+    let tasks = TaskTracker::new();
+    let tasks_stop = shutdown.child_token();
+    let migrated = Arc::new(AtomicBool::new(false));
+    let health = tasks.spawn(health::serve(
         listener,
         health::HealthState {
             pool: pool.clone(),
             nats: client.clone(),
             migrated: migrated.clone(),
         },
-        shutdown.clone(),
+        tasks_stop.clone(),
     ));
 
     if migrate(&pool, &shutdown).await {
-        migrated.store(true, std::sync::atomic::Ordering::Relaxed);
+        migrated.store(true, Ordering::Relaxed);
         consumer::run(&config, pool.clone(), js, hooks, shutdown.clone()).await;
     }
-    shutdown.cancel();
+    tasks_stop.cancel();
+    tasks.close();
+    tasks.wait().await;
     if let Err(e) = health.await {
         tracing::warn!(error = %e, "health server task failed");
     }
@@ -98,4 +88,17 @@ pub async fn run(
     }
     pool.close().await;
     Ok(())
+}
+
+/// Applies the schema, retrying while PostgreSQL is unreachable. `false`
+/// if `shutdown` came first.
+async fn migrate(pool: &sqlx::PgPool, shutdown: &CancellationToken) -> bool {
+    let migrated = until_ready("PostgreSQL migrations", shutdown, || {
+        natter_runtime::database::migrate(pool)
+    })
+    .await;
+    if migrated.is_some() {
+        tracing::info!("database schema is up to date");
+    }
+    migrated.is_some()
 }
