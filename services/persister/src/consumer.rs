@@ -1,6 +1,5 @@
 //! The persister's one durable consumer on `CHAT`: the run loop (elect,
-//! consume, and on any loss of leadership or of the consumer start over) and
-//! the consumer's setup.
+//! consume, start over) and the consumer's setup.
 //!
 //! Exactly one persister consumes at a time (`leader`). Each batch is
 //! projected, fanned out and only then acked (`stage`); a failure before

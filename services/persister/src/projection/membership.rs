@@ -1,9 +1,10 @@
-//! Group membership in the projection: the membership events' SQL, the
-//! `group_updated` they fan out, the one query for a conversation's members,
-//! and a cache of who is in each group for the fan-out of group messages.
-//! The cache is filled from PostgreSQL on a miss and forgotten for every
-//! group a batch changes, so it never outlives what the persister itself
-//! projected.
+//! Group membership in the projection: the membership events, the one
+//! query for a conversation's members, and the membership cache.
+//!
+//! Each event's SQL queues a `group_updated`. The cache of who is in each
+//! group serves the fan-out of group messages; it is filled from PostgreSQL
+//! on a miss and forgotten for every group a batch changes, so it never
+//! outlives what the persister itself projected.
 
 use super::error::ProjectionError;
 use super::record::{Dedupe, Fanout, Record};

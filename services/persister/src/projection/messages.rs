@@ -1,6 +1,7 @@
-//! Sent messages in the projection: each message's recipients, its row,
-//! its conversation (a direct one comes into being with its first message),
-//! the unread counters, and the delivery record it fans out to. A batch's
+//! Sent messages in the projection: recipients, rows, conversations,
+//! unread counters and the delivery records they fan out to.
+//!
+//! A direct conversation comes into being with its first message. A batch's
 //! messages are written with one statement per table.
 
 use super::dead_letter;

@@ -1,7 +1,8 @@
-//! The projection of `CHAT` records into PostgreSQL: one transaction per
-//! batch, idempotent so a redelivered record changes nothing, and
-//! deterministic so replaying `CHAT` into an empty database rebuilds the same
-//! state (DESIGN.md §3). It returns what must be fanned out, in `CHAT` order.
+//! The projection of `CHAT` records into PostgreSQL, one transaction per
+//! batch; it returns what must be fanned out, in `CHAT` order (DESIGN.md §3).
+//!
+//! Idempotent, so a redelivered record changes nothing, and deterministic,
+//! so replaying `CHAT` into an empty database rebuilds the same state.
 //!
 //! - `record`: the records going in and the delivery records coming out.
 //! - `error`: transient or permanent failures.

@@ -1,6 +1,5 @@
-//! The fan-out stage: takes committed batches in the order they committed,
-//! publishes their delivery records, then acks their `CHAT` messages
-//! (invariants 2 and 5, DESIGN.md §1).
+//! The fan-out stage: publishes committed batches' delivery records in the
+//! order the batches committed, then acks them (invariants 2 and 5, DESIGN.md §1).
 
 use super::ack::ack;
 use crate::config::Config;

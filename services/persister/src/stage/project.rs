@@ -1,8 +1,9 @@
 //! The projection stage: pulls batches from `CHAT`, projects each in one
-//! transaction on the leader's connection and hands it, committed, to the
-//! fan-out stage (the first half of invariant 2, DESIGN.md §1). Transient
-//! failures are retried in place, so nothing is reordered; records the
-//! database refuses are redelivered, then dead-lettered.
+//! transaction and hands it, committed, to the fan-out stage.
+//!
+//! It keeps the first half of invariant 2 (DESIGN.md §1). Transient failures
+//! are retried in place, so nothing is reordered; records the database
+//! refuses are redelivered, then dead-lettered.
 
 use super::ack::ack;
 use super::dead_letter;
