@@ -1,8 +1,9 @@
-//! Publishing delivery records: each event serialised once, published to
-//! every recipient's `deliver.<user>` in `CHAT` order with a `Nats-Msg-Id`
-//! that makes a repeated fan-out a no-op, with at most a window of acks
-//! outstanding. Each record carries its message's `traceparent` and
-//! acceptance time in headers.
+//! Publishing delivery records to every recipient's `deliver.<user>`, in
+//! `CHAT` order, with a `Nats-Msg-Id` that makes a repeated fan-out a no-op.
+//!
+//! Each event is serialised once, at most a window of acks is outstanding,
+//! and each record carries its message's `traceparent` and acceptance time
+//! in headers.
 
 use crate::projection::Fanout;
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};

@@ -1,6 +1,7 @@
-//! Liveness and readiness for orchestrators: `/healthz` answers while the
-//! process runs; `/readyz` only once the schema is applied and while NATS
-//! and PostgreSQL are reachable. `/metrics` for Prometheus.
+//! Liveness and readiness for orchestrators, and `/metrics` for Prometheus.
+//!
+//! `/healthz` answers while the process runs; `/readyz` only once the schema
+//! is applied and while NATS and PostgreSQL are reachable.
 
 use axum::extract::State;
 use axum::http::StatusCode;

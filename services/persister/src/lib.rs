@@ -1,102 +1,50 @@
 //! natter-persister: projects the `CHAT` stream into PostgreSQL and fans each
 //! event out to its recipients' delivery logs (DESIGN.md §1–3).
 //!
-//! - [`consumer`]: leader election, the durable pull consumer, batching,
-//!   retry, dead letters and acks.
-//! - [`projection`]: one transaction per batch; idempotent SQL.
-//! - [`membership`]: group membership events and the membership cache.
+//! The crate, one module a line:
+//! - [`config`]: the configuration, from the environment or flags.
+//! - [`faults`]: fault hooks that let tests crash the persister between steps.
+//! - `leader`: leader election on a PostgreSQL advisory lock.
+//! - [`consumer`]: the run loop (elect, consume, start over) and the consumer's setup.
+//! - `stage`: the two overlapping pipeline stages, projection and fan-out; dead letters, acks.
+//! - [`projection`]: one transaction per batch; idempotent SQL for messages, reads, groups.
 //! - [`fanout`]: publishing `deliver.<user>` records in `CHAT` order.
+//! - `error`: why a consumer run stops.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics` on `PERSISTER_PORT`.
 //! - [`metrics`]: the Prometheus metrics.
+//!
+//! A message's path through the persister, one hop a line; the numbers are
+//! the invariants of DESIGN.md §1 that each hop keeps:
+//! 1. pull: the durable consumer `persister` on `CHAT`, on the one leader (`consumer`, `leader`).
+//! 2. project: one PostgreSQL transaction per batch, idempotent SQL (`stage::project`; 3).
+//! 3. fan out: `deliver.<uid>`, `Nats-Msg-Id <msgId>.<uid>`, in `CHAT` order (`stage::fanout`; 2, 5).
+//! 4. ack: only once fanned out; a crash before that redelivers the batch (`stage::fanout`; 1, 3).
 
+pub mod config;
 pub mod consumer;
+mod error;
 pub mod fanout;
+pub mod faults;
 pub mod health;
-pub mod membership;
+mod leader;
 pub mod metrics;
 pub mod projection;
+mod stage;
 
-use clap::Parser;
-use natter_runtime::config::{DatabaseArgs, NatsArgs, StreamArgs, TelemetryArgs};
+pub use config::Config;
+pub use faults::{FaultHook, FaultHooks};
+
+use natter_runtime::backoff::until_ready;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-/// The persister's configuration: environment variables or flags.
-#[derive(Parser, Clone, Debug)]
-#[command(name = "natter-persister", version, about)]
-pub struct Config {
-    #[command(flatten)]
-    pub nats: NatsArgs,
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-    #[command(flatten)]
-    pub streams: StreamArgs,
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
-    /// Port of the health and metrics endpoints.
-    #[arg(long, env = "PERSISTER_PORT", default_value_t = 8001)]
-    pub port: u16,
-    /// Address the health and metrics endpoints listen on.
-    #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
-    pub bind_address: String,
-    /// Most CHAT records projected in one transaction.
-    #[arg(long, env = "PERSISTER_BATCH_MAX", default_value_t = 500)]
-    pub batch_max: usize,
-    /// How long a batch waits to fill after its first record, in milliseconds.
-    #[arg(long, env = "PERSISTER_BATCH_WAIT_MS", default_value_t = 2)]
-    pub batch_wait_ms: u64,
-    /// Deliveries of a record that fails to project before it is dead-lettered.
-    #[arg(long, env = "PERSISTER_MAX_DELIVER", default_value_t = 5)]
-    pub max_deliver: i64,
-    /// Seconds JetStream waits for an ack before redelivering.
-    #[arg(long, env = "PERSISTER_ACK_WAIT_SECS", default_value_t = 30)]
-    pub ack_wait_secs: u64,
-}
-
-impl Config {
-    pub fn batch_wait(&self) -> Duration {
-        Duration::from_millis(self.batch_wait_ms)
-    }
-}
-
-/// A fault hook: given a batch's CHAT sequences, `true` means "crash here".
-pub type FaultHook = Arc<dyn Fn(&[u64]) -> bool + Send + Sync>;
-
-/// Fault injection for tests: each hook is asked after a step and, if it
-/// answers `true`, the persister behaves as if it crashed right there (the
-/// batch is neither fanned out further nor acked, and is redelivered).
-#[derive(Clone, Default)]
-pub struct FaultHooks {
-    /// Called after a batch's transaction committed, with its CHAT sequences.
-    pub after_commit: Option<FaultHook>,
-    /// Called after a batch's fan-out was published, before the acks.
-    pub after_fanout: Option<FaultHook>,
-}
-
-/// Applies the schema, retrying while PostgreSQL is unreachable. `false`
-/// if `shutdown` came first.
-async fn migrate(pool: &sqlx::PgPool, shutdown: &CancellationToken) -> bool {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match natter_runtime::database::migrate(pool).await {
-            Ok(()) => {
-                tracing::info!("database schema is up to date");
-                return true;
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot apply migrations yet; retrying"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(3));
-    }
-}
+use tokio_util::task::TaskTracker;
 
 /// Runs the persister until `shutdown` fires: migrations, streams, the
-/// health endpoints on `listener`, and the consumer.
+/// health endpoints on `listener`, and the consumer. Waits for NATS and
+/// PostgreSQL as long as it takes; returns an error only for a bad
+/// configuration.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -110,22 +58,28 @@ pub async fn run(
     let client = natter_runtime::jetstream::connect(&config.nats, "natter-persister", None).await?;
     let js = natter_runtime::jetstream::context(client.clone(), &config.nats);
 
-    let migrated = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let health = tokio::spawn(health::serve(
+    // Every task the persister spawns stops on `tasks_stop` and is awaited
+    // before `run` returns.
+    let tasks = TaskTracker::new();
+    let tasks_stop = shutdown.child_token();
+    let migrated = Arc::new(AtomicBool::new(false));
+    let health = tasks.spawn(health::serve(
         listener,
         health::HealthState {
             pool: pool.clone(),
             nats: client.clone(),
             migrated: migrated.clone(),
         },
-        shutdown.clone(),
+        tasks_stop.clone(),
     ));
 
     if migrate(&pool, &shutdown).await {
-        migrated.store(true, std::sync::atomic::Ordering::Relaxed);
+        migrated.store(true, Ordering::Relaxed);
         consumer::run(&config, pool.clone(), js, hooks, shutdown.clone()).await;
     }
-    shutdown.cancel();
+    tasks_stop.cancel();
+    tasks.close();
+    tasks.wait().await;
     if let Err(e) = health.await {
         tracing::warn!(error = %e, "health server task failed");
     }
@@ -134,4 +88,17 @@ pub async fn run(
     }
     pool.close().await;
     Ok(())
+}
+
+/// Applies the schema, retrying while PostgreSQL is unreachable. `false`
+/// if `shutdown` came first.
+async fn migrate(pool: &sqlx::PgPool, shutdown: &CancellationToken) -> bool {
+    let migrated = until_ready("PostgreSQL migrations", shutdown, || {
+        natter_runtime::database::migrate(pool)
+    })
+    .await;
+    if migrated.is_some() {
+        tracing::info!("database schema is up to date");
+    }
+    migrated.is_some()
 }

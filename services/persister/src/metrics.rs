@@ -1,6 +1,7 @@
-//! The persister's Prometheus metrics (DESIGN.md §6): batch size and time,
-//! projection lag, records by kind, fan-out, consumer backlog,
-//! redeliveries, dead letters and leadership.
+//! The persister's Prometheus metrics (DESIGN.md §6).
+//!
+//! Batch size and time, projection lag, records by kind, fan-out, consumer
+//! backlog, redeliveries, dead letters and leadership.
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use std::time::Duration;

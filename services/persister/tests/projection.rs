@@ -6,7 +6,7 @@
 
 use chrono::Utc;
 use natter_core::{ChatEvent, ConversationId, MessageId, MessageSent, UserId};
-use natter_persister::membership::Membership;
+use natter_persister::projection::membership::Membership;
 use natter_persister::projection::{Record, project};
 use natter_testkit::database::TestDatabase;
 use sqlx::{Connection, PgConnection};

@@ -1,0 +1,30 @@
+//! Fault injection for tests: hooks that make the persister behave as if it
+//! crashed between two steps of a batch (invariants 1 and 3, DESIGN.md §1).
+
+use std::sync::Arc;
+
+/// A fault hook: given a batch's CHAT sequences, `true` means "crash here".
+pub type FaultHook = Arc<dyn Fn(&[u64]) -> bool + Send + Sync>;
+
+/// Fault injection for tests: each hook is asked after a step and, if it
+/// answers `true`, the persister behaves as if it crashed right there (the
+/// batch is neither fanned out further nor acked, and is redelivered).
+#[derive(Clone, Default)]
+pub struct FaultHooks {
+    /// Called after a batch's transaction committed, with its CHAT sequences.
+    pub after_commit: Option<FaultHook>,
+    /// Called after a batch's fan-out was published, before the acks.
+    pub after_fanout: Option<FaultHook>,
+}
+
+impl FaultHooks {
+    /// Whether to crash right after the batch `seqs` committed.
+    pub(crate) fn crash_after_commit(&self, seqs: &[u64]) -> bool {
+        self.after_commit.as_ref().is_some_and(|hook| hook(seqs))
+    }
+
+    /// Whether to crash right after the batch `seqs` was fanned out.
+    pub(crate) fn crash_after_fanout(&self, seqs: &[u64]) -> bool {
+        self.after_fanout.as_ref().is_some_and(|hook| hook(seqs))
+    }
+}

@@ -1,0 +1,386 @@
+//! Sent messages in the projection: recipients, rows, conversations,
+//! unread counters and the delivery records they fan out to.
+//!
+//! A direct conversation comes into being with its first message. A batch's
+//! messages are written with one statement per table.
+
+use super::dead_letter;
+use super::error::ProjectionError;
+use super::membership::Membership;
+use super::record::{Dedupe, Fanout, Record};
+use chrono::{DateTime, Utc};
+use natter_core::{
+    ChatEvent, ChatRecord, ConversationId, DeliveryEvent, MessageSent, UserId, subjects,
+};
+use sqlx::PgConnection;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// A message of the batch with the `CHAT` sequence of its record and who
+/// receives it.
+struct Sent<'a> {
+    chat_seq: u64,
+    message: &'a MessageSent,
+    recipients: Arc<Vec<UserId>>,
+}
+
+/// Projects the messages of `segment` (records between two membership
+/// events, in `CHAT` order) and queues their delivery records.
+pub async fn project_messages(
+    tx: &mut PgConnection,
+    members: &mut Membership,
+    changed: &HashSet<ConversationId>,
+    segment: &[&Record],
+    fanouts: &mut Vec<Fanout>,
+) -> Result<(), ProjectionError> {
+    let mut sent = Vec::new();
+    for record in segment {
+        let ChatEvent::MessageSent(message) = &record.event else {
+            continue;
+        };
+        if let Some(recipients) = recipients(tx, members, changed, record, message).await? {
+            sent.push(Sent {
+                chat_seq: record.chat_seq,
+                message,
+                recipients,
+            });
+        }
+    }
+    if sent.is_empty() {
+        return Ok(());
+    }
+    upsert_conversations(tx, &sent).await?;
+    let rows = MessageRows::of(&sent);
+    let inserted = rows.insert(tx).await?;
+    count_unread(tx, &sent, &inserted).await?;
+    queue_deliveries(tx, &sent, &rows.id, &inserted, fanouts).await
+}
+
+/// Who receives `message`: both parties of a direct message, the members of
+/// a group. `None` if its sender is not a member of the group at this point
+/// in `CHAT`: then the record is refused and dead-lettered here.
+async fn recipients(
+    tx: &mut PgConnection,
+    members: &mut Membership,
+    changed: &HashSet<ConversationId>,
+    record: &Record,
+    message: &MessageSent,
+) -> Result<Option<Arc<Vec<UserId>>>, ProjectionError> {
+    let m = message;
+    let recipients = match m.receiver_id {
+        Some(receiver) if receiver != m.sender_id => Arc::new(vec![m.sender_id, receiver]),
+        Some(_) => Arc::new(vec![m.sender_id]),
+        None => {
+            let current = members.of(tx, m.conversation_id, changed).await?;
+            // Membership is decided at the message's place in CHAT: a
+            // sender removed before it is refused here too.
+            if !current.contains(&m.sender_id) {
+                refuse(tx, record, m).await?;
+                return Ok(None);
+            }
+            current
+        }
+    };
+    Ok(Some(recipients))
+}
+
+/// Dead-letters a group message whose sender is not a member.
+async fn refuse(
+    tx: &mut PgConnection,
+    record: &Record,
+    m: &MessageSent,
+) -> Result<(), ProjectionError> {
+    let reason = format!(
+        "sender {} is not a member of {} at this point",
+        m.sender_id, m.conversation_id
+    );
+    tracing::warn!(chat_seq = record.chat_seq, %reason, "group message refused");
+    let payload = serde_json::to_vec(&ChatRecord::new(record.event.clone())).unwrap_or_default();
+    dead_letter::store(
+        tx,
+        record.chat_seq,
+        &subjects::chat_message(m.conversation_id),
+        &payload,
+        &reason,
+        1,
+    )
+    .await
+}
+
+/// A conversation's part of the batch. Only the first message's time is a
+/// creation time no matter how the records were batched, so a replay
+/// rebuilds the same row.
+struct Touched {
+    kind: &'static str,
+    last_seq: i64,
+    first_at: DateTime<Utc>,
+    last_at: DateTime<Utc>,
+}
+
+/// Conversations and memberships first (a direct conversation comes into
+/// being with its first message), then every member's copy of the
+/// conversation's latest activity.
+async fn upsert_conversations(
+    tx: &mut PgConnection,
+    sent: &[Sent<'_>],
+) -> Result<(), ProjectionError> {
+    let conversations = touched(sent);
+    let ids: Vec<Uuid> = conversations.keys().map(|id| id.0).collect();
+    let kinds: Vec<&str> = conversations.values().map(|t| t.kind).collect();
+    let last_seqs: Vec<i64> = conversations.values().map(|t| t.last_seq).collect();
+    let first_ats: Vec<DateTime<Utc>> = conversations.values().map(|t| t.first_at).collect();
+    let last_ats: Vec<DateTime<Utc>> = conversations.values().map(|t| t.last_at).collect();
+    sqlx::query(
+        "INSERT INTO conversations (id, kind, created_at, last_seq, last_activity_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::bigint[], $5::timestamptz[])
+         ON CONFLICT (id) DO UPDATE SET
+             last_seq = GREATEST(conversations.last_seq, EXCLUDED.last_seq),
+             last_activity_at = GREATEST(conversations.last_activity_at, EXCLUDED.last_activity_at)",
+    )
+    .bind(&ids)
+    .bind(&kinds)
+    .bind(&first_ats)
+    .bind(&last_seqs)
+    .bind(&last_ats)
+    .execute(&mut *tx)
+    .await?;
+    insert_direct_members(tx, &direct_members(sent)).await?;
+    sqlx::query(
+        "UPDATE conversation_members m SET last_activity_at = GREATEST(m.last_activity_at, t.at)
+         FROM UNNEST($1::uuid[], $2::timestamptz[]) AS t(conversation_id, at)
+         WHERE m.conversation_id = t.conversation_id",
+    )
+    .bind(&ids)
+    .bind(&last_ats)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Each conversation's part of the batch.
+fn touched(sent: &[Sent<'_>]) -> BTreeMap<ConversationId, Touched> {
+    let mut conversations: BTreeMap<ConversationId, Touched> = BTreeMap::new();
+    for s in sent {
+        let m = s.message;
+        let kind = if m.group_id.is_some() {
+            "group"
+        } else {
+            "direct"
+        };
+        let entry = conversations.entry(m.conversation_id).or_insert(Touched {
+            kind,
+            last_seq: 0,
+            first_at: m.created_at,
+            last_at: m.created_at,
+        });
+        entry.last_seq = entry.last_seq.max(s.chat_seq as i64);
+        entry.last_at = entry.last_at.max(m.created_at);
+    }
+    conversations
+}
+
+/// The two parties of each direct message, as members of its conversation.
+fn direct_members(sent: &[Sent<'_>]) -> BTreeSet<(ConversationId, UserId)> {
+    let mut members = BTreeSet::new();
+    for m in sent.iter().map(|s| s.message) {
+        if let Some(receiver) = m.receiver_id {
+            members.insert((m.conversation_id, m.sender_id));
+            members.insert((m.conversation_id, receiver));
+        }
+    }
+    members
+}
+
+/// The two parties of each direct conversation, as members.
+async fn insert_direct_members(
+    tx: &mut PgConnection,
+    members: &BTreeSet<(ConversationId, UserId)>,
+) -> Result<(), ProjectionError> {
+    if members.is_empty() {
+        return Ok(());
+    }
+    let (conv_ids, user_ids): (Vec<Uuid>, Vec<Uuid>) =
+        members.iter().map(|(c, u)| (c.0, u.0)).unzip();
+    sqlx::query(
+        "INSERT INTO conversation_members (conversation_id, user_id)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&conv_ids)
+    .bind(&user_ids)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// The batch's `messages` rows, one vector per column as `UNNEST` takes
+/// them; a row is added by [`MessageRows::push`] alone.
+struct MessageRows<'a> {
+    id: Vec<Uuid>,
+    conversation: Vec<Uuid>,
+    seq: Vec<i64>,
+    sender: Vec<Uuid>,
+    receiver: Vec<Option<Uuid>>,
+    group: Vec<Option<Uuid>>,
+    content: Vec<&'a str>,
+    client_msg_id: Vec<Option<&'a str>>,
+    created_at: Vec<DateTime<Utc>>,
+}
+
+impl<'a> MessageRows<'a> {
+    fn of(sent: &[Sent<'a>]) -> Self {
+        let n = sent.len();
+        let mut rows = Self {
+            id: Vec::with_capacity(n),
+            conversation: Vec::with_capacity(n),
+            seq: Vec::with_capacity(n),
+            sender: Vec::with_capacity(n),
+            receiver: Vec::with_capacity(n),
+            group: Vec::with_capacity(n),
+            content: Vec::with_capacity(n),
+            client_msg_id: Vec::with_capacity(n),
+            created_at: Vec::with_capacity(n),
+        };
+        for s in sent {
+            rows.push(s.chat_seq, s.message);
+        }
+        rows
+    }
+
+    fn push(&mut self, chat_seq: u64, m: &'a MessageSent) {
+        self.id.push(m.id.0);
+        self.conversation.push(m.conversation_id.0);
+        self.seq.push(chat_seq as i64);
+        self.sender.push(m.sender_id.0);
+        self.receiver.push(m.receiver_id.map(|r| r.0));
+        self.group.push(m.group_id.map(|g| g.0));
+        self.content.push(m.content.as_str());
+        self.client_msg_id.push(m.client_msg_id.as_deref());
+        self.created_at.push(m.created_at);
+    }
+
+    /// Inserts the rows not stored yet. Returns the rows this transaction
+    /// created, by id, with the `CHAT` sequence of the record that created
+    /// them (one send may appear twice in a batch).
+    async fn insert(&self, tx: &mut PgConnection) -> Result<HashMap<Uuid, i64>, ProjectionError> {
+        Ok(sqlx::query_as::<_, (Uuid, i64)>(
+            "INSERT INTO messages
+                 (id, conversation_id, seq, sender_id, receiver_id, group_id, content, client_msg_id, created_at)
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::uuid[], $5::uuid[],
+                                  $6::uuid[], $7::text[], $8::text[], $9::timestamptz[])
+             ON CONFLICT DO NOTHING
+             RETURNING id, seq",
+        )
+        .bind(&self.id)
+        .bind(&self.conversation)
+        .bind(&self.seq)
+        .bind(&self.sender)
+        .bind(&self.receiver)
+        .bind(&self.group)
+        .bind(&self.content)
+        .bind(&self.client_msg_id)
+        .bind(&self.created_at)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect())
+    }
+}
+
+/// Whether this record's delivery created the message's row.
+fn created_by(inserted: &HashMap<Uuid, i64>, s: &Sent<'_>) -> bool {
+    inserted.get(&s.message.id.0) == Some(&(s.chat_seq as i64))
+}
+
+/// Unread counters move only for rows this transaction created, so a
+/// redelivered record counts once.
+async fn count_unread(
+    tx: &mut PgConnection,
+    sent: &[Sent<'_>],
+    inserted: &HashMap<Uuid, i64>,
+) -> Result<(), ProjectionError> {
+    let mut unread: BTreeMap<(Uuid, Uuid), i32> = BTreeMap::new();
+    for s in sent.iter().filter(|s| created_by(inserted, s)) {
+        let m = s.message;
+        for reader in s.recipients.iter().filter(|r| **r != m.sender_id) {
+            *unread.entry((m.conversation_id.0, reader.0)).or_default() += 1;
+        }
+    }
+    if unread.is_empty() {
+        return Ok(());
+    }
+    let (pairs, counts): (Vec<(Uuid, Uuid)>, Vec<i32>) = unread.into_iter().unzip();
+    let (conv_ids, user_ids): (Vec<Uuid>, Vec<Uuid>) = pairs.into_iter().unzip();
+    sqlx::query(
+        "UPDATE conversation_members m SET unread_count = m.unread_count + t.n
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::int[]) AS t(conversation_id, user_id, n)
+         WHERE m.conversation_id = t.conversation_id AND m.user_id = t.user_id",
+    )
+    .bind(&conv_ids)
+    .bind(&user_ids)
+    .bind(&counts)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// A record is fanned out when the stored row is this record: new, or
+/// committed by an earlier delivery of the same record whose fan-out may
+/// not have finished. A late retry of an already stored send (same id,
+/// other `CHAT` sequence) is not delivered again.
+async fn queue_deliveries(
+    tx: &mut PgConnection,
+    sent: &[Sent<'_>],
+    ids: &[Uuid],
+    inserted: &HashMap<Uuid, i64>,
+    fanouts: &mut Vec<Fanout>,
+) -> Result<(), ProjectionError> {
+    let stored_earlier = stored_earlier(tx, ids, inserted).await?;
+    for s in sent {
+        let is_this_record = created_by(inserted, s)
+            || stored_earlier.get(&s.message.id.0) == Some(&(s.chat_seq as i64));
+        if !is_this_record {
+            continue;
+        }
+        let m = s.message;
+        let message = m.clone().into_message(s.chat_seq);
+        let event = if m.group_id.is_some() {
+            DeliveryEvent::ReceiveGroupMessage { message }
+        } else {
+            DeliveryEvent::ReceiveDirectMessage { message }
+        };
+        fanouts.push(Fanout {
+            chat_seq: s.chat_seq,
+            event,
+            recipients: s.recipients.as_ref().clone(),
+            dedupe: Dedupe::Message(m.id),
+        });
+    }
+    Ok(())
+}
+
+/// The stored `CHAT` sequence of each row the insert skipped, by id. Only
+/// those rows need a look; normally there are none.
+async fn stored_earlier(
+    tx: &mut PgConnection,
+    ids: &[Uuid],
+    inserted: &HashMap<Uuid, i64>,
+) -> Result<HashMap<Uuid, i64>, ProjectionError> {
+    let skipped: Vec<Uuid> = ids
+        .iter()
+        .filter(|id| !inserted.contains_key(*id))
+        .copied()
+        .collect();
+    if skipped.is_empty() {
+        return Ok(HashMap::new());
+    }
+    Ok(sqlx::query_as::<_, (Uuid, i64)>(
+        "SELECT m.id, m.seq FROM UNNEST($1::uuid[]) AS t(id) JOIN messages m ON m.id = t.id",
+    )
+    .bind(&skipped)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect())
+}

@@ -1,0 +1,31 @@
+//! The consumer's two pipeline stages, which overlap: while batch N is
+//! fanned out, batch N+1 is projected.
+//!
+//! One fan-out stage takes committed batches in order, so delivery records
+//! are still published in `CHAT` order and only after their batch committed
+//! (invariants 2 and 5, DESIGN.md §1). A crash between the stages leaves
+//! committed but unacked records, which the rewind at start redelivers and
+//! the idempotent projection passes on to be fanned out (invariant 3).
+//!
+//! - `project`: pull, decode, project, hand over.
+//! - `fanout`: publish in order, then ack.
+//! - `pulled`, `dead_letter`, `ack`: a pulled message, setting it aside,
+//!   settling it in `CHAT`.
+
+mod ack;
+mod dead_letter;
+mod fanout;
+mod project;
+mod pulled;
+
+pub use fanout::FanOut;
+pub use project::{Projector, Source};
+
+use fanout::Committed;
+use tokio::sync::mpsc;
+
+/// The hand-over from the projection stage to the fan-out stage. One
+/// committed batch may wait while another is fanned out.
+pub fn handover() -> (mpsc::Sender<Committed>, mpsc::Receiver<Committed>) {
+    mpsc::channel(1)
+}
