@@ -44,7 +44,13 @@ struct Analysis {
 pub fn run(args: &StructureArgs) -> anyhow::Result<ExitCode> {
     let (root, analyses) = analyse_workspace()?;
     banner("module cycles");
-    let passed = report_cycles(&root, &analyses);
+    let acyclic = report_cycles(&root, &analyses);
+    banner(&format!(
+        "functions over {MAX_FUNCTION_LINES} lines in {}",
+        GUARDED.join(", ")
+    ));
+    let short = report_long_functions(&root, &analyses);
+    let passed = acyclic && short;
     for name in &args.graphs {
         let named = analyses
             .iter()
@@ -79,7 +85,48 @@ pub fn run(args: &StructureArgs) -> anyhow::Result<ExitCode> {
 /// whether there was none.
 pub fn check_workspace() -> anyhow::Result<bool> {
     let (root, analyses) = analyse_workspace()?;
-    Ok(report_cycles(&root, &analyses))
+    let acyclic = report_cycles(&root, &analyses);
+    Ok(report_long_functions(&root, &analyses) && acyclic)
+}
+
+/// The longest a function outside tests may be in the folders of [`GUARDED`]: about a screen.
+const MAX_FUNCTION_LINES: usize = 80;
+/// The folders of the services and the libraries they share, where every function must be
+/// short enough to hold in one's head (the load generator and xtask are tools, not guarded).
+const GUARDED: [&str; 2] = ["services/", "crates/"];
+
+/// Lists every function of a guarded folder over [`MAX_FUNCTION_LINES`]; whether there was none.
+fn report_long_functions(root: &Path, analyses: &[Analysis]) -> bool {
+    let mut seen = BTreeSet::new();
+    let mut long = Vec::new();
+    for module in analyses.iter().flat_map(|analysis| &analysis.modules) {
+        let file = relative(root, &module.file);
+        let guarded = GUARDED.iter().any(|folder| file.starts_with(folder));
+        if !guarded || !seen.insert(module.file.clone()) {
+            continue;
+        }
+        long.extend(
+            functions::in_module(module)
+                .into_iter()
+                .filter(|function| function.lines > MAX_FUNCTION_LINES),
+        );
+    }
+    long.sort_by_key(|function| std::cmp::Reverse(function.lines));
+    for function in &long {
+        println!(
+            "    LONG   {}:{} {} is {} lines",
+            relative(root, &function.file).display(),
+            function.line,
+            function.name,
+            function.lines
+        );
+    }
+    if long.is_empty() {
+        println!("    ok     none");
+    } else {
+        println!("    split each into named steps of at most {MAX_FUNCTION_LINES} lines");
+    }
+    long.is_empty()
 }
 
 fn analyse_workspace() -> anyhow::Result<(PathBuf, Vec<Analysis>)> {
@@ -266,6 +313,44 @@ mod tests {
             })
             .collect();
         (edges, cycles)
+    }
+
+    /// A crate at `folder` (under a temporary workspace root) whose one function is `lines`
+    /// long; whether the long-function check passes it.
+    fn long_function_check(folder: &str, lines: usize) -> bool {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join(folder).join("src");
+        fs::create_dir_all(&src).unwrap();
+        let body = "    let _ = 1;\n".repeat(lines - 2);
+        fs::write(src.join("lib.rs"), format!("pub fn f() {{\n{body}}}\n")).unwrap();
+        let root = src.join("lib.rs");
+        let (modules, graph, groups) = analyse(&root).unwrap();
+        let analysis = Analysis {
+            target: CrateTarget {
+                package: "probe".into(),
+                binary: None,
+                root,
+            },
+            modules,
+            graph,
+            groups,
+        };
+        report_long_functions(dir.path(), &[analysis])
+    }
+
+    #[test]
+    fn a_service_function_over_a_screen_fails_the_check() {
+        assert!(long_function_check("services/probe", MAX_FUNCTION_LINES));
+        assert!(!long_function_check(
+            "services/probe",
+            MAX_FUNCTION_LINES + 1
+        ));
+        assert!(!long_function_check("crates/probe", MAX_FUNCTION_LINES + 1));
+    }
+
+    #[test]
+    fn tools_outside_services_and_crates_may_have_long_functions() {
+        assert!(long_function_check("loadtest", MAX_FUNCTION_LINES + 50));
     }
 
     #[test]

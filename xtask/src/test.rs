@@ -74,10 +74,10 @@ fn run_steps(args: &TestArgs, stop: &Stop) -> anyhow::Result<Option<String>> {
         return Ok(Some(failed));
     }
     // Before clippy: it takes a second and needs no build.
-    banner("module cycles (`cargo xtask structure`)");
+    banner("module cycles and long functions (`cargo xtask structure`)");
     if !crate::structure::check_workspace()? {
         return Ok(Some(
-            "module cycles (listed above; `cargo xtask structure` to check again)".to_owned(),
+            "code structure (listed above; `cargo xtask structure` to check again)".to_owned(),
         ));
     }
     let clippy = [
