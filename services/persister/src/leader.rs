@@ -21,6 +21,9 @@ const RETRY_MAX: Duration = Duration::from_secs(3);
 pub struct Leader {
     pool: PgPool,
     conn: PgConnection,
+    /// How many times the lock was taken again on a new connection: between
+    /// two terms another persister may have projected.
+    term: u64,
 }
 
 impl Leader {
@@ -34,6 +37,7 @@ impl Leader {
                     return Some(Leader {
                         pool: pool.clone(),
                         conn,
+                        term: 0,
                     });
                 }
                 Ok(None) => {
@@ -51,6 +55,12 @@ impl Leader {
                 return None;
             }
         }
+    }
+
+    /// Changes whenever the lock was lost and taken again: what was cached
+    /// from the database before may be stale.
+    pub fn term(&self) -> u64 {
+        self.term
     }
 
     /// The lock connection: only a transaction on it proves leadership.
@@ -72,6 +82,7 @@ impl Leader {
         match try_lock(&self.pool).await? {
             Some(conn) => {
                 self.conn = conn;
+                self.term += 1;
                 tracing::info!("re-took the persister lock on a new connection");
                 Ok(true)
             }

@@ -47,9 +47,12 @@ pub struct Projector<'a> {
     hooks: &'a FaultHooks,
     shutdown: &'a CancellationToken,
     to_fanout: mpsc::Sender<Committed>,
-    /// Who is in each group. Every consumer run starts with it empty: while
-    /// this process was not projecting, another persister may have been.
+    /// Who is in each group. Every consumer run, and every term of the
+    /// leader, starts with it empty: while this process was not projecting,
+    /// another persister may have been.
     members: Membership,
+    /// The leader's term `members` was filled in.
+    term: u64,
 }
 
 /// Why projecting a batch did not commit it.
@@ -76,6 +79,7 @@ impl<'a> Projector<'a> {
             shutdown,
             to_fanout,
             members: Membership::default(),
+            term: 0,
         }
     }
 
@@ -250,6 +254,10 @@ impl<'a> Projector<'a> {
         records: &[Record],
         provenance: &HashMap<u64, Provenance>,
     ) -> Result<(DateTime<Utc>, Vec<Fanout>), Failure> {
+        if self.leader.term() != self.term {
+            self.term = self.leader.term();
+            self.members = Membership::default();
+        }
         let fanouts = projection::project(self.leader.conn(), &mut self.members, records)
             .instrument(tracing::info_span!(
                 "postgres.commit",
