@@ -59,7 +59,11 @@ pub fn run(postgres: &Postgres, stop: &Stop) -> anyhow::Result<ExitStatus> {
     })?;
     postgres.ensure_database(DATABASE)?;
     let artifacts = root.join("target").join("e2e");
-    let debug = root.join("target").join("debug");
+    // Where cargo put the binaries it just built: CARGO_TARGET_DIR when set.
+    let debug = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("debug");
 
     // One file at a time (they share the nats-server and the database), and
     // every file even after a failure, so one run reports them all.
