@@ -12,6 +12,7 @@ use crate::delivery::{Attachment, Push, Stored};
 use crate::error::ApiError;
 use crate::metrics::{self, Path};
 use crate::ws::protocol::{self, Command, SendMessage};
+use crate::ws::refusals::Refusals;
 use crate::ws::throttle::Throttle;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, close_code};
 use futures::stream::FuturesOrdered;
@@ -142,6 +143,9 @@ pub struct Session<B, S> {
     /// The highest `DELIVERY` sequence written to this socket (or the
     /// device's cursor before anything was).
     last_sent: u64,
+    /// When the token that opened the socket expires: the socket closes then.
+    expires: Option<Instant>,
+    refusals: Refusals,
 }
 
 impl<B, S> Session<B, S>
@@ -159,7 +163,16 @@ where
             limits,
             sink,
             last_sent: 0,
+            expires: None,
+            refusals: Refusals::default(),
         }
+    }
+
+    /// Closes the session (1008, "token expired") at `at`, when the token
+    /// that authenticated it expires.
+    pub fn expiring_at(mut self, at: Instant) -> Self {
+        self.expires = Some(at);
+        self
     }
 
     /// Serves the connection until the client goes, the server closes it,
@@ -181,9 +194,15 @@ where
         let mut keepalive = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         let mut last_heard = Instant::now();
         let max_inflight = self.limits.max_inflight.max(1);
+        let expired = expiry(self.expires);
+        tokio::pin!(expired);
         loop {
             let step = tokio::select! {
                 _ = shutdown.cancelled() => Err(End::Close(close_code::AWAY, "server shutting down")),
+                _ = &mut expired => {
+                    tracing::info!(user = %self.user, device = %self.device, "token expired; connection closed");
+                    Err(End::Close(close_code::POLICY, "token expired"))
+                }
                 _ = keepalive.tick() => self.keepalive(last_heard).await,
                 frame = stream.next(), if inflight.len() < max_inflight => match frame {
                     Some(Ok(frame)) => {
@@ -359,10 +378,11 @@ where
     ) -> Result<(), End> {
         let text = match frame {
             WsMessage::Text(text) => text,
-            WsMessage::Binary(_) => {
+            WsMessage::Binary(bytes) => {
                 let error =
                     ApiError::bad_request("binary frames are not supported; send JSON text");
                 metrics::frame_received("binary");
+                self.log_refusal(&error, bytes.len());
                 return self
                     .send_text(protocol::error_frame(&error, None), "error")
                     .await;
@@ -388,10 +408,19 @@ where
             Ok(Some(reply)) => self.send_text(reply, "reply").await,
             Ok(None) => Ok(()),
             Err(e) => {
-                tracing::info!(user = %self.user, code = e.code(), error = %e, "command refused");
+                self.log_refusal(&e, text.len());
                 self.send_text(protocol::error_frame(&e, reference.as_ref()), "error")
                     .await
             }
+        }
+    }
+
+    /// Logs a refused frame by its code and length, never its content, and at
+    /// most once per interval per connection.
+    fn log_refusal(&mut self, error: &ApiError, bytes: usize) {
+        if let Some(suppressed) = self.refusals.note(Instant::now()) {
+            tracing::info!(user = %self.user, device = %self.device, code = error.code(), bytes,
+                suppressed, "frame refused");
         }
     }
 
@@ -523,6 +552,14 @@ where
             tracing::debug!(error = %text, "socket read failed");
             End::ClientGone
         }
+    }
+}
+
+/// Resolves at `at`, or never.
+async fn expiry(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -93,8 +93,19 @@ pub async fn upgrade(
         .max_frame_size(max_frame)
         .on_upgrade(move |socket| {
             let tasks = connections.tasks.clone();
-            tasks.track_future(connections.run(socket, user, device, claims.jti))
+            let expires = expiry_instant(claims.exp);
+            tasks.track_future(connections.run(socket, user, device, claims.jti, expires))
         }))
+}
+
+/// The instant a token expiring at `exp` (unix seconds) expires, on the
+/// runtime's clock.
+fn expiry_instant(exp: u64) -> tokio::time::Instant {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    tokio::time::Instant::now() + std::time::Duration::from_secs(exp.saturating_sub(now))
 }
 
 /// A handshake with an `Origin` must come from an allowed origin or the
@@ -122,7 +133,14 @@ fn check_origin(allowed: &[String], headers: &HeaderMap) -> Result<(), ApiError>
 
 impl Connections {
     /// One connection, from joining the hub to its close frame.
-    async fn run(self, socket: WebSocket, user: UserId, device: DeviceId, jti: uuid::Uuid) {
+    async fn run(
+        self,
+        socket: WebSocket,
+        user: UserId,
+        device: DeviceId,
+        jti: uuid::Uuid,
+        expires: tokio::time::Instant,
+    ) {
         let (mut sink, mut stream) = socket.split();
         let attachment = match self.hub.attach(user, device.clone(), jti).await {
             Ok(a) => a,
@@ -153,7 +171,8 @@ impl Connections {
             device.clone(),
             self.limits.clone(),
             sink,
-        );
+        )
+        .expiring_at(expires);
         tracing::info!(%user, %device, "[CONNECTION] user connected");
         let end = session.serve(&mut stream, attachment, &self.shutdown).await;
         self.hub.detach(user, session_id);

@@ -179,6 +179,16 @@ struct Client {
 impl Client {
     /// Starts a session over a socket whose outgoing side holds `window` frames.
     fn start(backend: Arc<Fake>, limits: Limits, window: usize) -> Self {
+        Self::start_expiring(backend, limits, window, None)
+    }
+
+    /// [`Client::start`] for a token that expires at `expires`.
+    fn start_expiring(
+        backend: Arc<Fake>,
+        limits: Limits,
+        window: usize,
+        expires: Option<tokio::time::Instant>,
+    ) -> Self {
         let user = UserId::generate();
         let (to_server, mut incoming) = socket::unbounded();
         let (sink, from_server) = socket::channel(window);
@@ -187,6 +197,9 @@ impl Client {
         let stop = shutdown.clone();
         let ended = tokio::spawn(async move {
             let mut session = Session::new(backend, user, DeviceId::default(), limits, sink);
+            if let Some(at) = expires {
+                session = session.expiring_at(at);
+            }
             let end = session.serve(&mut incoming, attachment, &stop).await;
             session.close(end).await;
             end
@@ -435,4 +448,66 @@ async fn confirmations_keep_the_order_of_their_sends_and_outlive_a_close() {
     assert_eq!(client.expect_event("message_sent").await["ref"], "second");
     let end = client.ended.await.unwrap();
     assert_eq!(end, End::Close(1008, "token revoked"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_closes_when_its_token_expires() {
+    let expires = tokio::time::Instant::now() + Duration::from_secs(90);
+    let mut client =
+        Client::start_expiring(Fake::with_log(Some(0), &[]), limits(), 64, Some(expires));
+    client.expect_event("ready").await;
+    client.ping("before").await;
+    let end = tokio::time::timeout(Duration::from_secs(120), client.ended)
+        .await
+        .expect("the session ended at expiry")
+        .unwrap();
+    assert_eq!(end, End::Close(close_code::POLICY, "token expired"));
+    assert!(tokio::time::Instant::now() >= expires);
+}
+
+/// Log lines written while a test runs, on this thread.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn refused_frames_are_logged_once_per_interval_without_their_content() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut client = Client::start(Fake::with_log(Some(0), &[]), limits(), 256);
+    client.expect_event("ready").await;
+    for i in 0..50 {
+        client.send(&format!(
+            r#"{{"event": "secret-payload-{i}", "data": {{}}}}"#
+        ));
+        client.send("not json: secret-payload");
+    }
+    for _ in 0..100 {
+        client.expect_event("error").await;
+    }
+    client.ping("logged").await;
+    client.stop().await;
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let refusals = logs.lines().filter(|l| l.contains("frame refused")).count();
+    assert_eq!(refusals, 1, "{logs}");
+    assert!(
+        !logs.contains("secret-payload"),
+        "a refused frame's content was logged:\n{logs}"
+    );
+    assert!(logs.contains("bytes="), "{logs}");
 }
