@@ -32,8 +32,17 @@ pub struct Chat {
     presence: Arc<Presence>,
 }
 
-/// A send handed to JetStream, its ack still to come.
-pub struct Submitted {
+/// A send handed to JetStream, its ack still to come; or a retry of a
+/// message already stored, answered with it.
+pub struct Submitted(Outcome);
+
+enum Outcome {
+    Published(Box<Pending>),
+    Stored(Message),
+}
+
+/// A published send.
+struct Pending {
     sent: MessageSent,
     ack: PublishAckFuture,
     /// Open from the publish until the ack: JetStream's share of the time.
@@ -80,14 +89,33 @@ impl Chat {
             "conversation",
             tracing::field::display(sent.conversation_id),
         );
+        if sent.client_msg_id.is_some()
+            && let Some(stored) = self.stored(sent.id).await?
+        {
+            return Ok(Submitted(Outcome::Stored(same_message(&sent, stored)?)));
+        }
         let (ack, publish_span) = self.publish(&sent).await?;
         self.log_accepted(&sent);
-        Ok(Submitted {
+        Ok(Submitted(Outcome::Published(Box::new(Pending {
             sent,
             ack,
             publish_span,
             stream: self.stream.clone(),
-        })
+        }))))
+    }
+
+    /// The message stored under `id`, if the projection has it: a send
+    /// retried with its `clientMsgId` after the broker forgot the first.
+    async fn stored(&self, id: MessageId) -> Result<Option<Message>, ApiError> {
+        let row: Option<StoredRow> = sqlx::query_as(
+            "SELECT m.id, m.conversation_id, m.seq, m.sender_id, s.display_name AS sender_name,
+                    m.receiver_id, m.group_id, m.content, m.client_msg_id, m.created_at
+             FROM messages m JOIN users s ON s.id = m.sender_id WHERE m.id = $1",
+        )
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(StoredRow::into_message))
     }
 
     /// Checks a send and builds its record. A direct send needs no database
@@ -258,36 +286,90 @@ impl Chat {
 
 impl Submitted {
     pub fn message_id(&self) -> MessageId {
-        self.sent.id
+        match &self.0 {
+            Outcome::Published(pending) => pending.sent.id,
+            Outcome::Stored(message) => message.id,
+        }
     }
 
     /// Awaits JetStream's ack and answers with the accepted message. A
     /// duplicate publish (the same message id within the duplicate window)
-    /// answers with the stored original.
+    /// answers with the stored original, if it is the same message.
     pub async fn confirm(self) -> Result<Message, ApiError> {
-        let Submitted {
-            sent,
-            ack,
-            publish_span,
-            stream,
-        } = self;
-        let ack = ack
-            .into_future()
-            .instrument(publish_span)
-            .await
-            .map_err(not_accepted)?;
-        crate::metrics::accepted(if sent.group_id.is_some() {
-            "group"
-        } else {
-            "direct"
-        });
-        let message = if ack.duplicate {
-            original(&stream, ack.sequence).await?
-        } else {
-            sent.into_message(ack.sequence)
+        let message = match self.0 {
+            Outcome::Stored(message) => message,
+            Outcome::Published(pending) => {
+                let Pending {
+                    sent,
+                    ack,
+                    publish_span,
+                    stream,
+                } = *pending;
+                let ack = ack
+                    .into_future()
+                    .instrument(publish_span)
+                    .await
+                    .map_err(not_accepted)?;
+                crate::metrics::accepted(if sent.group_id.is_some() {
+                    "group"
+                } else {
+                    "direct"
+                });
+                if ack.duplicate {
+                    same_message(&sent, original(&stream, ack.sequence).await?)?
+                } else {
+                    sent.into_message(ack.sequence)
+                }
+            }
         };
         tracing::info!(message_id = %message.id, seq = message.seq, "confirmation sent to sender");
         Ok(message)
+    }
+}
+
+/// `earlier`, if `sent` is a retry of it: the same conversation and
+/// content under the same `clientMsgId`. Anything else reuses the id for
+/// another message, which is refused rather than answered with the earlier
+/// one (DESIGN §4).
+fn same_message(sent: &MessageSent, earlier: Message) -> Result<Message, ApiError> {
+    if earlier.conversation_id == sent.conversation_id && earlier.content == sent.content {
+        Ok(earlier)
+    } else {
+        Err(ApiError::bad_request(
+            "clientMsgId was already used for another message; use a new one",
+        ))
+    }
+}
+
+/// A stored message's row, as [`Chat::stored`] reads it.
+#[derive(sqlx::FromRow)]
+struct StoredRow {
+    id: uuid::Uuid,
+    conversation_id: uuid::Uuid,
+    seq: i64,
+    sender_id: uuid::Uuid,
+    sender_name: String,
+    receiver_id: Option<uuid::Uuid>,
+    group_id: Option<uuid::Uuid>,
+    content: String,
+    client_msg_id: Option<String>,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl StoredRow {
+    fn into_message(self) -> Message {
+        Message {
+            id: MessageId(self.id),
+            conversation_id: ConversationId(self.conversation_id),
+            seq: self.seq.max(0) as u64,
+            sender_id: UserId(self.sender_id),
+            sender_name: self.sender_name,
+            receiver_id: self.receiver_id.map(UserId),
+            group_id: self.group_id.map(natter_core::GroupId),
+            content: self.content,
+            client_msg_id: self.client_msg_id,
+            created_at: self.created_at,
+        }
     }
 }
 

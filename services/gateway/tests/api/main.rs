@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 mod auth;
+mod client_msg_id;
 mod direct_messages;
 mod durability;
 mod errors;
