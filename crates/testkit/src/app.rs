@@ -406,6 +406,15 @@ impl TestApp {
         response(request.send().await.expect("DELETE is answered")).await
     }
 
+    /// `PUT path` with no body.
+    pub async fn put(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.put(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        response(request.send().await.expect("PUT is answered")).await
+    }
+
     /// Opens a socket for `user` on `device` and waits for `ready`.
     pub async fn connect(&self, user: &TestUser, device: &str) -> WsClient {
         WsClient::connect(&self.ws_url(&user.token, device))
@@ -419,7 +428,7 @@ impl TestApp {
     pub async fn unread_from(&self, user: &TestUser, other: &TestUser) -> i64 {
         let (status, users) = self.get("/api/users", Some(&user.token)).await;
         assert_eq!(status, 200, "{users}");
-        users
+        users["users"]
             .as_array()
             .and_then(|list| {
                 list.iter()

@@ -2,6 +2,7 @@
 //! CORS from `ALLOWED_ORIGINS`.
 
 mod auth;
+mod contacts;
 mod conversations;
 mod debug;
 mod extract;
@@ -28,11 +29,18 @@ pub fn router(state: AppState) -> Router {
         .collect();
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
-        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]);
     Router::new()
         .merge(auth::router())
         .merge(users::router())
+        .merge(contacts::router())
         .merge(conversations::router())
         .merge(messages::router())
         .merge(groups::router())

@@ -8,7 +8,7 @@ use crate::directory::{Directory, UserRecord};
 use crate::error::ApiError;
 use crate::presence::Presence;
 use crate::state::AppState;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use natter_core::{ConversationId, DisplayName, Message, UserId};
@@ -67,24 +67,130 @@ async fn update_me(
     Ok(Json(user_json(&user)))
 }
 
+/// People one page lists by default, and at most (DESIGN §4).
+const DEFAULT_PAGE: i64 = 50;
+const MAX_PAGE: i64 = 200;
+/// The longest search prefix: longer than any name.
+const MAX_QUERY_CHARS: usize = 64;
+
+#[derive(serde::Deserialize)]
+struct PeoplePage {
+    /// A prefix of the username or the display name.
+    q: Option<String>,
+    limit: Option<String>,
+    /// The last username of the previous page.
+    after: Option<String>,
+}
+
+impl PeoplePage {
+    fn limit(&self) -> Result<i64, ApiError> {
+        match self.limit.as_deref() {
+            None => Ok(DEFAULT_PAGE),
+            Some(raw) => raw
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (1..=MAX_PAGE).contains(n))
+                .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to {MAX_PAGE}"))),
+        }
+    }
+
+    /// The `LIKE` patterns for the username and the lowercased display name.
+    fn patterns(&self) -> Result<Option<(String, String)>, ApiError> {
+        let Some(q) = self.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) else {
+            return Ok(None);
+        };
+        if q.chars().count() > MAX_QUERY_CHARS {
+            return Err(ApiError::bad_request(format!(
+                "q must be at most {MAX_QUERY_CHARS} characters"
+            )));
+        }
+        let q = q.to_lowercase();
+        let escaped: String = q
+            .chars()
+            .flat_map(|c| match c {
+                '\\' | '%' | '_' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        Ok(Some((format!("{escaped}%"), format!("{escaped}%"))))
+    }
+}
+
 #[derive(sqlx::FromRow)]
-struct UserRow {
+struct PersonRow {
     id: Uuid,
     username: String,
     display_name: String,
     unread_count: Option<i32>,
     last_message: Option<SqlJson<Message>>,
+    is_contact: bool,
+    /// A contact, or someone the caller shares a conversation with: the
+    /// only people whose presence the caller may see.
+    known: bool,
 }
 
-/// Everyone else, with the direct conversation's unread count and last message.
+/// Everyone else, a page at a time in username order, searched by prefix,
+/// with the direct conversation's unread count and last message.
 async fn users(
     State(pool): State<PgPool>,
     State(presence): State<Arc<Presence>>,
     caller: AuthUser,
+    Query(page): Query<PeoplePage>,
 ) -> Result<Json<Value>, ApiError> {
-    let sql = format!(
-        "SELECT u.id, u.username, u.display_name, mine.unread_count, last.message AS last_message
+    let limit = page.limit()?;
+    let patterns = page.patterns()?;
+    let rows: Vec<PersonRow> = sqlx::query_as(sqlx::AssertSqlSafe(people_sql()))
+        .bind(caller.id.0)
+        .bind(patterns.as_ref().map(|p| p.0.as_str()))
+        .bind(patterns.as_ref().map(|p| p.1.as_str()))
+        .bind(page.after.as_deref())
+        .bind(limit + 1)
+        .fetch_all(&pool)
+        .await?;
+    let more = rows.len() as i64 > limit;
+    let rows = &rows[..rows.len().min(limit as usize)];
+    let next = more
+        .then(|| rows.last().map(|r| r.username.clone()))
+        .flatten();
+    let people: Vec<Value> = rows
+        .iter()
+        .map(|row| person_json(row, caller.id, &presence))
+        .collect();
+    let mut body = json!({ "users": people });
+    if let Some(next) = next {
+        body["next"] = json!(next);
+    }
+    Ok(Json(body))
+}
+
+fn person_json(row: &PersonRow, caller: UserId, presence: &Presence) -> Value {
+    let id = UserId(row.id);
+    json!({
+        "id": row.id,
+        "username": row.username,
+        "displayName": row.display_name,
+        "online": row.known && presence.is_online(id),
+        "isContact": row.is_contact,
+        "conversationId": ConversationId::direct(caller, id),
+        "unreadCount": row.unread_count.unwrap_or(0),
+        "lastMessage": row.last_message.as_ref().map(|SqlJson(m)| m),
+    })
+}
+
+/// `$1` the caller, `$2`/`$3` the username/display-name patterns (or
+/// NULL), `$4` the last username of the previous page (or NULL), `$5` the
+/// page size plus one.
+fn people_sql() -> String {
+    format!(
+        "SELECT u.id, u.username, u.display_name, mine.unread_count, last.message AS last_message,
+                ct.contact_id IS NOT NULL AS is_contact,
+                ct.contact_id IS NOT NULL OR EXISTS (
+                    SELECT 1 FROM conversation_members a
+                    JOIN conversation_members b ON b.conversation_id = a.conversation_id
+                    WHERE a.user_id = $1 AND b.user_id = u.id
+                ) AS known
          FROM users u
+         LEFT JOIN contacts ct ON ct.owner_id = $1 AND ct.contact_id = u.id
          LEFT JOIN LATERAL (
              SELECT c.id, c.last_seq, me.unread_count
              FROM conversation_members me
@@ -99,25 +205,9 @@ async fn users(
              WHERE m.conversation_id = mine.id AND m.seq = mine.last_seq
          ) last ON true
          WHERE u.id <> $1
-         ORDER BY u.display_name, u.id"
-    );
-    let rows: Vec<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(caller.id.0)
-        .fetch_all(&pool)
-        .await?;
-    let users: Vec<Value> = rows
-        .into_iter()
-        .map(|row| {
-            json!({
-                "id": row.id,
-                "username": row.username,
-                "displayName": row.display_name,
-                "online": presence.is_online(UserId(row.id)),
-                "conversationId": ConversationId::direct(caller.id, UserId(row.id)),
-                "unreadCount": row.unread_count.unwrap_or(0),
-                "lastMessage": row.last_message.map(|SqlJson(m)| m),
-            })
-        })
-        .collect();
-    Ok(Json(Value::Array(users)))
+           AND ($2::text IS NULL OR u.username LIKE $2 OR lower(u.display_name) LIKE $3)
+           AND ($4::text IS NULL OR u.username > $4)
+         ORDER BY u.username
+         LIMIT $5"
+    )
 }

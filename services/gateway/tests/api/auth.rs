@@ -116,7 +116,7 @@ async fn signup_login_and_me() {
 
     let bob = app.signup("bob").await;
     let (_, users) = app.get("/api/users", Some(&alice.token)).await;
-    let users = users.as_array().unwrap();
+    let users = users["users"].as_array().unwrap();
     assert_eq!(users.len(), 1, "everyone else, not the caller");
     assert_eq!(users[0]["id"], bob.id.to_string());
     assert_eq!(users[0]["unreadCount"], 0);

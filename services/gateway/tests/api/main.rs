@@ -11,6 +11,7 @@ mod errors;
 mod expiry;
 mod groups;
 mod lifecycle;
+mod people;
 mod presence;
 mod replay;
 mod sessions;

@@ -33,7 +33,7 @@ async fn contacts(app: &TestApp, one: &TestUser, two: &TestUser) {
 
 async fn online(app: &TestApp, viewer: &TestUser, user: &TestUser) -> bool {
     let (_, users) = app.get("/api/users", Some(&viewer.token)).await;
-    users
+    users["users"]
         .as_array()
         .and_then(|l| l.iter().find(|u| u["id"] == user.id.to_string()))
         .and_then(|u| u["online"].as_bool())

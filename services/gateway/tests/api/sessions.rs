@@ -160,7 +160,7 @@ async fn a_new_display_name_shows_in_lists_and_later_messages() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
     let (_, users) = app.get("/api/users", Some(&bob.token)).await;
-    assert_eq!(users[0]["displayName"], "Alice Liddell");
+    assert_eq!(users["users"][0]["displayName"], "Alice Liddell");
     a.send_direct(bob.id, "renamed", "r").await;
     let got = b.receive_messages(1).await;
     assert_eq!(got[0]["data"]["message"]["senderName"], "Alice Liddell");
