@@ -24,6 +24,9 @@ let bootTimer = 0;
 let usersTimer = 0;
 let listsGeneration = 0;
 let refreshTimer = 0;
+let searchTimer = 0;
+/** The people search as typed, and where the next page of people starts. */
+const people = { query: '', next: null };
 
 // ---- session
 
@@ -237,15 +240,74 @@ async function submitAuth(mode) {
 async function loadLists() {
   const generation = ++listsGeneration;
   try {
-    const [users, convs] = await Promise.all([api.get('/api/users'), api.get('/api/conversations')]);
+    const [users, convs] = await Promise.all([api.get(peoplePath(null)), api.get('/api/conversations')]);
     if (generation !== listsGeneration || !state.me) return;
     applyConversations(Array.isArray(convs) ? convs : convs.conversations || []);
-    applyUsers(Array.isArray(users) ? users : users.users || []);
+    applyUsers(Array.isArray(users) ? users : users.users || [], !people.query);
+    people.next = users.next || null;
     renderLists();
   } catch (e) {
     if (e.status === 401 || !state.me) return;
     console.warn('natter: lists not loaded', e.message);
     if (e.status) toast(`Could not load conversations: ${e.message}`);
+  }
+}
+
+/** One page of people (the server's limit is 200), searched when a query is typed. */
+function peoplePath(after) {
+  const params = new URLSearchParams({ limit: '200' });
+  if (people.query) params.set('q', people.query);
+  if (after) params.set('after', after);
+  return `/api/users?${params}`;
+}
+
+async function morePeople() {
+  if (!people.next) return;
+  try {
+    const page = await api.get(peoplePath(people.next));
+    const order = state.userOrder.slice();
+    applyUsers(page.users || [], false);
+    state.userOrder = order.concat(state.userOrder.filter((id) => !order.includes(id)));
+    people.next = page.next || null;
+    renderLists();
+  } catch (e) {
+    if (e.status) toast(`Could not load more people: ${e.message}`);
+  }
+}
+
+function searchPeople() {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(() => {
+    people.query = $('#people-search').value.trim();
+    loadLists();
+  }, 250);
+}
+
+/** The open person's contact button: add or remove them. */
+function refreshContactButton() {
+  const button = $('#contact-button');
+  const open = state.open;
+  const user = open?.kind === 'user' ? state.users.get(open.id) : null;
+  button.hidden = !user;
+  if (!user) return;
+  button.textContent = user.isContact ? 'Remove contact' : 'Add contact';
+  button.setAttribute('aria-pressed', user.isContact ? 'true' : 'false');
+}
+
+async function toggleContact() {
+  const open = state.open;
+  const user = open?.kind === 'user' ? state.users.get(open.id) : null;
+  if (!user) return;
+  const path = `/api/contacts/${encodeURIComponent(open.id)}`;
+  try {
+    if (user.isContact) await api.del(path);
+    else await api.put(path);
+    user.isContact = !user.isContact;
+    refreshContactButton();
+    renderLists();
+    refreshListsSoon();
+  } catch (e) {
+    toast(`Could not update contacts: ${e.message}`);
   }
 }
 
@@ -275,7 +337,8 @@ function applyConversations(list) {
   // a list fetched just before a group was created must not remove it.
 }
 
-function applyUsers(list) {
+/** Takes a page of people; `replace` drops those not on it (a full, unsearched list). */
+function applyUsers(list, replace = true) {
   const order = [];
   for (const u of list) {
     if (!u?.id) continue;
@@ -290,15 +353,21 @@ function applyUsers(list) {
     state.users.set(u.id, user);
     order.push(u.id);
   }
-  const listed = new Set(order);
-  for (const id of state.users.keys()) if (!listed.has(id)) state.users.delete(id);
-  state.userOrder = order;
+  if (replace) {
+    const listed = new Set(order);
+    for (const id of state.users.keys()) if (!listed.has(id)) state.users.delete(id);
+  }
+  // Contacts first, each part in the server's order.
+  const contact = (id) => (state.users.get(id)?.isContact ? 0 : 1);
+  state.userOrder = order.map((id, i) => [contact(id), i, id]).sort((a, b) => a[0] - b[0] || a[1] - b[1]).map((x) => x[2]);
 }
 
 function renderLists() {
   const users = $('#user-list');
   arrange(users, state.userOrder.map((id) => renderEntry(`user:${id}`)).filter(Boolean));
   show($('#users-empty'), state.userOrder.length === 0);
+  show($('#more-people'), Boolean(people.next));
+  refreshContactButton();
   const groups = [...state.groups.values()].sort((a, b) => activity(b) - activity(a));
   arrange($('#group-list'), groups.map((g) => renderEntry(`group:${g.id}`)).filter(Boolean));
   show($('#groups-empty'), groups.length === 0);
@@ -327,6 +396,8 @@ function renderEntry(key) {
     lastSeen: entry.lastSeen,
     selected: pane.isOpen(key),
   });
+  li.classList.toggle('contact', kind === 'user' && Boolean(entry.isContact));
+  if (pane.isOpen(key)) refreshContactButton();
   updateTitle();
   return li;
 }
@@ -366,6 +437,9 @@ function bindSidebar() {
   });
   $('#new-group-form').addEventListener('submit', createGroup);
   $('#back-button').addEventListener('click', () => pane.close());
+  $('#people-search').addEventListener('input', searchPeople);
+  $('#more-people').addEventListener('click', morePeople);
+  $('#contact-button').addEventListener('click', toggleContact);
 }
 
 function toggleGroupForm(open) {
