@@ -24,6 +24,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -544,15 +545,23 @@ where
     }
 
     fn read_failed(&self, e: axum::Error) -> End {
-        let text = e.to_string();
-        if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
+        let error = e.into_inner();
+        if is_over_capacity(error.as_ref()) {
             tracing::warn!(user = %self.user, "frame over the size limit; closing");
             End::Close(close_code::SIZE, "frame too large")
         } else {
-            tracing::debug!(error = %text, "socket read failed");
+            tracing::debug!(%error, "socket read failed");
             End::ClientGone
         }
     }
+}
+
+/// Whether a read failed on a frame or message over the configured limits.
+fn is_over_capacity(error: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    matches!(
+        error.downcast_ref::<tungstenite::Error>(),
+        Some(tungstenite::Error::Capacity(_))
+    )
 }
 
 /// Resolves at `at`, or never.
