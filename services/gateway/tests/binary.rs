@@ -62,21 +62,34 @@ fn help_never_shows_the_secrets_in_the_environment() {
 }
 
 /// Runs the binary with `ALLOWED_ORIGINS=origins` and everything else valid
-/// (but no NATS to reach); it must exit at once, with its stderr.
-fn start_with_origins(origins: &str) -> (std::process::ExitStatus, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_natter-gateway"))
+/// (but no NATS to reach, so a gateway that accepted the origins would wait
+/// for it); its exit status and stderr, or `None` if it was still running
+/// after 10 s.
+fn start_with_origins(origins: &str) -> Option<(std::process::ExitStatus, String)> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_natter-gateway"))
         .env("ALLOWED_ORIGINS", origins)
         .env("JWT_SECRET", "a-strong-secret-of-at-least-32-bytes!!")
         .env("PORT", natter_localinfra::free_port().to_string())
         .env("BIND_ADDRESS", "127.0.0.1")
         .env("NATS_URL", "nats://127.0.0.1:1")
         .stdout(Stdio::null())
-        .output()
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    (
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    Some((
         output.status,
         String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    ))
 }
 
 #[test]
@@ -88,7 +101,8 @@ fn refuses_a_wildcard_or_malformed_allowed_origin_at_start() {
         ("https://chat.example.com/", "no path"),
         ("chat.example.com", "scheme://host"),
     ] {
-        let (status, stderr) = start_with_origins(origins);
+        let (status, stderr) = start_with_origins(origins)
+            .unwrap_or_else(|| panic!("started with ALLOWED_ORIGINS={origins}"));
         // clap's usage error: exit code 2, not a panic's 101.
         assert_eq!(status.code(), Some(2), "{origins}: {status}\n{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
