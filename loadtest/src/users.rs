@@ -1,6 +1,7 @@
 //! Test users. With the natter's database and JWT secret they are inserted
 //! in bulk and their tokens minted, so ten thousand users take a second;
-//! without, they sign up over REST (argon2 makes that about 20 a second).
+//! without, they sign up over REST (argon2 makes that about 20 a second, and
+//! the gateway's `AUTH_RATE_PER_MIN` must allow that many from one address).
 
 use crate::cli::Target;
 use anyhow::Context;
@@ -69,6 +70,12 @@ async fn sign_up(base: &str, names: &[String]) -> anyhow::Result<Vec<User>> {
             .send()
             .await
             .context("signing up")?;
+        anyhow::ensure!(
+            response.status().as_u16() != 429,
+            "signup answered 429: the gateway limits signups per client address \
+             (AUTH_RATE_PER_MIN); raise it for load tests, or pass --database-url \
+             and --jwt-secret to seed users instead"
+        );
         anyhow::ensure!(
             response.status().as_u16() == 201,
             "signup answered {}",

@@ -7,11 +7,17 @@ use std::time::Duration;
 
 #[derive(Args, Clone, Debug)]
 pub struct NatsArgs {
-    /// NATS server URL(s), comma-separated for a cluster.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    /// NATS server URL(s), comma-separated for a cluster; may carry
+    /// `user:password@` (its value is never shown in `--help`).
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
     pub nats_url: String,
     /// A NATS credentials file.
-    #[arg(long, env = "NATS_CREDS")]
+    #[arg(long, env = "NATS_CREDS", hide_env_values = true)]
     pub nats_creds: Option<PathBuf>,
     /// JetStream publishes one process may have awaiting their ack; a
     /// publish beyond it waits for an earlier ack.
@@ -22,11 +28,12 @@ pub struct NatsArgs {
 
 #[derive(Args, Clone, Debug)]
 pub struct DatabaseArgs {
-    /// PostgreSQL connection URL.
+    /// PostgreSQL connection URL (its value is never shown in `--help`).
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/natter"
+        default_value = "postgres://postgres@127.0.0.1:5432/natter",
+        hide_env_values = true
     )]
     pub database_url: String,
     /// Connections in the pool.

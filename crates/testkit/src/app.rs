@@ -19,6 +19,9 @@ use tokio_util::task::TaskTracker;
 /// The signing secret test tokens use.
 pub const TEST_JWT_SECRET: &str = "natter-test-secret-natter-test-secret-0123456789";
 
+/// The test gateway's `AUTH_RATE_PER_MIN`: far above what any test signs up.
+pub const TEST_AUTH_RATE_PER_MIN: &str = "100000";
+
 #[derive(Clone, Debug)]
 pub struct TestOptions {
     /// Run PostgreSQL for this test alone (needed to stop or restart it).
@@ -148,6 +151,15 @@ impl TestApp {
             "--allowed-origins".into(),
             "http://localhost:5173".into(),
         ];
+        // Every test user signs up from 127.0.0.1; a test of the limit sets its own.
+        if !self
+            .options
+            .gateway_args
+            .iter()
+            .any(|arg| arg == "--auth-rate-per-min")
+        {
+            args.extend(["--auth-rate-per-min".into(), TEST_AUTH_RATE_PER_MIN.into()]);
+        }
         args.extend(self.options.gateway_args.iter().cloned());
         natter_gateway::Config::parse_from(args)
     }

@@ -1,10 +1,12 @@
-//! Authentication: Argon2id password hashes (computed off the async
-//! threads) and HS256 tokens with a pinned algorithm and a required `exp`.
+//! Authentication: HS256 tokens with a pinned algorithm and a required
+//! `exp`; password hashing in [`hashing`] and attempt limits in [`attempts`].
+
+pub mod attempts;
+pub mod hashing;
 
 use crate::error::ApiError;
-use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use natter_core::{Password, UserId};
+use natter_core::UserId;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
@@ -90,44 +92,6 @@ impl TokenKeys {
                 ApiError::Unauthorized("invalid or expired token".into())
             })
     }
-}
-
-/// Hashes a password with Argon2id on the blocking pool.
-pub async fn hash_password(password: Password) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || {
-        Argon2::default()
-            .hash_password(password.expose().as_bytes())
-            .map(|hash| hash.to_string())
-            .map_err(ApiError::internal)
-    })
-    .await
-    .map_err(ApiError::internal)?
-}
-
-/// A well-formed hash of a random password: verifying against it costs what a
-/// real verification costs, so unknown usernames take as long as known ones.
-static DECOY_HASH: std::sync::LazyLock<Option<String>> = std::sync::LazyLock::new(|| {
-    Argon2::default()
-        .hash_password(Uuid::new_v4().to_string().as_bytes())
-        .ok()
-        .map(|h| h.to_string())
-});
-
-/// Checks `password` against `hash` (or against a decoy when the user is
-/// unknown) on the blocking pool.
-pub async fn verify_password(password: String, hash: Option<String>) -> Result<bool, ApiError> {
-    tokio::task::spawn_blocking(move || {
-        let known = hash.is_some();
-        let Some(hash) = hash.or_else(|| DECOY_HASH.clone()) else {
-            return false;
-        };
-        let matches = Argon2::default()
-            .verify_password(password.as_bytes(), hash.as_str())
-            .is_ok();
-        known && matches
-    })
-    .await
-    .map_err(ApiError::internal)
 }
 
 /// The token of an `Authorization: Bearer` header, if any.

@@ -29,8 +29,10 @@ pub struct Config {
     /// one is used when missing, so tokens die with the process).
     #[arg(long, env = "NATTER_DEV")]
     pub dev: bool,
-    /// Browser origins allowed for CORS and the WebSocket handshake.
-    #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
+    /// Browser origins allowed for CORS and the WebSocket handshake, each
+    /// `scheme://host[:port]`; `*` is refused (browsers send credentials).
+    #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',',
+          value_parser = crate::origin::parse)]
     pub allowed_origins: Vec<String>,
     /// Largest message content, in bytes of UTF-8.
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 16 * 1024)]
@@ -65,6 +67,24 @@ pub struct Config {
     /// Seconds a socket write may block before the reader counts as too slow.
     #[arg(long, env = "SLOW_READER_SECS", default_value_t = 10)]
     pub slow_reader_secs: u64,
+    /// Login and signup attempts allowed a minute from one client address,
+    /// and for one username; more get 429 `rate_limited` with `Retry-After`.
+    #[arg(long, env = "AUTH_RATE_PER_MIN", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub auth_rate_per_min: u32,
+    /// Proxies (IP addresses or networks, e.g. `10.0.0.0/8`) whose
+    /// `X-Forwarded-For` names the client. Empty: the TCP peer is the
+    /// client, and `X-Forwarded-For` is ignored.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<crate::address::Network>,
+    /// Memory password hashing may hold at once, in MiB: each Argon2 hash
+    /// takes 19 MiB, so this sets how many run in parallel (at most two per CPU).
+    #[arg(long, env = "PASSWORD_HASH_MEMORY_MIB", default_value_t = 96)]
+    pub password_hash_memory_mib: u64,
+    /// Longest a login or signup waits for a hashing slot, in milliseconds;
+    /// beyond it the answer is 503 `unavailable` with `Retry-After`.
+    #[arg(long, env = "PASSWORD_HASH_WAIT_MS", default_value_t = 5000)]
+    pub password_hash_wait_ms: u64,
 }
 
 impl Config {
@@ -82,5 +102,13 @@ impl Config {
 
     pub fn slow_reader_timeout(&self) -> Duration {
         Duration::from_secs(self.slow_reader_secs)
+    }
+
+    pub fn password_hash_memory(&self) -> u64 {
+        self.password_hash_memory_mib.saturating_mul(1024 * 1024)
+    }
+
+    pub fn password_hash_wait(&self) -> Duration {
+        Duration::from_millis(self.password_hash_wait_ms)
     }
 }

@@ -18,8 +18,10 @@
 //!
 //! The parts, each given only what it uses:
 //! - [`config`]: settings from environment or flags.
-//! - [`auth`]: password hashing and tokens; [`access`]: token checks
-//!   against [`revocation`], the cluster's logged-out tokens.
+//! - [`auth`]: tokens, password hashing and login/signup attempt limits;
+//!   [`access`]: token checks against [`revocation`], the cluster's
+//!   logged-out tokens; [`address`]: the client address limits key on.
+//! - [`origin`]: the `ALLOWED_ORIGINS` entries, checked at start.
 //! - [`error`]: the one error type, for HTTP and WebSocket alike.
 //! - [`directory`]: a read-through cache of users.
 //! - [`chat`]: the commands shared by REST and WebSocket (send, mark read).
@@ -32,6 +34,7 @@
 //! - [`state`]: the wiring of all of the above for the routers.
 
 pub mod access;
+pub mod address;
 pub mod auth;
 pub mod chat;
 pub mod config;
@@ -42,6 +45,7 @@ pub mod error;
 pub mod groups;
 pub mod http;
 pub mod metrics;
+pub mod origin;
 pub mod presence;
 pub mod revocation;
 pub mod state;
@@ -54,6 +58,7 @@ use async_nats::jetstream;
 use natter_core::subjects;
 use natter_runtime::backoff::until_ready;
 use state::AppState;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -225,6 +230,7 @@ fn wire(
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),
     };
+    let (attempts, hashing) = sign_in_guards(&config);
     AppState {
         groups: Arc::new(groups::Groups::new(pool.clone(), chat.clone())),
         config,
@@ -240,7 +246,28 @@ fn wire(
         cursors,
         control,
         connections,
+        attempts,
+        hashing,
     }
+}
+
+/// What bounds login and signup: attempts per client and name, and the
+/// memory password hashing may hold.
+fn sign_in_guards(
+    config: &Config,
+) -> (
+    Arc<auth::attempts::AttemptLimiter>,
+    Arc<auth::hashing::PasswordHashing>,
+) {
+    let attempts =
+        auth::attempts::AttemptLimiter::new(config.auth_rate_per_min, auth::attempts::MAX_TRACKED);
+    let hashing = auth::hashing::PasswordHashing::new(
+        config.password_hash_memory(),
+        std::thread::available_parallelism().map_or(1, usize::from),
+        config.password_hash_wait(),
+    );
+    tracing::debug!(slots = hashing.size(), "password hashing slots");
+    (Arc::new(attempts), Arc::new(hashing))
 }
 
 fn session_limits(config: &Config) -> ws::session::Limits {
@@ -276,6 +303,8 @@ async fn serve_until_shutdown(
     spawn_background(&state, events, tasks, shutdown);
     let app = http::router(state);
     tracing::info!(address = %listener.local_addr()?, "natter-gateway listening");
+    // The peer address is what login and signup limits key on.
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await?;

@@ -4,6 +4,8 @@
 
 use crate::access::Authenticator;
 use crate::auth::TokenKeys;
+use crate::auth::attempts::AttemptLimiter;
+use crate::auth::hashing::PasswordHashing;
 use crate::chat::Chat;
 use crate::config::Config;
 use crate::control::ControlBus;
@@ -34,4 +36,6 @@ pub struct AppState {
     pub control: ControlBus,
     /// What the WebSocket endpoint needs.
     pub connections: Connections,
+    pub attempts: Arc<AttemptLimiter>,
+    pub hashing: Arc<PasswordHashing>,
 }

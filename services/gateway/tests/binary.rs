@@ -1,5 +1,5 @@
-//! The `natter-gateway` binary: refuses a weak secret, serves with a good one,
-//! stops cleanly on SIGTERM.
+//! The `natter-gateway` binary: refuses a weak secret or a bad origin, serves
+//! with a good one, keeps secrets out of `--help`, stops cleanly on SIGTERM.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
@@ -24,6 +24,93 @@ async fn refuses_to_start_without_a_strong_secret() {
         assert!(!output.status.success(), "started with {secret:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains("JWT_SECRET"), "{stderr}");
+    }
+}
+
+#[test]
+fn help_never_shows_the_secrets_in_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("natter.creds");
+    std::fs::write(
+        &creds,
+        "-----BEGIN NATS USER JWT-----\ncreds-contents-s3cret\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_natter-gateway"))
+        .arg("--help")
+        .env("DATABASE_URL", "postgres://natter:db-pa55-s3cret@db.internal:5432/natter")
+        .env("NATS_URL", "nats://gateway:nats-pa55-s3cret@nats-1:4222,nats://gateway:nats-pa55-s3cret@nats-2:4222")
+        .env("JWT_SECRET", "jwt-s3cret-jwt-s3cret-jwt-s3cret-jwt-s3cret")
+        .env("NATS_CREDS", &creds)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        help.contains("DATABASE_URL") && help.contains("NATS_URL"),
+        "{help}"
+    );
+    for secret in [
+        "db-pa55",
+        "nats-pa55",
+        "jwt-s3cret",
+        "creds-contents",
+        "natter.creds",
+    ] {
+        assert!(!help.contains(secret), "--help shows {secret}:\n{help}");
+    }
+}
+
+/// Runs the binary with `ALLOWED_ORIGINS=origins` and everything else valid
+/// (but no NATS to reach, so a gateway that accepted the origins would wait
+/// for it); its exit status and stderr, or `None` if it was still running
+/// after 10 s.
+fn start_with_origins(origins: &str) -> Option<(std::process::ExitStatus, String)> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_natter-gateway"))
+        .env("ALLOWED_ORIGINS", origins)
+        .env("JWT_SECRET", "a-strong-secret-of-at-least-32-bytes!!")
+        .env("PORT", natter_localinfra::free_port().to_string())
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .env("NATS_URL", "nats://127.0.0.1:1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    Some((
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+#[test]
+fn refuses_a_wildcard_or_malformed_allowed_origin_at_start() {
+    for (origins, reason) in [
+        ("*", "wildcard"),
+        ("http://localhost:5173,*", "wildcard"),
+        ("https://*.example.com", "wildcard"),
+        ("https://chat.example.com/", "no path"),
+        ("chat.example.com", "scheme://host"),
+    ] {
+        let (status, stderr) = start_with_origins(origins)
+            .unwrap_or_else(|| panic!("started with ALLOWED_ORIGINS={origins}"));
+        // clap's usage error: exit code 2, not a panic's 101.
+        assert_eq!(status.code(), Some(2), "{origins}: {status}\n{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(
+            stderr.contains("ALLOWED_ORIGINS") || stderr.contains("allowed-origins"),
+            "{stderr}"
+        );
+        assert!(stderr.contains(reason), "{origins}: {stderr}");
     }
 }
 

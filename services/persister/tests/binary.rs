@@ -1,11 +1,35 @@
-//! The `natter-persister` binary: configured by environment, ready once the
-//! schema is applied, and stopping cleanly on SIGTERM.
+//! The `natter-persister` binary: configured by environment, keeping its
+//! secrets out of `--help`, ready once the schema is applied, and stopping
+//! cleanly on SIGTERM.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
 use natter_testkit::app::{terminate, wait_until_ok};
 use natter_testkit::{TestApp, TestOptions};
 use std::process::{Command, Stdio};
+
+#[test]
+fn help_never_shows_the_secrets_in_the_environment() {
+    let output = Command::new(env!("CARGO_BIN_EXE_natter-persister"))
+        .arg("--help")
+        .env(
+            "DATABASE_URL",
+            "postgres://natter:db-pa55-s3cret@db.internal:5432/natter",
+        )
+        .env("NATS_URL", "nats://persister:nats-pa55-s3cret@nats-1:4222")
+        .env("NATS_CREDS", "/run/secrets/creds-s3cret.creds")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        help.contains("DATABASE_URL") && help.contains("NATS_URL"),
+        "{help}"
+    );
+    for secret in ["db-pa55", "nats-pa55", "creds-s3cret"] {
+        assert!(!help.contains(secret), "--help shows {secret}:\n{help}");
+    }
+}
 
 #[tokio::test]
 async fn the_binary_serves_readyz_and_stops_on_sigterm() {

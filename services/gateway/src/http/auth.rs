@@ -1,14 +1,18 @@
-//! Sign-up and log-in.
+//! Sign-up and log-in, each attempt counted per client address and per
+//! username before any password is hashed.
 
-use super::extract::{AuthUser, JsonBody};
-use crate::auth::{TokenKeys, hash_password, verify_password};
+use super::extract::{AuthUser, ClientAddr, JsonBody};
+use crate::auth::TokenKeys;
+use crate::auth::attempts::{AttemptLimiter, RetryAfter};
+use crate::auth::hashing::PasswordHashing;
 use crate::delivery::Hub;
 use crate::directory::{Directory, UserRecord};
 use crate::error::ApiError;
 use crate::revocation::{REVOKED, Revocations};
 use crate::state::AppState;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use natter_core::{DisplayName, Password, UserId, Username};
@@ -43,11 +47,60 @@ pub fn user_json(user: &UserRecord) -> Value {
     json!({"id": user.id, "username": user.username, "displayName": user.display_name})
 }
 
+/// Counts an attempt by `client` on `username` (if it is a valid name: an
+/// invalid one never reaches a password, so only the address counts); the
+/// refusal if it is over the limit.
+fn over_limit(attempts: &AttemptLimiter, client: ClientAddr, username: &str) -> Option<Response> {
+    let username = Username::parse(username).ok();
+    let key = crate::address::limit_key(client.0);
+    let wait: RetryAfter = attempts
+        .attempt(key, username.as_ref().map(Username::as_str))
+        .err()?;
+    tracing::debug!(client = %client.0, "login or signup attempt over the limit");
+    Some(retry_later(
+        ApiError::RateLimited("too many attempts; retry later".into()),
+        wait.secs(),
+    ))
+}
+
+/// An error with `Retry-After` (seconds).
+fn retry_later(error: ApiError, secs: u64) -> Response {
+    let mut response = error.into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    response
+}
+
+/// The handler's answer; a busy hasher (or database) says when to retry.
+fn answer(result: Result<impl IntoResponse, ApiError>) -> Response {
+    match result {
+        Err(error @ ApiError::Unavailable(_)) => retry_later(error, 1),
+        other => other.into_response(),
+    }
+}
+
 async fn signup(
+    State(attempts): State<Arc<AttemptLimiter>>,
+    State(hashing): State<Arc<PasswordHashing>>,
     State(pool): State<PgPool>,
     State(directory): State<Arc<Directory>>,
     State(tokens): State<Arc<TokenKeys>>,
+    client: ClientAddr,
     JsonBody(body): JsonBody<Signup>,
+) -> Response {
+    if let Some(refused) = over_limit(&attempts, client, &body.username) {
+        return refused;
+    }
+    answer(create_user(&hashing, &pool, &directory, &tokens, body).await)
+}
+
+async fn create_user(
+    hashing: &PasswordHashing,
+    pool: &PgPool,
+    directory: &Directory,
+    tokens: &TokenKeys,
+    body: Signup,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let username = Username::parse(&body.username)?;
     let password = Password::parse(&body.password)?;
@@ -55,7 +108,7 @@ async fn signup(
         Some(name) => DisplayName::parse(name)?,
         None => DisplayName::parse(username.as_str())?,
     };
-    let hash = hash_password(password).await?;
+    let hash = hashing.hash(password).await?;
     let id = UserId::generate();
     let inserted = sqlx::query(
         "INSERT INTO users (id, username, display_name, password_hash) VALUES ($1, $2, $3, $4)
@@ -65,7 +118,7 @@ async fn signup(
     .bind(username.as_str())
     .bind(display_name.as_str())
     .bind(&hash)
-    .execute(&pool)
+    .execute(pool)
     .await?;
     if inserted.rows_affected() == 0 {
         return Err(ApiError::Conflict("username is taken".into()));
@@ -84,10 +137,26 @@ async fn signup(
 }
 
 async fn login(
+    State(attempts): State<Arc<AttemptLimiter>>,
+    State(hashing): State<Arc<PasswordHashing>>,
     State(pool): State<PgPool>,
     State(directory): State<Arc<Directory>>,
     State(tokens): State<Arc<TokenKeys>>,
+    client: ClientAddr,
     JsonBody(body): JsonBody<Login>,
+) -> Response {
+    if let Some(refused) = over_limit(&attempts, client, &body.username) {
+        return refused;
+    }
+    answer(check_password(&hashing, &pool, &directory, &tokens, body).await)
+}
+
+async fn check_password(
+    hashing: &PasswordHashing,
+    pool: &PgPool,
+    directory: &Directory,
+    tokens: &TokenKeys,
+    body: Login,
 ) -> Result<Json<Value>, ApiError> {
     // Any malformed name is simply unknown: the answer never says which part was wrong.
     let row: Option<(Uuid, String, String, String)> =
@@ -96,12 +165,12 @@ async fn login(
                 "SELECT id, username, display_name, password_hash FROM users WHERE username = $1",
             )
             .bind(username.as_str())
-            .fetch_optional(&pool)
+            .fetch_optional(pool)
             .await?,
             Err(_) => None,
         };
     let hash = row.as_ref().map(|r| r.3.clone());
-    let valid = verify_password(body.password, hash).await?;
+    let valid = hashing.verify(body.password, hash).await?;
     let Some((id, username, display_name, _)) = row.filter(|_| valid) else {
         return Err(ApiError::Unauthorized(
             "invalid username or password".into(),

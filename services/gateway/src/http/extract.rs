@@ -1,12 +1,15 @@
 //! Request extractors that answer bad input with the API's error shape:
-//! the caller's identity from a bearer token, and a JSON body.
+//! the caller's identity from a bearer token, its address, and a JSON body.
 
 use crate::access::Authenticator;
 use crate::auth::{Claims, bearer_token};
+use crate::config::Config;
 use crate::error::ApiError;
-use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use natter_core::UserId;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 /// The caller of a REST handler, from `Authorization: Bearer <token>`.
 #[derive(Debug, Clone)]
@@ -48,5 +51,31 @@ where
             Ok(axum::Json(value)) => Ok(Self(value)),
             Err(rejection) => Err(ApiError::bad_request(rejection.body_text())),
         }
+    }
+}
+
+/// The client's address: the TCP peer, or what a trusted proxy says it saw
+/// (see [`crate::address::client`]).
+pub struct ClientAddr(pub IpAddr);
+
+impl<S> FromRequestParts<S> for ClientAddr
+where
+    Arc<Config>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let ConnectInfo(peer) = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .copied()
+            .ok_or_else(|| ApiError::internal("served without the peer address"))?;
+        let config = Arc::<Config>::from_ref(state);
+        Ok(Self(crate::address::client(
+            peer.ip(),
+            &parts.headers,
+            &config.trusted_proxies,
+        )))
     }
 }
