@@ -32,8 +32,9 @@ pub struct Config {
     /// Browser origins allowed for CORS and the WebSocket handshake.
     #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
-    /// Largest message content, in bytes of UTF-8.
-    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 16 * 1024)]
+    /// Largest message content, in bytes of UTF-8; at most 30720, so every
+    /// message's delivery record stays within 64 KiB.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 16 * 1024, value_parser = message_bytes)]
     pub max_message_bytes: usize,
     /// Largest WebSocket frame; a bigger one closes the socket with 1009.
     #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
@@ -65,6 +66,16 @@ pub struct Config {
     /// Seconds a socket write may block before the reader counts as too slow.
     #[arg(long, env = "SLOW_READER_SECS", default_value_t = 10)]
     pub slow_reader_secs: u64,
+}
+
+/// `MAX_MESSAGE_BYTES`: 1 to [`natter_core::MAX_CONTENT_BYTES`]. A larger
+/// limit would let one message make a delivery record too large to store.
+fn message_bytes(raw: &str) -> Result<usize, String> {
+    let max = natter_core::MAX_CONTENT_BYTES;
+    raw.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| format!("must be 1 to {max}"))
 }
 
 impl Config {

@@ -7,6 +7,8 @@ mod auth;
 mod direct_messages;
 mod durability;
 mod errors;
+mod group_bounds;
+mod group_lifecycle;
 mod groups;
 mod lifecycle;
 mod presence;
