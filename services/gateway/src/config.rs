@@ -95,3 +95,26 @@ impl Config {
         Duration::from_secs(self.slow_reader_secs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_message_bytes_is_capped_so_every_record_stays_bounded() {
+        let parse =
+            |bytes: &str| Config::try_parse_from(["natter-gateway", "--max-message-bytes", bytes]);
+        assert_eq!(
+            parse("30720").unwrap().max_message_bytes,
+            natter_core::MAX_CONTENT_BYTES
+        );
+        assert!(parse("30721").is_err());
+        assert!(parse("0").is_err());
+        assert_eq!(
+            Config::try_parse_from(["natter-gateway"])
+                .unwrap()
+                .max_message_bytes,
+            16 * 1024
+        );
+    }
+}
