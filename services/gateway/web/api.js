@@ -69,6 +69,7 @@ async function request(method, path, body) {
 export const api = {
   get: (path) => request('GET', path),
   post: (path, body) => request('POST', path, body),
+  del: (path) => request('DELETE', path),
 };
 
 // 32 hex digits from the CSPRNG; crypto.randomUUID needs a secure context,
