@@ -3,6 +3,9 @@
 //! A record is the socket frame without its `cursor`: `{"event", "data"}`.
 //! The gateway splices the cursor (the record's `DELIVERY` sequence) in
 //! front, so a record is serialised once by the persister and never again.
+//!
+//! Every record is at most [`MAX_RECORD_BYTES`] by construction: its parts
+//! are bounded (content, names, a change's user ids), never a whole group.
 
 use crate::events::Message;
 use crate::ids::{ConversationId, GroupId, UserId};
@@ -13,6 +16,15 @@ use serde::{Deserialize, Serialize};
 /// (microseconds since the Unix epoch), so delivery latency is measured
 /// without decoding the record.
 pub const ACCEPTED_AT_HEADER: &str = "Natter-Accepted-At";
+
+/// The largest delivery record (DESIGN.md §4). The limits on what a record
+/// holds keep every record within it (the tests below build the worst
+/// case); the fan-out refuses anything larger rather than let it block a log.
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+
+/// The most members a group may have, and so the most user ids one
+/// `group_updated` change carries.
+pub const MAX_GROUP_MEMBERS: usize = 1000;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", content = "data", rename_all = "snake_case")]
@@ -35,7 +47,8 @@ pub enum DeliveryEvent {
     },
 }
 
-/// A group as clients see it.
+/// A group as clients see it: its members are read a page at a time over
+/// REST, so a group is the same few bytes however large it grows.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Group {
@@ -43,7 +56,7 @@ pub struct Group {
     pub name: String,
     pub created_by: UserId,
     pub created_at: DateTime<Utc>,
-    pub members: Vec<Member>,
+    pub member_count: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,19 +67,24 @@ pub struct Member {
     pub display_name: String,
 }
 
-/// What a `group_updated` reports.
+/// What a `group_updated` reports: what changed, for whom, by whom.
+/// `user_ids` are the members a group was created with, those added, or the
+/// one removed (empty for a deletion): never more than a group holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum GroupChange {
-    #[serde(rename_all = "camelCase")]
-    Created { actor_id: UserId },
-    #[serde(rename_all = "camelCase")]
-    MembersAdded {
-        actor_id: UserId,
-        user_ids: Vec<UserId>,
-    },
-    #[serde(rename_all = "camelCase")]
-    MemberRemoved { actor_id: UserId, user_id: UserId },
+#[serde(rename_all = "camelCase")]
+pub struct GroupChange {
+    pub kind: ChangeKind,
+    pub user_ids: Vec<UserId>,
+    pub by: UserId,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    Created,
+    MembersAdded,
+    MemberRemoved,
+    Deleted,
 }
 
 /// The socket frame for a delivery record stored at `cursor`: the record
@@ -103,6 +121,32 @@ mod tests {
         assert_eq!(json["event"], "messages_read");
         assert_eq!(json["data"]["upToSeq"], 7);
         assert_eq!(json["data"]["readerId"], reader.to_string());
+    }
+
+    #[test]
+    fn group_updated_carries_the_change_not_the_members() {
+        let by = UserId::generate();
+        let record = serde_json::to_value(DeliveryEvent::GroupUpdated {
+            group: Group {
+                id: GroupId::generate(),
+                name: "Team".into(),
+                created_by: by,
+                created_at: Utc::now(),
+                member_count: 3,
+            },
+            change: GroupChange {
+                kind: ChangeKind::MembersAdded,
+                user_ids: vec![by],
+                by,
+            },
+        })
+        .unwrap();
+        assert_eq!(record["event"], "group_updated");
+        assert_eq!(record["data"]["group"]["memberCount"], 3);
+        assert!(record["data"]["group"].get("members").is_none());
+        assert_eq!(record["data"]["change"]["kind"], "members_added");
+        assert_eq!(record["data"]["change"]["userIds"][0], by.to_string());
+        assert_eq!(record["data"]["change"]["by"], by.to_string());
     }
 
     #[test]

@@ -41,11 +41,12 @@ pub enum ChatEvent {
     GroupCreated(GroupCreated),
     MembersAdded(MembersAdded),
     MemberRemoved(MemberRemoved),
+    GroupDeleted(GroupDeleted),
 }
 
 impl ChatEvent {
     /// A short label for metrics and logs: `direct`, `group`, `read`,
-    /// `group_created`, `members_added` or `member_removed`.
+    /// `group_created`, `members_added`, `member_removed` or `group_deleted`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::MessageSent(m) if m.group_id.is_some() => "group",
@@ -54,6 +55,7 @@ impl ChatEvent {
             Self::GroupCreated(_) => "group_created",
             Self::MembersAdded(_) => "members_added",
             Self::MemberRemoved(_) => "member_removed",
+            Self::GroupDeleted(_) => "group_deleted",
         }
     }
 
@@ -65,6 +67,7 @@ impl ChatEvent {
             Self::GroupCreated(e) => e.at,
             Self::MembersAdded(e) => e.at,
             Self::MemberRemoved(e) => e.at,
+            Self::GroupDeleted(e) => e.at,
         }
     }
 
@@ -74,6 +77,7 @@ impl ChatEvent {
             Self::GroupCreated(e) => Some(e.group_id),
             Self::MembersAdded(e) => Some(e.group_id),
             Self::MemberRemoved(e) => Some(e.group_id),
+            Self::GroupDeleted(e) => Some(e.group_id),
             Self::MessageSent(_) | Self::MessagesRead(_) => None,
         }
     }
@@ -108,6 +112,16 @@ pub struct MemberRemoved {
     pub group_id: GroupId,
     pub actor_id: UserId,
     pub user_id: UserId,
+    pub at: DateTime<Utc>,
+}
+
+/// `actor` (the group's creator) deleted a group: its history, its sends
+/// and its membership end here.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupDeleted {
+    pub group_id: GroupId,
+    pub actor_id: UserId,
     pub at: DateTime<Utc>,
 }
 

@@ -15,12 +15,13 @@ pub mod ids;
 pub mod subjects;
 pub mod values;
 
-pub use delivery::{DeliveryEvent, Group, GroupChange, Member};
+pub use delivery::{ChangeKind, DeliveryEvent, Group, GroupChange, MAX_GROUP_MEMBERS, Member};
 pub use events::{
-    ChatEvent, ChatRecord, GroupCreated, MemberRemoved, MembersAdded, Message, MessageSent,
-    MessagesRead, SCHEMA_VERSION,
+    ChatEvent, ChatRecord, GroupCreated, GroupDeleted, MemberRemoved, MembersAdded, Message,
+    MessageSent, MessagesRead, SCHEMA_VERSION,
 };
 pub use ids::{ConversationId, GroupId, MessageId, UserId};
 pub use values::{
-    ClientMsgId, DeviceId, DisplayName, GroupName, MessageContent, Password, Username, ValueError,
+    ClientMsgId, DeviceId, DisplayName, GroupName, MAX_CONTENT_BYTES, MessageContent, Password,
+    Username, ValueError,
 };

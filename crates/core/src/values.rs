@@ -48,12 +48,16 @@ impl Username {
     }
 }
 
-/// A display name: 1–64 characters after trimming, no control characters.
+/// A display name: 1–64 characters after trimming, no control characters
+/// and none of the invisible ones a label could hide behind (see [`label`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct DisplayName(String);
 
-/// A trimmed, single-line label of 1 to `max` characters.
+/// A trimmed, single-line label of 1 to `max` characters that shows what
+/// it says: no control characters, no bidi controls (which reorder what
+/// follows, so "Ann" can render as someone else's name) and no invisible
+/// characters (which make two different names look the same).
 fn label(raw: &str, what: &str, max: usize) -> Result<String, ValueError> {
     let text = raw.trim();
     let chars = text.chars().count();
@@ -65,7 +69,54 @@ fn label(raw: &str, what: &str, max: usize) -> Result<String, ValueError> {
             "{what} must not contain control characters"
         )));
     }
+    if text.chars().any(is_bidi_control) {
+        return Err(invalid(format!(
+            "{what} must not contain bidirectional control characters"
+        )));
+    }
+    let chars: Vec<char> = text.chars().collect();
+    let hidden = (0..chars.len()).any(|i| is_hidden(&chars, i));
+    if hidden {
+        return Err(invalid(format!(
+            "{what} must not contain invisible characters"
+        )));
+    }
     Ok(text.to_owned())
+}
+
+/// Bidi embeddings, overrides, isolates and marks (Unicode's Bidi_Control).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Whether `chars[i]` is an invisible character out of place. The zero-width
+/// joiner and non-joiner are kept where scripts and emoji need them, between
+/// two visible non-ASCII characters (`👩‍💻`, Persian and Indic names);
+/// anywhere else they only hide a difference.
+fn is_hidden(chars: &[char], i: usize) -> bool {
+    let c = chars[i];
+    match c {
+        '\u{200C}' | '\u{200D}' => {
+            let joins = |n: Option<&char>| {
+                n.is_some_and(|n| !n.is_ascii() && !n.is_whitespace() && !is_invisible(*n))
+            };
+            !(i > 0 && joins(chars.get(i - 1)) && joins(chars.get(i + 1)))
+        }
+        _ => is_invisible(c),
+    }
+}
+
+/// Characters that take no visible space: zero-width spaces and joiners,
+/// the word joiner and invisible operators, the byte-order mark, soft
+/// hyphens, fillers that render as nothing, tag characters, line and
+/// paragraph separators and the interlinear annotation marks.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200D}' | '\u{2028}' | '\u{2029}'
+        | '\u{2060}'..='\u{2065}' | '\u{206A}'..='\u{206F}' | '\u{3164}' | '\u{FEFF}'
+        | '\u{FFA0}' | '\u{FFF9}'..='\u{FFFB}' | '\u{1BCA0}'..='\u{1BCA3}'
+        | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}')
 }
 
 impl DisplayName {
@@ -123,7 +174,15 @@ impl fmt::Debug for Password {
     }
 }
 
-/// The text of a message: not blank, at most `max_bytes` of UTF-8.
+/// The most bytes [`MessageContent`] may ever be configured to hold. Every
+/// character content may hold escapes to at most two bytes of JSON (control
+/// characters, which escape to six, are refused), so a message record is at
+/// most twice this plus its fixed fields: within a delivery record's bound
+/// ([`crate::delivery::MAX_RECORD_BYTES`]) however the limit is set.
+pub const MAX_CONTENT_BYTES: usize = 30 * 1024;
+
+/// The text of a message: not blank, at most `max_bytes` of UTF-8, no
+/// control characters but newline and tab.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MessageContent(String);
 
@@ -139,10 +198,16 @@ impl MessageContent {
         if raw.trim().is_empty() {
             return Err(invalid("content must not be empty"));
         }
-        // PostgreSQL text cannot hold NUL: such a message could be accepted
-        // but never stored.
-        if raw.contains('\0') {
-            return Err(invalid("content must not contain NUL characters"));
+        // PostgreSQL text cannot hold NUL (such a message could be accepted
+        // but never stored), and each other control character costs six
+        // bytes in every recipient's delivery record while showing nothing.
+        if raw
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t')
+        {
+            return Err(invalid(
+                "content must not contain control characters other than newline and tab",
+            ));
         }
         Ok(Self(raw))
     }
@@ -240,6 +305,64 @@ mod tests {
         ));
         assert!(MessageContent::parse(" hi ".into(), 10).is_ok());
         assert!(MessageContent::parse("a\0b".into(), 10).is_err());
+    }
+
+    #[test]
+    fn content_refuses_control_characters_but_newline_and_tab() {
+        assert!(MessageContent::parse("line\n\tindented".into(), 64).is_ok());
+        for bad in ["a\u{1}b", "a\rb", "a\u{7f}b", "a\u{85}b", "\u{1b}[31mred"] {
+            let refused = MessageContent::parse(bad.into(), 64);
+            assert!(
+                matches!(&refused, Err(ValueError::Invalid(m)) if m.contains("control")),
+                "{bad:?} was {refused:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_refuse_bidi_controls() {
+        for bad in [
+            "Ann\u{202E}gnp.exe",
+            "\u{2067}Bob\u{2069}",
+            "A\u{200F}nn",
+            "x\u{061C}y",
+        ] {
+            assert!(DisplayName::parse(bad).is_err(), "{bad:?}");
+            assert!(GroupName::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn names_refuse_invisible_characters() {
+        for bad in [
+            "Ann\u{200B}",
+            "A\u{200B}nn",
+            "\u{FEFF}Ann",
+            "An\u{2060}n",
+            "An\u{00AD}n",
+            "Ann\u{200D}",
+            "A\u{200D}nn",
+            "Ann\u{2028}Bob",
+            "\u{3164}",
+            "Ann\u{E0041}",
+        ] {
+            assert!(DisplayName::parse(bad).is_err(), "{bad:?}");
+            assert!(GroupName::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn names_keep_joiners_inside_emoji_and_scripts() {
+        // A woman technologist, a family and a Persian name with a non-joiner.
+        for good in [
+            "\u{1F469}\u{200D}\u{1F4BB} Ann",
+            "\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}",
+            "\u{0645}\u{06CC}\u{200C}\u{0634}\u{0648}\u{062F}",
+            "\u{2764}\u{FE0F} Zoë",
+        ] {
+            assert!(DisplayName::parse(good).is_ok(), "{good:?}");
+            assert!(GroupName::parse(good).is_ok(), "{good:?}");
+        }
     }
 
     #[test]

@@ -14,8 +14,8 @@ use crate::ws::protocol::{SendMessage, Target};
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
 use bytes::Bytes;
 use natter_core::{
-    ChatEvent, ChatRecord, ConversationId, Message, MessageId, MessageSent, MessagesRead, UserId,
-    subjects,
+    ChatEvent, ChatRecord, ConversationId, GroupId, Message, MessageId, MessageSent, MessagesRead,
+    UserId, subjects,
 };
 use sqlx::PgPool;
 use std::future::IntoFuture;
@@ -142,11 +142,18 @@ impl Chat {
                 )
             }
             Target::Group(group) => {
-                // Non-members and unknown groups look alike: nothing leaks.
-                if !self.is_member(sender.id, group.into()).await? {
-                    return Err(ApiError::Forbidden(format!(
-                        "not a member of group {group}"
-                    )));
+                // A direct conversation's id, or a deleted group's, names
+                // no group: a group send there would be stored as one.
+                match self.group_membership(sender.id, group).await? {
+                    None => {
+                        return Err(ApiError::NotFound(format!("group {group} not found")));
+                    }
+                    Some(false) => {
+                        return Err(ApiError::Forbidden(format!(
+                            "not a member of group {group}"
+                        )));
+                    }
+                    Some(true) => {}
                 }
                 (ConversationId::from(group), None, Some(group))
             }
@@ -266,6 +273,25 @@ impl Chat {
                 "conversation {conversation} not found"
             )))
         }
+    }
+
+    /// Whether `user` is a member of `group`; `None` if `group` is not a
+    /// group (a direct conversation, a deleted group, nothing at all).
+    async fn group_membership(
+        &self,
+        user: UserId,
+        group: GroupId,
+    ) -> Result<Option<bool>, ApiError> {
+        Ok(sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM conversation_members m
+                            WHERE m.conversation_id = c.id AND m.user_id = $2)
+             FROM conversations c
+             WHERE c.id = $1 AND c.kind = 'group' AND c.deleted_seq IS NULL",
+        )
+        .bind(group.0)
+        .bind(user.0)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// Whether `user` is a member of `conversation` now.

@@ -34,8 +34,9 @@ pub struct Config {
     #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',',
           value_parser = crate::origin::parse)]
     pub allowed_origins: Vec<String>,
-    /// Largest message content, in bytes of UTF-8.
-    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 16 * 1024)]
+    /// Largest message content, in bytes of UTF-8; at most 30720, so every
+    /// message's delivery record stays within 64 KiB.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 16 * 1024, value_parser = message_bytes)]
     pub max_message_bytes: usize,
     /// Largest WebSocket frame; a bigger one closes the socket with 1009.
     #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
@@ -87,6 +88,16 @@ pub struct Config {
     pub password_hash_wait_ms: u64,
 }
 
+/// `MAX_MESSAGE_BYTES`: 1 to [`natter_core::MAX_CONTENT_BYTES`]. A larger
+/// limit would let one message make a delivery record too large to store.
+fn message_bytes(raw: &str) -> Result<usize, String> {
+    let max = natter_core::MAX_CONTENT_BYTES;
+    raw.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| format!("must be 1 to {max}"))
+}
+
 impl Config {
     pub fn token_ttl(&self) -> Duration {
         Duration::from_secs(self.token_ttl_secs)
@@ -110,5 +121,28 @@ impl Config {
 
     pub fn password_hash_wait(&self) -> Duration {
         Duration::from_millis(self.password_hash_wait_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_message_bytes_is_capped_so_every_record_stays_bounded() {
+        let parse =
+            |bytes: &str| Config::try_parse_from(["natter-gateway", "--max-message-bytes", bytes]);
+        assert_eq!(
+            parse("30720").unwrap().max_message_bytes,
+            natter_core::MAX_CONTENT_BYTES
+        );
+        assert!(parse("30721").is_err());
+        assert!(parse("0").is_err());
+        assert_eq!(
+            Config::try_parse_from(["natter-gateway"])
+                .unwrap()
+                .max_message_bytes,
+            16 * 1024
+        );
     }
 }

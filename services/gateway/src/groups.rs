@@ -1,15 +1,15 @@
-//! Group management: create, add, remove, look up. Each change is one
-//! `CHAT` event validated against the current membership, so a change is
-//! applied whole or not at all; the reply waits (briefly) until the
-//! persister has projected it, so the caller reads its own write.
+//! Group management: create, add, remove, delete, look up, list members.
+//! Each change is one `CHAT` event validated against the current membership,
+//! so a change is applied whole or not at all; the reply waits (briefly)
+//! until the persister has projected it, so the caller reads its own write.
 
 use crate::chat::Chat;
 use crate::directory::UserRecord;
 use crate::error::ApiError;
 use crate::ws::protocol::parse_uuid;
 use natter_core::{
-    ChatEvent, Group, GroupCreated, GroupId, GroupName, MemberRemoved, MembersAdded, UserId,
-    subjects,
+    ChatEvent, Group, GroupCreated, GroupDeleted, GroupId, GroupName, Member, MemberRemoved,
+    MembersAdded, UserId, subjects,
 };
 use natter_runtime::backoff::Backoff;
 use serde_json::Value;
@@ -20,7 +20,11 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// The most members a group may have.
-pub const MAX_MEMBERS: usize = 1000;
+pub const MAX_MEMBERS: usize = natter_core::MAX_GROUP_MEMBERS;
+/// Members a page holds unless the caller asks for fewer or more.
+pub const DEFAULT_MEMBERS_PAGE: u32 = 100;
+/// The most members one page holds.
+pub const MAX_MEMBERS_PAGE: u32 = 200;
 /// How long a change's reply waits for the projection.
 const PROJECTION_WAIT: Duration = Duration::from_secs(3);
 
@@ -90,9 +94,7 @@ impl Groups {
         let mut members = vec![creator.id];
         members.extend(listed.into_iter().filter(|id| *id != creator.id));
         if members.len() > MAX_MEMBERS {
-            return Err(ApiError::bad_request(format!(
-                "a group has at most {MAX_MEMBERS} members"
-            )));
+            return Err(too_many());
         }
         let group = GroupId::generate();
         let seq = self
@@ -112,7 +114,9 @@ impl Groups {
         self.projected(group, seq).await
     }
 
-    /// `POST /api/groups/{id}/members {userIds}`: members add others.
+    /// `POST /api/groups/{id}/members {userIds}`: members add others. The
+    /// persister has the last word on the member cap: an add that two
+    /// concurrent requests both passed here is refused there, whole.
     pub async fn add(
         &self,
         actor: UserId,
@@ -124,22 +128,16 @@ impl Groups {
         if users.is_empty() {
             return Err(ApiError::bad_request("userIds must not be empty"));
         }
-        let present: HashSet<UserId> = current.members.iter().map(|m| m.id).collect();
-        let already: Vec<String> = users
-            .iter()
-            .filter(|u| present.contains(u))
-            .map(ToString::to_string)
-            .collect();
+        let already = self.members_among(group, &users).await?;
         if !already.is_empty() {
+            let listed: Vec<String> = already.iter().map(ToString::to_string).collect();
             return Err(ApiError::bad_request(format!(
                 "already members: {}",
-                already.join(", ")
+                listed.join(", ")
             )));
         }
-        if present.len() + users.len() > MAX_MEMBERS {
-            return Err(ApiError::bad_request(format!(
-                "a group has at most {MAX_MEMBERS} members"
-            )));
+        if current.member_count as usize + users.len() > MAX_MEMBERS {
+            return Err(too_many());
         }
         let seq = self
             .chat
@@ -153,7 +151,40 @@ impl Groups {
                 }),
             )
             .await?;
+        self.wait_for_projection(group, seq).await?;
+        if self.refused(seq).await? {
+            return Err(too_many());
+        }
         self.projected(group, seq).await
+    }
+
+    /// Which of `users` are members of `group` now.
+    async fn members_among(
+        &self,
+        group: GroupId,
+        users: &[UserId],
+    ) -> Result<Vec<UserId>, ApiError> {
+        let raw: Vec<Uuid> = users.iter().map(|u| u.0).collect();
+        let found: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT user_id FROM conversation_members
+             WHERE conversation_id = $1 AND user_id = ANY($2) ORDER BY user_id",
+        )
+        .bind(group.0)
+        .bind(&raw)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(found.into_iter().map(UserId).collect())
+    }
+
+    /// Whether the persister refused the group event at `seq` (it
+    /// dead-letters what it must not apply).
+    async fn refused(&self, seq: u64) -> Result<bool, ApiError> {
+        Ok(sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM dead_letters WHERE chat_seq = $1)",
+        )
+        .bind(seq as i64)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     /// `DELETE /api/groups/{id}/members/{userId}`: a member may leave; only the
@@ -165,7 +196,7 @@ impl Groups {
         user: UserId,
     ) -> Result<(), ApiError> {
         let current = self.member_view(actor, group).await?;
-        if !current.members.iter().any(|m| m.id == user) {
+        if self.members_among(group, &[user]).await?.is_empty() {
             return Err(ApiError::NotFound(format!(
                 "user {user} is not a member of group {group}"
             )));
@@ -191,15 +222,61 @@ impl Groups {
         Ok(())
     }
 
+    /// `DELETE /api/groups/{id}`: the creator deletes the group for everyone.
+    pub async fn delete(&self, actor: UserId, group: GroupId) -> Result<(), ApiError> {
+        let current = self.member_view(actor, group).await?;
+        if current.created_by != actor {
+            return Err(ApiError::Forbidden(
+                "only the group's creator deletes it".into(),
+            ));
+        }
+        let seq = self
+            .chat
+            .append(
+                subjects::chat_group(group),
+                ChatEvent::GroupDeleted(GroupDeleted {
+                    group_id: group,
+                    actor_id: actor,
+                    at: natter_core::events::accepted_at(),
+                }),
+            )
+            .await?;
+        tracing::info!(%group, by = %actor, "group deleted");
+        self.wait_for_projection(group, seq).await
+    }
+
+    /// `GET /api/groups/{id}/members`: up to `limit` members after `after`
+    /// (a member id), in id order, and the `after` of the next page if any.
+    pub async fn members(
+        &self,
+        user: UserId,
+        group: GroupId,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<(Vec<Member>, Option<UserId>), ApiError> {
+        self.member_view(user, group).await?;
+        let mut conn = self.pool.acquire().await?;
+        let mut page =
+            natter_runtime::views::members_page(&mut conn, group, after, limit + 1).await?;
+        let next = if page.len() > limit as usize {
+            page.truncate(limit as usize);
+            page.last().map(|m| m.id)
+        } else {
+            None
+        };
+        Ok((page, next))
+    }
+
     /// The group, if `user` is one of its members; `not_found` otherwise, so a
-    /// non-member cannot tell whether the group exists.
+    /// non-member cannot tell whether the group exists. A direct
+    /// conversation's id, or a deleted group's, is not a group either.
     pub async fn member_view(&self, user: UserId, group: GroupId) -> Result<Group, ApiError> {
         let not_found = || ApiError::NotFound(format!("group {group} not found"));
         let mut conn = self.pool.acquire().await?;
         let view = natter_runtime::views::group(&mut conn, group)
             .await?
             .ok_or_else(not_found)?;
-        if view.members.iter().any(|m| m.id == user) {
+        if self.chat.is_member(user, group.into()).await? {
             Ok(view)
         } else {
             Err(not_found())
@@ -236,4 +313,8 @@ impl Groups {
             tokio::time::sleep(pause.next_delay()).await;
         }
     }
+}
+
+fn too_many() -> ApiError {
+    ApiError::bad_request(format!("a group has at most {MAX_MEMBERS} members"))
 }

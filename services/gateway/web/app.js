@@ -18,7 +18,7 @@ const socket = new Socket(socketUrl, {
   replaced: () => show($('#reclaim-button'), true),
   handshakeFailed: tokenStillGood,
 });
-pane.init({ socket, renderEntry, showView, onSent });
+pane.init({ socket, renderEntry, showView, onSent, dropGroup });
 
 let bootTimer = 0;
 let usersTimer = 0;
@@ -323,7 +323,7 @@ function applyConversations(list) {
     if (c.lastMessage) record.lastSeq = Math.max(record.lastSeq, c.lastMessage.seq);
     if (c.kind === 'group') {
       const id = c.groupId || c.id;
-      const group = state.groups.get(id) || { id, members: null };
+      const group = state.groups.get(id) || { id, members: null, memberCount: null };
       group.name = c.name || group.name || 'Group';
       group.lastMessage = c.lastMessage || group.lastMessage || null;
       group.activity = c.lastActivityAt || group.activity;
@@ -501,23 +501,40 @@ async function createGroup(event) {
   }
 }
 
-/** Adds or updates a group from a server `group` object; false if we left it. */
+/** Adds or updates a group from a server `group` object (its members are
+ * read over REST a page at a time, never carried in it). */
 function upsertGroup(g) {
   if (!g?.id) return false;
-  if (Array.isArray(g.members) && !g.members.some((m) => m.id === state.me.id)) {
-    if (state.groups.has(g.id)) {
-      if (pane.isOpen(`group:${g.id}`)) toast(`You are no longer a member of ${g.name}.`);
-      dropGroup(g.id);
-    }
-    return false;
-  }
-  const group = state.groups.get(g.id) || { id: g.id, unreadCount: 0, lastMessage: null };
+  const group = state.groups.get(g.id) || { id: g.id, unreadCount: 0, lastMessage: null, members: null };
   group.name = g.name;
-  group.members = g.members || group.members || null;
+  group.memberCount = g.memberCount ?? group.memberCount;
+  group.createdBy = g.createdBy || group.createdBy;
   group.createdAt = g.createdAt || group.createdAt;
   state.groups.set(g.id, group);
   renderLists();
+  if (pane.isOpen(`group:${g.id}`)) pane.refreshHeader();
   return true;
+}
+
+/** A `group_updated`: the group changed, we left it, or it was deleted. */
+function onGroupUpdated(d) {
+  const g = d.group;
+  const change = d.change || {};
+  if (!g?.id) return;
+  const gone = change.kind === 'deleted'
+    || (change.kind === 'member_removed' && (change.userIds || []).includes(state.me.id));
+  if (gone) {
+    if (state.groups.has(g.id) && pane.isOpen(`group:${g.id}`)) {
+      toast(change.kind === 'deleted' ? `${g.name} was deleted.` : `You are no longer a member of ${g.name}.`);
+    }
+    dropGroup(g.id);
+    return;
+  }
+  const known = state.groups.get(g.id);
+  // Who is in it changed: the member list is read again when shown.
+  if (known && change.kind !== 'created') known.members = null;
+  upsertGroup(g);
+  if (pane.isOpen(`group:${g.id}`)) pane.loadGroup(g.id);
 }
 
 // ---- socket frames
@@ -532,7 +549,7 @@ const handlers = {
   receive_group_message: (d) => onMessage(d.message),
   message_sent: (d, frame) => onSent(d.message, frame.ref),
   messages_read: onRead,
-  group_updated: (d) => upsertGroup(d.group),
+  group_updated: onGroupUpdated,
   typing: (d) => pane.typing(d.conversationId, d.userId),
   presence: onPresence,
   error: onServerError,

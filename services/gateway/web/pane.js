@@ -14,6 +14,8 @@ const TYPING_SHOWN_MS = 3000;
 const READ_GAP_MS = 300;
 const NEAR_BOTTOM_PX = 80;
 const NEAR_TOP_PX = 80;
+const MEMBERS_PAGE = 50; // the members a group's header names come from
+const SHOWN_MEMBERS = 10;
 
 export const state = {
   me: null,
@@ -126,6 +128,7 @@ function reset() {
 }
 
 function clearPane() {
+  $('#delete-group-button').hidden = true;
   list().replaceChildren();
   show($('#load-older'), false);
   showEmpty(false);
@@ -163,21 +166,52 @@ function refreshHeader() {
     subtitle.textContent = `@${entry.username} · ${entry.online ? 'online' : seen}`;
   } else {
     title.textContent = entry.name;
-    const names = (entry.members || []).map((m) => (m.id === state.me.id ? 'you' : m.displayName));
-    subtitle.textContent = names.length ? `${names.length} members: ${names.join(', ')}` : 'Group';
+    const names = (entry.members || []).slice(0, SHOWN_MEMBERS)
+      .map((m) => (m.id === state.me.id ? 'you' : m.displayName));
+    const count = entry.memberCount ?? entry.members?.length ?? 0;
+    const more = count > names.length ? ', …' : '';
+    subtitle.textContent = names.length ? `${count} members: ${names.join(', ')}${more}` : 'Group';
   }
+  const deletable = o.kind === 'group' && Boolean(state.me) && entry.createdBy === state.me.id;
+  $('#delete-group-button').hidden = !deletable;
 }
 
+/** The group's details and its first page of members: a group may hold a
+ * thousand, so only the first names are shown and never all fetched. */
 async function loadGroup(id) {
+  const path = `/api/groups/${encodeURIComponent(id)}`;
   try {
-    const res = await api.get(`/api/groups/${encodeURIComponent(id)}`);
+    const [details, page] = await Promise.all([
+      api.get(path),
+      api.get(`${path}/members?limit=${MEMBERS_PAGE}`),
+    ]);
     const group = state.groups.get(id);
-    if (group && res?.group) {
-      group.members = res.group.members;
+    if (group && details?.group) {
+      group.name = details.group.name;
+      group.memberCount = details.group.memberCount;
+      group.createdBy = details.group.createdBy;
+      group.members = page?.members || [];
       if (isOpen(`group:${id}`)) refreshHeader();
     }
   } catch (e) {
     console.warn('natter: group not loaded', e.message);
+  }
+}
+
+/** Deletes the open group, if we created it, after asking. */
+async function deleteGroup() {
+  const o = state.open;
+  const group = o?.kind === 'group' ? state.groups.get(o.id) : null;
+  if (!group || !window.confirm(`Delete ${group.name} for all its members?`)) return;
+  const button = $('#delete-group-button');
+  button.disabled = true;
+  try {
+    await api.del(`/api/groups/${encodeURIComponent(group.id)}`);
+    ctx.dropGroup(group.id);
+  } catch (e) {
+    console.warn('natter: group not deleted', e.message);
+  } finally {
+    button.disabled = false;
   }
 }
 
@@ -560,6 +594,7 @@ export const pane = {
   init(context) {
     ctx = context;
     bindComposer();
+    $('#delete-group-button').addEventListener('click', deleteGroup);
     close();
   },
   open,
@@ -568,6 +603,7 @@ export const pane = {
   reload,
   isOpen,
   refreshHeader,
+  loadGroup,
   receive,
   settle,
   failed,

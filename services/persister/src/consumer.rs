@@ -42,7 +42,7 @@ pub async fn run(
         };
         tracing::info!("elected active persister");
         metrics::leader(true);
-        let consumed = consume(config, &mut leader, &js, &hooks, &shutdown).await;
+        let consumed = consume(config, &mut leader, &pool, &js, &hooks, &shutdown).await;
         metrics::leader(false);
         match consumed {
             Ok(()) => return,
@@ -61,6 +61,7 @@ pub async fn run(
 async fn consume(
     config: &Config,
     leader: &mut Leader,
+    pool: &PgPool,
     js: &jetstream::Context,
     hooks: &FaultHooks,
     shutdown: &CancellationToken,
@@ -68,7 +69,7 @@ async fn consume(
     let source = subscribe(config, js).await?;
     let (to_fanout, committed) = stage::handover();
     let projector = Projector::new(config, leader, hooks, shutdown, to_fanout);
-    let fan_out = FanOut::new(config, js, hooks, shutdown);
+    let fan_out = FanOut::new(config, js, pool.clone(), hooks, shutdown);
     tokio::try_join!(projector.run(source), fan_out.run(committed)).map(|_| ())
 }
 

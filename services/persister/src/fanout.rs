@@ -3,17 +3,23 @@
 //!
 //! Each event is serialised once, at most a window of acks is outstanding,
 //! and each record carries its message's `traceparent` and acceptance time
-//! in headers.
+//! in headers. A record no retry can store (too large, unencodable) is set
+//! apart as [`Undeliverable`] and the rest flow on; any other failure is
+//! transient and fails the whole fan-out, to be retried.
 
 use crate::projection::Fanout;
-use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
+use async_nats::jetstream::{
+    self,
+    context::{PublishAckFuture, PublishError, PublishErrorKind},
+    message::PublishMessage,
+};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use natter_core::delivery::ACCEPTED_AT_HEADER;
+use natter_core::delivery::{ACCEPTED_AT_HEADER, MAX_RECORD_BYTES};
 use natter_core::subjects;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Where a `CHAT` record came from: the trace its delivery continues and
 /// when it was accepted.
@@ -25,31 +31,70 @@ pub struct Provenance {
     pub span: tracing::Span,
 }
 
+/// A failure worth retrying: JetStream did not answer, had no leader, or
+/// the connection dropped.
 #[derive(Debug, thiserror::Error)]
-pub enum FanoutError {
-    #[error("cannot encode a delivery record: {0}")]
-    Encode(#[from] serde_json::Error),
-    #[error("publishing a delivery record failed: {0}")]
-    Publish(#[from] jetstream::context::PublishError),
+#[error("publishing a delivery record failed: {0}")]
+pub struct FanoutError(#[from] PublishError);
+
+/// What a fan-out stored, and the `CHAT` records whose delivery records
+/// could not be stored by any retry, with why (by `CHAT` sequence).
+#[derive(Debug, Default)]
+pub struct Published {
+    pub records: usize,
+    pub undeliverable: BTreeMap<u64, String>,
+}
+
+/// Whether retrying `error` cannot help: the record itself is refused as
+/// too large, by the client before sending or by the stream after. Told by
+/// the error's kind and JetStream's error code, never its text.
+pub fn is_permanent(error: &PublishError) -> bool {
+    match error.kind() {
+        PublishErrorKind::MaxPayloadExceeded => true,
+        PublishErrorKind::Other => std::error::Error::source(error)
+            .and_then(|s| s.downcast_ref::<jetstream::Error>())
+            .is_some_and(|e| {
+                e.error_code() == jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM
+            }),
+        _ => false,
+    }
+}
+
+/// A fan-out's record, encoded, or why it never will be.
+fn encode(fanout: &Fanout) -> Result<Bytes, String> {
+    let payload = serde_json::to_vec(&fanout.event)
+        .map_err(|e| format!("cannot encode the delivery record: {e}"))?;
+    if payload.len() > MAX_RECORD_BYTES {
+        return Err(format!(
+            "the delivery record is {} bytes; the limit is {MAX_RECORD_BYTES}",
+            payload.len()
+        ));
+    }
+    Ok(Bytes::from(payload))
 }
 
 /// Publishes every fan-out and waits until JetStream stored all of them.
 /// At most `window` acks are outstanding: the context admits only so many
 /// (`NATS_PUBLISH_WINDOW`, of which this is the persister's only user), and
 /// a publish that waited for room while the acks holding it went unpolled
-/// would wait forever. `provenance` is keyed by `CHAT` sequence. Returns
-/// how many records were published.
+/// would wait forever. `provenance` is keyed by `CHAT` sequence.
 pub async fn publish(
     js: &jetstream::Context,
     window: usize,
     fanouts: &[Fanout],
     provenance: &HashMap<u64, Provenance>,
-) -> Result<usize, FanoutError> {
+) -> Result<Published, FanoutError> {
     let window = window.max(1);
     let mut acks = FuturesUnordered::new();
-    let mut published = 0;
+    let mut published = Published::default();
     for fanout in fanouts {
-        let payload = Bytes::from(serde_json::to_vec(&fanout.event)?);
+        let payload = match encode(fanout) {
+            Ok(payload) => payload,
+            Err(reason) => {
+                published.undeliverable.insert(fanout.chat_seq, reason);
+                continue;
+            }
+        };
         let origin = provenance.get(&fanout.chat_seq);
         let accepted_at = origin.map(|o| o.accepted_at.timestamp_micros().to_string());
         let traceparent = origin.and_then(|o| o.traceparent.as_deref());
@@ -64,19 +109,81 @@ pub async fn publish(
                 message = message.header(ACCEPTED_AT_HEADER, accepted_at.as_str());
             }
             while acks.len() >= window {
-                if let Some(ack) = acks.next().await {
-                    ack?;
+                if let Some((seq, ack)) = acks.next().await {
+                    settle(&mut published, seq, ack)?;
                 }
             }
-            let ack: PublishAckFuture = js
+            let sent = js
                 .send_publish(subjects::deliver(*recipient), message)
-                .await?;
-            acks.push(ack.into_future());
-            published += 1;
+                .await;
+            let ack: PublishAckFuture = match sent {
+                Ok(ack) => ack,
+                Err(e) if is_permanent(&e) => {
+                    published
+                        .undeliverable
+                        .insert(fanout.chat_seq, e.to_string());
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let seq = fanout.chat_seq;
+            acks.push(async move { (seq, ack.await) });
         }
     }
-    while let Some(ack) = acks.next().await {
-        ack?;
+    while let Some((seq, ack)) = acks.next().await {
+        settle(&mut published, seq, ack)?;
     }
     Ok(published)
+}
+
+/// Counts a stored record, sets apart a refused one, fails on anything else.
+fn settle(
+    published: &mut Published,
+    chat_seq: u64,
+    ack: Result<jetstream::publish::PublishAck, PublishError>,
+) -> Result<(), FanoutError> {
+    match ack {
+        Ok(_) => published.records += 1,
+        Err(e) if is_permanent(&e) => {
+            published.undeliverable.insert(chat_seq, e.to_string());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream_error(code: u64) -> PublishError {
+        let error: jetstream::Error = serde_json::from_value(serde_json::json!({
+            "code": 400, "err_code": code, "description": "refused"
+        }))
+        .unwrap();
+        PublishError::with_source(PublishErrorKind::Other, error)
+    }
+
+    #[test]
+    fn a_record_too_large_is_permanent() {
+        assert!(is_permanent(&PublishError::new(
+            PublishErrorKind::MaxPayloadExceeded
+        )));
+        assert!(is_permanent(&stream_error(10054)));
+    }
+
+    #[test]
+    fn timeouts_and_lost_leaders_are_retried() {
+        for kind in [
+            PublishErrorKind::TimedOut,
+            PublishErrorKind::BrokenPipe,
+            PublishErrorKind::StreamNotFound,
+            PublishErrorKind::MaxAckPending,
+            PublishErrorKind::Other,
+        ] {
+            assert!(!is_permanent(&PublishError::new(kind)));
+        }
+        // "JetStream system temporarily unavailable" (no leader).
+        assert!(!is_permanent(&stream_error(10008)));
+    }
 }

@@ -131,6 +131,21 @@ async fn replaying_chat_into_an_empty_database_rebuilds_the_same_projections() {
     .await;
     assert_eq!(a.reply_to("g2").await["event"], "message_sent");
     app.history_eventually(&carol, &group_id, 3).await;
+    // A group deleted after a message: its row stays, marked, without members.
+    let gone = app.create_group(&alice, "Gone", &[&bob, &carol]).await;
+    let gone_id = gone["id"].as_str().unwrap().to_owned();
+    a.send_ref(
+        "send_group_message",
+        json!({"groupId": gone_id, "content": "last words"}),
+        "gone",
+    )
+    .await;
+    assert_eq!(a.reply_to("gone").await["event"], "message_sent");
+    app.history_eventually(&bob, &gone_id, 1).await;
+    let (status, _) = app
+        .delete(&format!("/api/groups/{gone_id}"), Some(&alice.token))
+        .await;
+    assert_eq!(status, 204);
     let original = snapshot(&app.db.pool().await.unwrap()).await;
     assert!(original.len() > 9);
 
@@ -290,4 +305,65 @@ async fn the_persister_applies_the_schema_to_an_empty_database() {
     shutdown.cancel();
     persister.await.unwrap().unwrap();
     assert_eq!(migrated, 3);
+}
+
+#[tokio::test]
+async fn a_delivery_record_too_large_is_dead_lettered_and_the_rest_flow_on() {
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let mut b = app.connect(&bob, "phone").await;
+    // A record the gateway would never accept (its content is over any
+    // MAX_MESSAGE_BYTES), written straight to CHAT: it projects, but its
+    // delivery record would outgrow the 64 KiB bound.
+    let conversation = natter_core::ConversationId::direct(alice.id, bob.id);
+    let oversized = natter_core::ChatRecord::new(natter_core::ChatEvent::MessageSent(
+        natter_core::MessageSent {
+            id: natter_core::MessageId::for_send(alice.id, None),
+            conversation_id: conversation,
+            sender_id: alice.id,
+            sender_name: alice.display_name.clone(),
+            receiver_id: Some(bob.id),
+            group_id: None,
+            content: "x".repeat(100 * 1024),
+            client_msg_id: None,
+            created_at: chrono::Utc::now(),
+        },
+    ));
+    let js = app.jetstream().await;
+    let stored = js
+        .publish(
+            natter_core::subjects::chat_message(conversation),
+            serde_json::to_vec(&oversized).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut a = app.connect(&alice, "a").await;
+    send_n(&mut a, &bob, "m", 2).await;
+    let received = b.receive_messages(2).await;
+    // Only the first characters: a failure must not print 100 KiB.
+    let contents: Vec<String> = received
+        .iter()
+        .map(|f| {
+            f["data"]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .chars()
+                .take(8)
+                .collect()
+        })
+        .collect();
+    assert_eq!(contents, ["m0", "m1"]);
+
+    let pool = app.db.pool().await.unwrap();
+    let dead: Vec<(i64, String)> = sqlx::query_as("SELECT chat_seq, error FROM dead_letters")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].0, stored.sequence as i64);
+    assert!(dead[0].1.contains("fan-out"), "{}", dead[0].1);
+    assert!(dead[0].1.contains("65536"), "{}", dead[0].1);
 }

@@ -11,6 +11,8 @@ mod direct_messages;
 mod durability;
 mod errors;
 mod expiry;
+mod group_bounds;
+mod group_lifecycle;
 mod groups;
 mod lifecycle;
 mod people;

@@ -1,16 +1,19 @@
 //! Group membership in the projection: the membership events, the one
 //! query for a conversation's members, and the membership cache.
 //!
-//! Each event's SQL queues a `group_updated`. The cache of who is in each
+//! Each event's SQL queues a `group_updated`; an add past the member cap is
+//! refused whole and dead-lettered. The cache of who is in each
 //! group serves the fan-out of group messages; it is filled from PostgreSQL
 //! on a miss and forgotten for every group a batch changes, so it never
 //! outlives what the persister itself projected.
 
+use super::dead_letter;
 use super::error::ProjectionError;
 use super::record::{Dedupe, Fanout, Record};
 use natter_core::{
-    ChatEvent, ConversationId, DeliveryEvent, Group, GroupChange, GroupCreated, GroupId,
-    MemberRemoved, MembersAdded, UserId,
+    ChangeKind, ChatEvent, ChatRecord, ConversationId, DeliveryEvent, Group, GroupChange,
+    GroupCreated, GroupDeleted, GroupId, MAX_GROUP_MEMBERS, MemberRemoved, MembersAdded, UserId,
+    subjects,
 };
 use sqlx::PgConnection;
 use std::collections::{HashMap, HashSet};
@@ -74,11 +77,12 @@ pub async fn members(
 }
 
 /// A membership event applied: which group, the change to announce, and
-/// who hears of it besides the members (a removed member).
+/// who hears of it besides the members (a removed member; everyone who was
+/// in a deleted group).
 struct Applied {
     group: GroupId,
     change: GroupChange,
-    also_to: Option<UserId>,
+    also_to: Vec<UserId>,
 }
 
 /// Applies one membership event and queues its `group_updated`.
@@ -87,22 +91,24 @@ pub async fn project_group_event(
     record: &Record,
     fanouts: &mut Vec<Fanout>,
 ) -> Result<(), ProjectionError> {
-    let Some(applied) = apply(tx, record).await? else {
+    let applied = apply(tx, record).await?;
+    if let Some(group) = record.event.changed_group() {
+        // Refused or not, the event is settled: whoever waits for it stops.
+        sqlx::query("UPDATE conversations SET group_seq = GREATEST(group_seq, $2) WHERE id = $1")
+            .bind(group.0)
+            .bind(record.chat_seq as i64)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let Some(applied) = applied else {
         return Ok(());
     };
-    let seq = record.chat_seq as i64;
-    sqlx::query("UPDATE conversations SET group_seq = GREATEST(group_seq, $2) WHERE id = $1")
-        .bind(applied.group.0)
-        .bind(seq)
-        .execute(&mut *tx)
-        .await?;
     let view = group_view(tx, applied.group).await?;
-    let mut recipients: Vec<UserId> = view.members.iter().map(|m| m.id).collect();
-    // The removed member hears of it too, so its clients drop the group.
-    if let Some(removed) = applied.also_to
-        && !recipients.contains(&removed)
-    {
-        recipients.push(removed);
+    let mut recipients = members(tx, applied.group.into()).await?;
+    for user in applied.also_to {
+        if !recipients.contains(&user) {
+            recipients.push(user);
+        }
     }
     fanouts.push(Fanout {
         chat_seq: record.chat_seq,
@@ -117,22 +123,29 @@ pub async fn project_group_event(
 }
 
 /// The event's SQL. `None` when there is nothing to announce: an event for
-/// an unknown group, or not a membership event at all.
+/// an unknown or deleted group, one refused, or not a membership event.
 async fn apply(tx: &mut PgConnection, record: &Record) -> Result<Option<Applied>, ProjectionError> {
     let seq = record.chat_seq as i64;
     match &record.event {
-        ChatEvent::GroupCreated(e) => create_group(tx, e, seq).await.map(Some),
-        ChatEvent::MembersAdded(e) => add_to_group(tx, e, seq).await,
+        ChatEvent::GroupCreated(e) => create_group(tx, record, e, seq).await,
+        ChatEvent::MembersAdded(e) => add_to_group(tx, record, e, seq).await,
         ChatEvent::MemberRemoved(e) => remove_from_group(tx, e, seq).await,
+        ChatEvent::GroupDeleted(e) => delete_group(tx, e, seq).await,
         ChatEvent::MessageSent(_) | ChatEvent::MessagesRead(_) => Ok(None),
     }
 }
 
 async fn create_group(
     tx: &mut PgConnection,
+    record: &Record,
     e: &GroupCreated,
     seq: i64,
-) -> Result<Applied, ProjectionError> {
+) -> Result<Option<Applied>, ProjectionError> {
+    let distinct: HashSet<UserId> = e.member_ids.iter().copied().collect();
+    if distinct.len() > MAX_GROUP_MEMBERS {
+        refuse(tx, record, e.group_id, too_many(distinct.len())).await?;
+        return Ok(None);
+    }
     sqlx::query(
         "INSERT INTO conversations
              (id, kind, name, created_by, created_at, last_seq, last_activity_at, group_seq)
@@ -146,18 +159,29 @@ async fn create_group(
     .bind(seq)
     .execute(&mut *tx)
     .await?;
+    // A redelivered creation of a group deleted since adds nobody back.
+    if !group_exists(tx, e.group_id).await? {
+        return Ok(None);
+    }
     add_members(tx, e.group_id, &e.member_ids, seq, e.at).await?;
-    Ok(Applied {
+    Ok(Some(Applied {
         group: e.group_id,
-        change: GroupChange::Created {
-            actor_id: e.creator_id,
+        change: GroupChange {
+            kind: ChangeKind::Created,
+            user_ids: e.member_ids.clone(),
+            by: e.creator_id,
         },
-        also_to: None,
-    })
+        also_to: Vec::new(),
+    }))
 }
 
+/// Adds all of `e.user_ids` or, if the group would then hold more than
+/// [`MAX_GROUP_MEMBERS`], none of them: the gateway checks before it
+/// publishes, but two adds checked at once both pass, and only here, in
+/// `CHAT` order, is the count certain.
 async fn add_to_group(
     tx: &mut PgConnection,
+    record: &Record,
     e: &MembersAdded,
     seq: i64,
 ) -> Result<Option<Applied>, ProjectionError> {
@@ -165,15 +189,53 @@ async fn add_to_group(
         tracing::warn!(chat_seq = seq, group = %e.group_id, "members added to an unknown group ignored");
         return Ok(None);
     }
+    let current: HashSet<UserId> = members(tx, e.group_id.into()).await?.into_iter().collect();
+    let after = current.len()
+        + e.user_ids
+            .iter()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .filter(|u| !current.contains(u))
+            .count();
+    if after > MAX_GROUP_MEMBERS {
+        refuse(tx, record, e.group_id, too_many(after)).await?;
+        return Ok(None);
+    }
     add_members(tx, e.group_id, &e.user_ids, seq, e.at).await?;
     Ok(Some(Applied {
         group: e.group_id,
-        change: GroupChange::MembersAdded {
-            actor_id: e.actor_id,
+        change: GroupChange {
+            kind: ChangeKind::MembersAdded,
             user_ids: e.user_ids.clone(),
+            by: e.actor_id,
         },
-        also_to: None,
+        also_to: Vec::new(),
     }))
+}
+
+fn too_many(members: usize) -> String {
+    format!("a group has at most {MAX_GROUP_MEMBERS} members; this would make {members}")
+}
+
+/// Dead-letters a membership event that must not be applied, in the
+/// batch's transaction, so a replay refuses it alike.
+async fn refuse(
+    tx: &mut PgConnection,
+    record: &Record,
+    group: GroupId,
+    reason: String,
+) -> Result<(), ProjectionError> {
+    tracing::warn!(chat_seq = record.chat_seq, %group, %reason, "membership event refused");
+    let payload = serde_json::to_vec(&ChatRecord::new(record.event.clone())).unwrap_or_default();
+    dead_letter::store(
+        tx,
+        record.chat_seq,
+        &subjects::chat_group(group),
+        &payload,
+        &reason,
+        1,
+    )
+    .await
 }
 
 async fn remove_from_group(
@@ -192,11 +254,45 @@ async fn remove_from_group(
         .await?;
     Ok(Some(Applied {
         group: e.group_id,
-        change: GroupChange::MemberRemoved {
-            actor_id: e.actor_id,
-            user_id: e.user_id,
+        change: GroupChange {
+            kind: ChangeKind::MemberRemoved,
+            user_ids: vec![e.user_id],
+            by: e.actor_id,
         },
-        also_to: Some(e.user_id),
+        also_to: vec![e.user_id],
+    }))
+}
+
+/// Marks the group deleted and removes its members, so every membership
+/// check (history, sends, reads, the conversation list) answers as for a
+/// group that never was. Its messages stay in the table, out of reach.
+async fn delete_group(
+    tx: &mut PgConnection,
+    e: &GroupDeleted,
+    seq: i64,
+) -> Result<Option<Applied>, ProjectionError> {
+    if !group_exists(tx, e.group_id).await? {
+        tracing::warn!(chat_seq = seq, group = %e.group_id, "deletion of an unknown group ignored");
+        return Ok(None);
+    }
+    let former = members(tx, e.group_id.into()).await?;
+    sqlx::query("DELETE FROM conversation_members WHERE conversation_id = $1")
+        .bind(e.group_id.0)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE conversations SET deleted_seq = $2 WHERE id = $1")
+        .bind(e.group_id.0)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?;
+    Ok(Some(Applied {
+        group: e.group_id,
+        change: GroupChange {
+            kind: ChangeKind::Deleted,
+            user_ids: Vec::new(),
+            by: e.actor_id,
+        },
+        also_to: former,
     }))
 }
 
@@ -223,18 +319,21 @@ async fn add_members(
     Ok(())
 }
 
+/// Whether `group` is a group that was not deleted.
 async fn group_exists(tx: &mut PgConnection, group: GroupId) -> Result<bool, ProjectionError> {
     Ok(sqlx::query_scalar::<_, bool>(
-        "SELECT EXISTS (SELECT 1 FROM conversations WHERE id = $1 AND kind = 'group')",
+        "SELECT EXISTS (SELECT 1 FROM conversations
+                        WHERE id = $1 AND kind = 'group' AND deleted_seq IS NULL)",
     )
     .bind(group.0)
     .fetch_one(&mut *tx)
     .await?)
 }
 
-/// The group as the transaction sees it.
+/// The group as the transaction sees it; a deleted group as it was, with
+/// no members left.
 async fn group_view(tx: &mut PgConnection, group: GroupId) -> Result<Group, ProjectionError> {
-    natter_runtime::views::group(tx, group)
+    natter_runtime::views::group_even_deleted(tx, group)
         .await?
         .ok_or_else(|| ProjectionError::Permanent(sqlx::Error::RowNotFound))
 }
