@@ -367,3 +367,62 @@ async fn a_delivery_record_too_large_is_dead_lettered_and_the_rest_flow_on() {
     assert!(dead[0].1.contains("fan-out"), "{}", dead[0].1);
     assert!(dead[0].1.contains("65536"), "{}", dead[0].1);
 }
+
+#[tokio::test]
+async fn a_message_id_reused_for_another_message_is_dead_lettered_never_dropped() {
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let mut b = app.connect(&bob, "phone").await;
+    // Two sends under one clientMsgId (so one message id), published by hand
+    // as if the gateway had accepted the second after the broker forgot the
+    // first and before the projection had it: the same message, then another.
+    let conversation = natter_core::ConversationId::direct(alice.id, bob.id);
+    let id = uuid::Uuid::now_v7();
+    let js = app.jetstream().await;
+    for content in ["first", "first", "changed"] {
+        let record = json!({
+            "v": 1, "type": "message_sent", "id": id, "conversationId": conversation,
+            "senderId": alice.id, "senderName": "alice", "receiverId": bob.id,
+            "content": content, "clientMsgId": "c1", "createdAt": "2026-01-01T00:00:00Z"
+        });
+        js.publish(
+            format!("chat.msg.{conversation}"),
+            record.to_string().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let delivered = b.receive_messages(1).await;
+    assert_eq!(delivered[0]["data"]["message"]["content"], "first");
+    let pool = app.db.pool().await.unwrap();
+    let mut dead: Vec<(i64, String)> = Vec::new();
+    for _ in 0..200 {
+        dead = sqlx::query_as("SELECT chat_seq, error FROM dead_letters")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        if !dead.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        dead.len(),
+        1,
+        "only the other message is set aside: {dead:?}"
+    );
+    assert_eq!(dead[0].0, 3);
+    assert!(
+        dead[0].1.contains("already names another message"),
+        "{dead:?}"
+    );
+    assert!(
+        b.drain(Duration::from_millis(300))
+            .await
+            .iter()
+            .all(|f| f["event"] != "receive_direct_message")
+    );
+}

@@ -54,7 +54,7 @@ pub async fn project_messages(
     let rows = MessageRows::of(&sent);
     let inserted = rows.insert(tx).await?;
     count_unread(tx, &sent, &inserted).await?;
-    queue_deliveries(tx, &sent, &rows.id, &inserted, fanouts).await
+    queue_deliveries(tx, &sent, &inserted, fanouts).await
 }
 
 /// Who receives `message`: both parties of a direct message, the members of
@@ -332,15 +332,26 @@ async fn count_unread(
 async fn queue_deliveries(
     tx: &mut PgConnection,
     sent: &[Sent<'_>],
-    ids: &[Uuid],
     inserted: &HashMap<Uuid, i64>,
     fanouts: &mut Vec<Fanout>,
 ) -> Result<(), ProjectionError> {
-    let stored_earlier = stored_earlier(tx, ids, inserted).await?;
+    // Every record that did not create its row, redelivered or reusing an
+    // id, is compared with the row that holds its id (one this same
+    // transaction may have just written).
+    let others: Vec<Uuid> = sent
+        .iter()
+        .filter(|s| !created_by(inserted, s))
+        .map(|s| s.message.id.0)
+        .collect();
+    let stored_earlier = stored_rows(tx, &others).await?;
     for s in sent {
-        let is_this_record = created_by(inserted, s)
-            || stored_earlier.get(&s.message.id.0) == Some(&(s.chat_seq as i64));
+        let stored = stored_earlier.get(&s.message.id.0);
+        let is_this_record =
+            created_by(inserted, s) || stored.is_some_and(|row| row.seq == s.chat_seq as i64);
         if !is_this_record {
+            if let Some(row) = stored.filter(|row| !row.is_same_message(s.message)) {
+                refuse_reused_id(tx, s, row).await?;
+            }
             continue;
         }
         let m = s.message;
@@ -360,27 +371,74 @@ async fn queue_deliveries(
     Ok(())
 }
 
-/// The stored `CHAT` sequence of each row the insert skipped, by id. Only
-/// those rows need a look; normally there are none.
-async fn stored_earlier(
+/// A stored row a record's insert was skipped for.
+struct StoredRow {
+    seq: i64,
+    conversation_id: Uuid,
+    content: String,
+}
+
+impl StoredRow {
+    /// Whether `m` is a retry of this message: the same conversation and
+    /// content under the same `clientMsgId`.
+    fn is_same_message(&self, m: &MessageSent) -> bool {
+        self.conversation_id == m.conversation_id.0 && self.content == m.content
+    }
+}
+
+/// The stored rows of `ids`, by id. Only records that did not create their
+/// row need a look; normally there are none.
+async fn stored_rows(
     tx: &mut PgConnection,
     ids: &[Uuid],
-    inserted: &HashMap<Uuid, i64>,
-) -> Result<HashMap<Uuid, i64>, ProjectionError> {
-    let skipped: Vec<Uuid> = ids
-        .iter()
-        .filter(|id| !inserted.contains_key(*id))
-        .copied()
-        .collect();
-    if skipped.is_empty() {
+) -> Result<HashMap<Uuid, StoredRow>, ProjectionError> {
+    if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    Ok(sqlx::query_as::<_, (Uuid, i64)>(
-        "SELECT m.id, m.seq FROM UNNEST($1::uuid[]) AS t(id) JOIN messages m ON m.id = t.id",
+    let rows: Vec<(Uuid, i64, Uuid, String)> = sqlx::query_as(
+        "SELECT m.id, m.seq, m.conversation_id, m.content
+         FROM UNNEST($1::uuid[]) AS t(id) JOIN messages m ON m.id = t.id",
     )
-    .bind(&skipped)
+    .bind(ids)
     .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .collect())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, seq, conversation_id, content)| {
+            let row = StoredRow {
+                seq,
+                conversation_id,
+                content,
+            };
+            (id, row)
+        })
+        .collect())
+}
+
+/// Dead-letters a send whose `clientMsgId` (so its message id) is already
+/// taken by another message: one the gateway could not catch because the
+/// first was not yet projected when the broker had forgotten it. Recorded,
+/// never dropped in silence (DESIGN §4).
+async fn refuse_reused_id(
+    tx: &mut PgConnection,
+    s: &Sent<'_>,
+    stored: &StoredRow,
+) -> Result<(), ProjectionError> {
+    let m = s.message;
+    let reason = format!(
+        "message id {} (its clientMsgId) already names another message, stored at CHAT sequence {}",
+        m.id, stored.seq
+    );
+    tracing::warn!(chat_seq = s.chat_seq, %reason, "send refused");
+    let payload =
+        serde_json::to_vec(&ChatRecord::new(ChatEvent::MessageSent(m.clone()))).unwrap_or_default();
+    dead_letter::store(
+        tx,
+        s.chat_seq,
+        &subjects::chat_message(m.conversation_id),
+        &payload,
+        &reason,
+        1,
+    )
+    .await
 }
