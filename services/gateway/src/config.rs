@@ -48,8 +48,9 @@ pub struct Config {
     /// Sends one connection may have awaiting their JetStream ack.
     #[arg(long, env = "SESSION_MAX_INFLIGHT", default_value_t = 256)]
     pub session_max_inflight: usize,
-    /// Messages one connection may send per second on average (twice that
-    /// in a burst); more are refused with `rate_limited`.
+    /// Messages one user may send per second on average (twice that in a
+    /// burst), all their connections and REST together on one gateway;
+    /// more are refused with `rate_limited`.
     #[arg(long, env = "SEND_RATE_PER_SEC", default_value_t = 500.0)]
     pub send_rate_per_sec: f64,
     /// Seconds a connection's presence outlives its gateway's last heartbeat.

@@ -27,6 +27,7 @@
 //! - [`delivery`]: live subscriptions, log replay, device cursors.
 //! - [`control`]: cross-gateway session control (device replacement, profile changes).
 //! - [`presence`]: who is online, cluster-wide; [`typing`]: typing signals.
+//! - [`throttle`]: per-user rate limits on sends, read markers and typing.
 //! - [`metrics`]: the Prometheus metrics on `/metrics`.
 //! - [`http`]: the REST routers; [`ws`]: the WebSocket protocol and sessions.
 //! - [`state`]: the wiring of all of the above for the routers.
@@ -45,6 +46,7 @@ pub mod metrics;
 pub mod presence;
 pub mod revocation;
 pub mod state;
+pub mod throttle;
 pub mod typing;
 pub mod ws;
 
@@ -200,6 +202,7 @@ fn wire(
         pool.clone(),
         directory.clone(),
         presence.clone(),
+        chat::ChatLimits::new(config.send_rate_per_sec),
     ));
     let auth = access::Authenticator::new(tokens.clone(), revocations.clone());
     let control = control::ControlBus::new(nats.clone(), uuid::Uuid::now_v7());
@@ -247,7 +250,6 @@ fn session_limits(config: &Config) -> ws::session::Limits {
     ws::session::Limits {
         max_message_bytes: config.max_message_bytes,
         max_inflight: config.session_max_inflight,
-        send_rate: config.send_rate_per_sec,
         ping_every: config.ws_ping_interval(),
         slow_reader: config.slow_reader_timeout(),
     }

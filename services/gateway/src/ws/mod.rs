@@ -5,9 +5,7 @@
 //!   delivery, commands — over any socket and [`session::Backend`].
 //! - [`upgrade`]: the handshake checks and a connection's life around its
 //!   session, with the gateway's real backend.
-//! - [`throttle`]: the per-connection rate limit.
 
 pub mod protocol;
 pub mod session;
-pub mod throttle;
 pub mod upgrade;

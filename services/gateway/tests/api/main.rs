@@ -7,6 +7,7 @@ mod auth;
 mod direct_messages;
 mod durability;
 mod errors;
+mod fairness;
 mod groups;
 mod lifecycle;
 mod presence;
