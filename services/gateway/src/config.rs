@@ -66,6 +66,10 @@ pub struct Config {
     /// Seconds a socket write may block before the reader counts as too slow.
     #[arg(long, env = "SLOW_READER_SECS", default_value_t = 10)]
     pub slow_reader_secs: u64,
+    /// Live sockets one user may have across the cluster; one more is
+    /// closed (1008, "too many connections") right after its handshake.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_USER", default_value_t = 32)]
+    pub max_connections_per_user: usize,
 }
 
 impl Config {

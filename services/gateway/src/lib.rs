@@ -225,6 +225,7 @@ fn wire(
         limits: session_limits(&config),
         allowed_origins: config.allowed_origins.clone().into(),
         max_frame_bytes: config.max_frame_bytes,
+        max_connections_per_user: config.max_connections_per_user.max(1),
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),
     };

@@ -1,9 +1,13 @@
 //! Per-user fairness (DESIGN.md §5): rate limits that hold across all of a
 //! user's connections and REST together, and the cap on a user's sockets.
 
+use futures::StreamExt;
+use natter_testkit::app::{TEST_JWT_SECRET, wait_until_ok};
 use natter_testkit::{TestApp, TestOptions, TestUser};
 use serde_json::{Value, json};
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
 
 async fn spawn_with_gateway_args(args: &[&str]) -> TestApp {
     TestApp::spawn_with(TestOptions {
@@ -155,4 +159,118 @@ async fn typing_is_rate_limited_per_user_across_devices() {
     }
     assert!(limited >= 1, "eight signals in a burst from one user");
     still_open(&mut a2).await;
+}
+
+/// How a socket's start went: `Ok` with its `ready`, or the close frame's
+/// code and reason.
+async fn open(url: &str) -> Result<Value, (u16, String)> {
+    let (mut socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("the handshake completes");
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(15), socket.next())
+            .await
+            .expect("a frame within 15 s");
+        match frame {
+            Some(Ok(Message::Text(text))) => {
+                let frame: Value = serde_json::from_str(text.as_str()).unwrap();
+                if frame["event"] == "ready" {
+                    return Ok(frame["data"].clone());
+                }
+            }
+            Some(Ok(Message::Close(Some(close)))) => {
+                return Err((u16::from(close.code), close.reason.to_string()));
+            }
+            Some(Ok(_)) => {}
+            other => panic!("socket ended without a close frame: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_socket_over_the_per_user_cap_is_closed_with_a_reason() {
+    let app = spawn_with_gateway_args(&["--max-connections-per-user", "2"]).await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let _phone = app.connect(&alice, "phone").await;
+    let laptop = app.connect(&alice, "laptop").await;
+
+    let refused = open(&app.ws_url(&alice.token, "tablet")).await;
+    assert_eq!(refused, Err((1008, "too many connections".to_owned())));
+    // Another user is not affected.
+    let _b = app.connect(&bob, "b").await;
+    // A device reconnecting replaces its older connection: that one does
+    // not count against it.
+    let again = open(&app.ws_url(&alice.token, "phone")).await;
+    assert!(again.is_ok(), "{again:?}");
+    // A place freed is a place taken.
+    laptop.close().await;
+    let tablet = app
+        .eventually(Duration::from_secs(5), || async {
+            open(&app.ws_url(&alice.token, "tablet")).await.is_ok()
+        })
+        .await;
+    assert!(tablet, "a freed place is given to a new device");
+}
+
+#[tokio::test]
+async fn the_connection_cap_counts_the_users_sockets_on_other_gateways() {
+    // A gateway learns of connections older than itself from their
+    // heartbeats, every third of the TTL: keep that short.
+    let app = spawn_with_gateway_args(&[
+        "--max-connections-per-user",
+        "2",
+        "--presence-ttl-secs",
+        "2",
+    ])
+    .await;
+    let root = app.signup("root").await;
+    let alice = app.signup("alice").await;
+    let _phone = app.connect(&alice, "phone").await;
+    let _laptop = app.connect(&alice, "laptop").await;
+
+    let port = natter_localinfra::free_port();
+    let mut other = Command::new(env!("CARGO_BIN_EXE_natter-gateway"))
+        .env("NATS_URL", app.nats.url())
+        .env("DATABASE_URL", &app.db.url)
+        .env("JWT_SECRET", TEST_JWT_SECRET)
+        .env("PORT", port.to_string())
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .env("MAX_CONNECTIONS_PER_USER", "2")
+        .env("PRESENCE_TTL_SECS", "2")
+        .env("ADMIN_USERS", "root")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until_ok(&app.http, &format!("{base}/readyz")).await;
+    // Once the other gateway's view of the cluster has alice's sockets...
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let view: Value = app
+            .http
+            .get(format!("{base}/debug/active-users"))
+            .bearer_auth(&root.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if view["connections"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never saw alice: {view}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...a third socket there is one too many.
+    let url = format!(
+        "ws://127.0.0.1:{port}/ws?token={}&device=tablet",
+        alice.token
+    );
+    let refused = open(&url).await;
+    let _ = other.kill();
+    let _ = other.wait();
+    assert_eq!(refused, Err((1008, "too many connections".to_owned())));
 }
