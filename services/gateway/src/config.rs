@@ -70,6 +70,10 @@ pub struct Config {
     /// closed (1008, "too many connections") right after its handshake.
     #[arg(long, env = "MAX_CONNECTIONS_PER_USER", default_value_t = 32)]
     pub max_connections_per_user: usize,
+    /// Seconds between sweeps that delete the cursors of devices unseen for
+    /// longer than `DELIVERY_MAX_AGE_SECS`.
+    #[arg(long, env = "DEVICE_PRUNE_INTERVAL_SECS", default_value_t = 3600)]
+    pub device_prune_interval_secs: u64,
 }
 
 impl Config {
@@ -83,6 +87,10 @@ impl Config {
 
     pub fn ws_ping_interval(&self) -> Duration {
         Duration::from_secs(self.ws_ping_secs.max(1))
+    }
+
+    pub fn device_prune_interval(&self) -> Duration {
+        Duration::from_secs(self.device_prune_interval_secs.max(1))
     }
 
     pub fn slow_reader_timeout(&self) -> Duration {

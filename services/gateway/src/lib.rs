@@ -315,6 +315,19 @@ fn spawn_background(
             .run_writer(CURSOR_FLUSH_INTERVAL, writer_shutdown)
             .await;
     });
+    // A DELIVERY stream without an age limit keeps every record, and so
+    // every cursor stays useful.
+    let retention = state.config.streams.settings().delivery_max_age;
+    if !retention.is_zero() {
+        let cursors = state.cursors.clone();
+        let interval = state.config.device_prune_interval();
+        let pruner_shutdown = shutdown.child_token();
+        tasks.spawn(async move {
+            cursors
+                .run_pruner(retention, interval, pruner_shutdown)
+                .await;
+        });
+    }
     tasks.spawn(follow_connection(
         events,
         state.hub.clone(),

@@ -11,6 +11,7 @@ mod fairness;
 mod groups;
 mod lifecycle;
 mod presence;
+mod pruning;
 mod replay;
 mod sessions;
 mod web;
