@@ -10,6 +10,7 @@ mod errors;
 mod fairness;
 mod groups;
 mod lifecycle;
+mod limits;
 mod presence;
 mod pruning;
 mod replay;
