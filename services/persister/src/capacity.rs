@@ -6,28 +6,33 @@
 use crate::metrics;
 use async_nats::jetstream;
 use natter_core::subjects;
+use natter_runtime::backoff::Backoff;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// How often the streams' sizes are read.
 const EVERY: Duration = Duration::from_secs(15);
-/// How soon a failed read is tried again: at start the streams may not be
-/// declared yet.
-const RETRY: Duration = Duration::from_millis(250);
 
-/// Reads both streams' sizes every [`EVERY`] until `shutdown`.
+/// Reads both streams' sizes every [`EVERY`] until `shutdown`. A failed
+/// read is retried soon, with backoff: at start the streams may not be
+/// declared yet, and the gauges should not wait a whole period for them.
 pub async fn watch(js: jetstream::Context, shutdown: CancellationToken) {
-    let mut wait = Duration::ZERO;
+    let mut retry = Backoff::new(Duration::from_millis(10), Duration::from_millis(100));
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
         let mut read = true;
         for stream in [subjects::CHAT_STREAM, subjects::DELIVERY_STREAM] {
             read &= report(&js, stream).await;
         }
-        wait = if read { EVERY } else { RETRY };
+        let wait = if read {
+            retry.reset();
+            EVERY
+        } else {
+            retry.next_delay()
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
     }
 }
 
