@@ -50,13 +50,34 @@ pub struct StreamArgs {
     /// A device offline longer than this gets `resync_required`.
     #[arg(long, env = "DELIVERY_MAX_AGE_SECS", default_value_t = 7 * 24 * 3600)]
     pub delivery_max_age_secs: u64,
+    /// Most bytes the CHAT stream may hold (0: no limit). CHAT is the source
+    /// of truth, so a full CHAT refuses new records (sends get
+    /// `unavailable`) rather than dropping old ones. Each node reserves this
+    /// much of its JetStream `max_file_store`.
+    #[arg(long, env = "CHAT_MAX_BYTES", default_value_t = DEFAULT_CHAT_MAX_BYTES)]
+    pub chat_max_bytes: u64,
+    /// Most bytes the DELIVERY stream may hold (0: no limit). When full, the
+    /// oldest records go, as with `DELIVERY_MAX_AGE_SECS`: a device further
+    /// behind gets `resync_required`.
+    #[arg(long, env = "DELIVERY_MAX_BYTES", default_value_t = DEFAULT_DELIVERY_MAX_BYTES)]
+    pub delivery_max_bytes: u64,
 }
+
+/// Defaults that fit a development machine: a nats-server without a
+/// `max_file_store` may reserve 75 % of the free disk, and declaring a
+/// stream whose `max_bytes` does not fit fails. Production sizes them to
+/// its nodes (deploy/compose sets both).
+const DEFAULT_CHAT_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+const DEFAULT_DELIVERY_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 
 /// How the streams are declared: what [`StreamArgs`] configure.
 #[derive(Clone, Debug)]
 pub struct StreamSettings {
     pub replicas: usize,
     pub delivery_max_age: Duration,
+    /// `None`: no limit.
+    pub chat_max_bytes: Option<u64>,
+    pub delivery_max_bytes: Option<u64>,
 }
 
 impl Default for StreamSettings {
@@ -64,6 +85,8 @@ impl Default for StreamSettings {
         Self {
             replicas: 1,
             delivery_max_age: Duration::from_secs(7 * 24 * 3600),
+            chat_max_bytes: Some(DEFAULT_CHAT_MAX_BYTES),
+            delivery_max_bytes: Some(DEFAULT_DELIVERY_MAX_BYTES),
         }
     }
 }
@@ -73,6 +96,8 @@ impl StreamArgs {
         StreamSettings {
             replicas: self.stream_replicas.max(1),
             delivery_max_age: Duration::from_secs(self.delivery_max_age_secs),
+            chat_max_bytes: (self.chat_max_bytes > 0).then_some(self.chat_max_bytes),
+            delivery_max_bytes: (self.delivery_max_bytes > 0).then_some(self.delivery_max_bytes),
         }
     }
 }

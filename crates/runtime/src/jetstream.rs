@@ -99,6 +99,15 @@ pub fn redacted(urls: &str) -> String {
         .join(",")
 }
 
+/// JetStream's `max_bytes`: -1 is no limit.
+fn max_bytes(limit: Option<u64>) -> i64 {
+    limit.map_or(-1, |bytes| i64::try_from(bytes).unwrap_or(i64::MAX))
+}
+
+/// `CHAT` is the source of truth (DESIGN.md §3: the projections are
+/// rebuilt from it), so when full it refuses new records (`discard: new`;
+/// a send is answered `unavailable`) instead of silently dropping the
+/// oldest.
 pub fn chat_stream_config(settings: &StreamSettings) -> stream::Config {
     stream::Config {
         name: subjects::CHAT_STREAM.to_owned(),
@@ -110,13 +119,18 @@ pub fn chat_stream_config(settings: &StreamSettings) -> stream::Config {
         num_replicas: settings.replicas,
         duplicate_window: DUPLICATE_WINDOW,
         max_message_size: MAX_RECORD_BYTES,
+        max_bytes: max_bytes(settings.chat_max_bytes),
         allow_direct: true,
-        discard: stream::DiscardPolicy::Old,
+        discard: stream::DiscardPolicy::New,
         retention: stream::RetentionPolicy::Limits,
         ..Default::default()
     }
 }
 
+/// `DELIVERY` is a cache of the fan-out: when full it drops its oldest
+/// records, as `max_age` does, and a device whose cursor fell behind them
+/// is told `resync_required` (invariant 4). Refusing new records instead
+/// would stall every user's delivery.
 pub fn delivery_stream_config(settings: &StreamSettings) -> stream::Config {
     stream::Config {
         name: subjects::DELIVERY_STREAM.to_owned(),
@@ -126,6 +140,7 @@ pub fn delivery_stream_config(settings: &StreamSettings) -> stream::Config {
         duplicate_window: DUPLICATE_WINDOW,
         max_message_size: MAX_RECORD_BYTES,
         max_age: settings.delivery_max_age,
+        max_bytes: max_bytes(settings.delivery_max_bytes),
         allow_direct: true,
         republish: Some(stream::Republish {
             source: subjects::DELIVER_ALL.to_owned(),

@@ -21,7 +21,7 @@ pub const NATS_PASSWORD_VARS: [&str; 3] = [
 /// Every metric the gateway and the persister export (DESIGN.md §6), by base
 /// name: a histogram's `_bucket`, `_sum` and `_count` series count as it.
 /// The dashboard and the alert rules may query nothing else.
-pub const EXPORTED_METRICS: [&str; 23] = [
+pub const EXPORTED_METRICS: [&str; 25] = [
     "natter_ws_connections_open",
     "natter_ws_connections_opened_total",
     "natter_ws_connections_closed_total",
@@ -45,6 +45,8 @@ pub const EXPORTED_METRICS: [&str; 23] = [
     "natter_persister_redeliveries_total",
     "natter_persister_dead_letters_total",
     "natter_persister_leader",
+    "natter_stream_bytes",
+    "natter_stream_max_bytes",
 ];
 
 /// `<workspace>/deploy`.

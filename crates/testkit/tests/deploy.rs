@@ -153,6 +153,39 @@ fn each_nats_node_loads_its_own_config_from_the_mounted_folder() {
     }
 }
 
+/// Every node of the R3 cluster holds a replica of both streams and
+/// reserves their `max_bytes` in its `max_file_store`: if they did not fit,
+/// the streams could not be declared and nothing would start.
+#[test]
+fn compose_stream_limits_fit_each_nats_nodes_file_store() {
+    let compose = Compose::load().unwrap();
+    let conf = std::fs::read_to_string(deploy::deploy_dir().join("nats/natter.conf")).unwrap();
+    let store = conf
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("max_file_store:"))
+        .and_then(|v| v.trim().strip_suffix("GB"))
+        .and_then(|gb| gb.parse::<u64>().ok())
+        .expect("natter.conf sets max_file_store in GB")
+        * 1024
+        * 1024
+        * 1024;
+    for name in ["gateway-1", "gateway-2", "persister-1", "persister-2"] {
+        let service = compose.service(name).unwrap();
+        let limit = |var: &str| -> u64 {
+            service
+                .env(var)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{name} sets {var}"))
+        };
+        let (chat, delivery) = (limit("CHAT_MAX_BYTES"), limit("DELIVERY_MAX_BYTES"));
+        assert!(chat > 0 && delivery > 0, "{name}: both streams are bounded");
+        assert!(
+            chat + delivery <= store * 8 / 10,
+            "{name}: {chat} + {delivery} bytes leave too little of {store} for the KV buckets"
+        );
+    }
+}
+
 #[test]
 fn services_connect_to_every_nats_node_as_their_own_user() {
     let compose = Compose::load().unwrap();

@@ -10,6 +10,7 @@
 use crate::directory::{Directory, UserRecord};
 use crate::error::ApiError;
 use crate::presence::Presence;
+use crate::throttle::PerUser;
 use crate::ws::protocol::{SendMessage, Target};
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
 use bytes::Bytes;
@@ -23,13 +24,38 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 /// What the chat commands need: the `CHAT` stream, the projection, who
-/// exists and who is online.
+/// exists and who is online, and each user's rate limits.
 pub struct Chat {
     js: jetstream::Context,
     stream: jetstream::stream::Stream,
     pool: PgPool,
     directory: Arc<Directory>,
     presence: Arc<Presence>,
+    limits: ChatLimits,
+}
+
+/// Per-user limits on the commands that write to `CHAT`: every send and
+/// read marker costs a record, and fans out to every member.
+pub struct ChatLimits {
+    pub sends: PerUser,
+    pub reads: PerUser,
+}
+
+/// A user may send this many seconds' worth of their rate at once.
+const SEND_BURST_SECONDS: f64 = 2.0;
+/// Read markers a user may set per second, and in a burst: a client marks
+/// a conversation read when it is opened, rarely more often.
+const READ_RATE: f64 = 5.0;
+const READ_BURST: f64 = 10.0;
+
+impl ChatLimits {
+    /// `send_rate` messages a second per user (`SEND_RATE_PER_SEC`).
+    pub fn new(send_rate: f64) -> Self {
+        Self {
+            sends: PerUser::new(send_rate, send_rate * SEND_BURST_SECONDS),
+            reads: PerUser::new(READ_RATE, READ_BURST),
+        }
+    }
 }
 
 /// A send handed to JetStream, its ack still to come; or a retry of a
@@ -58,6 +84,7 @@ impl Chat {
         pool: PgPool,
         directory: Arc<Directory>,
         presence: Arc<Presence>,
+        limits: ChatLimits,
     ) -> Self {
         Self {
             js,
@@ -65,6 +92,7 @@ impl Chat {
             pool,
             directory,
             presence,
+            limits,
         }
     }
 
@@ -75,6 +103,10 @@ impl Chat {
         sender: UserId,
         command: SendMessage,
     ) -> Result<Submitted, ApiError> {
+        self.limits
+            .sends
+            .check(sender)
+            .map_err(|wait| ApiError::rate_limited("too many messages; slow down", wait))?;
         // Looked up per send (a cache hit), so a new display name shows on
         // the next message.
         let sender = self
@@ -221,6 +253,10 @@ impl Chat {
         conversation: ConversationId,
         up_to_seq: Option<u64>,
     ) -> Result<(), ApiError> {
+        self.limits
+            .reads
+            .check(reader)
+            .map_err(|wait| ApiError::rate_limited("too many read markers; slow down", wait))?;
         self.ensure_member(reader, conversation).await?;
         self.append(
             subjects::chat_read(conversation),

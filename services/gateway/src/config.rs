@@ -51,8 +51,9 @@ pub struct Config {
     /// Sends one connection may have awaiting their JetStream ack.
     #[arg(long, env = "SESSION_MAX_INFLIGHT", default_value_t = 256)]
     pub session_max_inflight: usize,
-    /// Messages one connection may send per second on average (twice that
-    /// in a burst); more are refused with `rate_limited`.
+    /// Messages one user may send per second on average (twice that in a
+    /// burst), all their connections and REST together on one gateway;
+    /// more are refused with `rate_limited`.
     #[arg(long, env = "SEND_RATE_PER_SEC", default_value_t = 500.0)]
     pub send_rate_per_sec: f64,
     /// Seconds a connection's presence outlives its gateway's last heartbeat.
@@ -86,6 +87,14 @@ pub struct Config {
     /// beyond it the answer is 503 `unavailable` with `Retry-After`.
     #[arg(long, env = "PASSWORD_HASH_WAIT_MS", default_value_t = 5000)]
     pub password_hash_wait_ms: u64,
+    /// Live sockets one user may have across the cluster; one more is
+    /// closed (1008, "too many connections") right after its handshake.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_USER", default_value_t = 32)]
+    pub max_connections_per_user: usize,
+    /// Seconds between sweeps that delete the cursors of devices unseen for
+    /// longer than `DELIVERY_MAX_AGE_SECS`.
+    #[arg(long, env = "DEVICE_PRUNE_INTERVAL_SECS", default_value_t = 3600)]
+    pub device_prune_interval_secs: u64,
 }
 
 /// `MAX_MESSAGE_BYTES`: 1 to [`natter_core::MAX_CONTENT_BYTES`]. A larger
@@ -109,6 +118,10 @@ impl Config {
 
     pub fn ws_ping_interval(&self) -> Duration {
         Duration::from_secs(self.ws_ping_secs.max(1))
+    }
+
+    pub fn device_prune_interval(&self) -> Duration {
+        Duration::from_secs(self.device_prune_interval_secs.max(1))
     }
 
     pub fn slow_reader_timeout(&self) -> Duration {

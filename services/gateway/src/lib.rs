@@ -29,6 +29,7 @@
 //! - [`delivery`]: live subscriptions, log replay, device cursors.
 //! - [`control`]: cross-gateway session control (device replacement, profile changes).
 //! - [`presence`]: who is online, cluster-wide; [`typing`]: typing signals.
+//! - [`throttle`]: per-user rate limits on sends, read markers and typing.
 //! - [`metrics`]: the Prometheus metrics on `/metrics`.
 //! - [`http`]: the REST routers; [`ws`]: the WebSocket protocol and sessions.
 //! - [`state`]: the wiring of all of the above for the routers.
@@ -49,6 +50,7 @@ pub mod origin;
 pub mod presence;
 pub mod revocation;
 pub mod state;
+pub mod throttle;
 pub mod typing;
 pub mod ws;
 
@@ -205,6 +207,7 @@ fn wire(
         pool.clone(),
         directory.clone(),
         presence.clone(),
+        chat::ChatLimits::new(config.send_rate_per_sec),
     ));
     let auth = access::Authenticator::new(tokens.clone(), revocations.clone());
     let control = control::ControlBus::new(nats.clone(), uuid::Uuid::now_v7());
@@ -227,6 +230,7 @@ fn wire(
         limits: session_limits(&config),
         allowed_origins: config.allowed_origins.clone().into(),
         max_frame_bytes: config.max_frame_bytes,
+        max_connections_per_user: config.max_connections_per_user.max(1),
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),
     };
@@ -274,7 +278,6 @@ fn session_limits(config: &Config) -> ws::session::Limits {
     ws::session::Limits {
         max_message_bytes: config.max_message_bytes,
         max_inflight: config.session_max_inflight,
-        send_rate: config.send_rate_per_sec,
         ping_every: config.ws_ping_interval(),
         slow_reader: config.slow_reader_timeout(),
     }
@@ -341,6 +344,19 @@ fn spawn_background(
             .run_writer(CURSOR_FLUSH_INTERVAL, writer_shutdown)
             .await;
     });
+    // A DELIVERY stream without an age limit keeps every record, and so
+    // every cursor stays useful.
+    let retention = state.config.streams.settings().delivery_max_age;
+    if !retention.is_zero() {
+        let cursors = state.cursors.clone();
+        let interval = state.config.device_prune_interval();
+        let pruner_shutdown = shutdown.child_token();
+        tasks.spawn(async move {
+            cursors
+                .run_pruner(retention, interval, pruner_shutdown)
+                .await;
+        });
+    }
     tasks.spawn(follow_connection(
         events,
         state.hub.clone(),

@@ -49,7 +49,21 @@ pub struct Presence {
     ttl: Duration,
     view: PresenceView,
     /// This gateway's own keys, re-put by the heartbeat.
-    own: Mutex<HashMap<String, Bytes>>,
+    own: Mutex<HashMap<String, Own>>,
+}
+
+/// One of this gateway's connections: what it counts as, what is stored.
+struct Own {
+    connection: Connection,
+    value: Bytes,
+}
+
+/// A user already has as many live connections as allowed.
+#[derive(Debug, thiserror::Error)]
+#[error("{user} already has {live} live connections")]
+pub struct TooManyConnections {
+    pub user: UserId,
+    pub live: usize,
 }
 
 /// A user's presence, for lists and the admin view.
@@ -93,15 +107,22 @@ impl Presence {
         format!("{}.{}.{session}", user.0.simple(), gateway.simple())
     }
 
-    /// Records a connection of this gateway; its key is returned for
-    /// [`Presence::disconnected`].
+    /// Records a connection of this gateway, unless `user` already has
+    /// `max` live connections of other devices anywhere in the cluster (the
+    /// device's own older connection is about to be replaced, so it does
+    /// not count). The key is returned for [`Presence::disconnected`].
+    ///
+    /// This gateway's connections count the moment they are made; other
+    /// gateways' once their keys reach this one's view, a few milliseconds
+    /// later, so a burst spread over gateways can briefly exceed `max`.
     pub async fn connected(
         &self,
         user: UserId,
         device: DeviceId,
         gateway: Uuid,
         session: u64,
-    ) -> String {
+        max: usize,
+    ) -> Result<String, TooManyConnections> {
         let key = Self::key(user, gateway, session);
         let connection = Connection {
             user_id: user,
@@ -110,13 +131,40 @@ impl Presence {
             connected_at: Utc::now().trunc_subsecs(3),
         };
         let value = Bytes::from(serde_json::to_vec(&connection).unwrap_or_default());
-        if let Ok(mut own) = self.own.lock() {
-            own.insert(key.clone(), value.clone());
+        {
+            let mut own = self
+                .own
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Counted and recorded under one lock, so two connections racing
+            // on this gateway cannot both take the last place.
+            let mut live = self.view.keys_of_other_devices(user, &connection.device_id);
+            live.extend(
+                own.iter()
+                    .filter(|(_, o)| {
+                        o.connection.user_id == user
+                            && o.connection.device_id != connection.device_id
+                    })
+                    .map(|(k, _)| k.clone()),
+            );
+            if live.len() >= max {
+                return Err(TooManyConnections {
+                    user,
+                    live: live.len(),
+                });
+            }
+            own.insert(
+                key.clone(),
+                Own {
+                    connection,
+                    value: value.clone(),
+                },
+            );
         }
         if let Err(e) = self.store.put(&key, value).await {
             tracing::warn!(error = %e, %user, "presence not recorded; the heartbeat retries");
         }
-        key
+        Ok(key)
     }
 
     pub async fn disconnected(&self, key: &str) {
@@ -139,6 +187,24 @@ impl Presence {
 }
 
 impl PresenceView {
+    /// The keys of `user`'s connections on devices other than `device`.
+    fn keys_of_other_devices(&self, user: UserId, device: &DeviceId) -> HashSet<String> {
+        self.users
+            .read()
+            .map(|v| {
+                v.get(&user)
+                    .map(|u| {
+                        u.connections
+                            .iter()
+                            .filter(|(_, c)| c.device_id != *device)
+                            .map(|(k, _)| k.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn is_online(&self, user: UserId) -> bool {
         self.users
             .read()
@@ -251,7 +317,11 @@ impl Presence {
         let own: Vec<(String, Bytes)> = self
             .own
             .lock()
-            .map(|own| own.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .map(|own| {
+                own.iter()
+                    .map(|(k, o)| (k.clone(), o.value.clone()))
+                    .collect()
+            })
             .unwrap_or_default();
         for (key, value) in own {
             if let Err(e) = self.store.put(&key, value).await {

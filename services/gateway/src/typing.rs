@@ -4,6 +4,7 @@
 
 use crate::delivery::Hub;
 use crate::error::ApiError;
+use crate::throttle::PerUser;
 use crate::ws::protocol;
 use bytes::Bytes;
 use natter_core::{ConversationId, UserId, subjects};
@@ -21,16 +22,26 @@ struct Typing {
     recipients: Vec<UserId>,
 }
 
+/// Typing signals a user may send per second, and in a burst.
+const TYPING_RATE: f64 = 2.0;
+const TYPING_BURST: f64 = 5.0;
+
 /// Publishes typing signals for members of a conversation.
 #[derive(Clone)]
 pub struct TypingSignals {
     nats: async_nats::Client,
     pool: PgPool,
+    /// Shared by the clones: one limit per user, not per connection.
+    limits: Arc<PerUser>,
 }
 
 impl TypingSignals {
     pub fn new(nats: async_nats::Client, pool: PgPool) -> Self {
-        Self { nats, pool }
+        Self {
+            nats,
+            pool,
+            limits: Arc::new(PerUser::new(TYPING_RATE, TYPING_BURST)),
+        }
     }
 
     /// `user` is typing in `conversation` (members only).
@@ -39,6 +50,9 @@ impl TypingSignals {
         user: UserId,
         conversation: ConversationId,
     ) -> Result<(), ApiError> {
+        self.limits
+            .check(user)
+            .map_err(|wait| ApiError::rate_limited("too many typing signals; slow down", wait))?;
         let members: Vec<Uuid> = sqlx::query_scalar(
             "SELECT user_id FROM conversation_members WHERE conversation_id = $1",
         )

@@ -12,6 +12,7 @@
 //! - `error`: why a consumer run stops.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics` on `PERSISTER_PORT`.
 //! - [`metrics`]: the Prometheus metrics.
+//! - [`capacity`]: how full the streams are, for the metrics.
 //!
 //! A message's path through the persister, one hop a line; the numbers are
 //! the invariants of DESIGN.md §1 that each hop keeps:
@@ -20,6 +21,7 @@
 //! 3. fan out: `deliver.<uid>`, `Nats-Msg-Id <msgId>.<uid>`, in `CHAT` order (`stage::fanout`; 2, 5).
 //! 4. ack: only once fanned out; a crash before that redelivers the batch (`stage::fanout`; 1, 3).
 
+pub mod capacity;
 pub mod config;
 pub mod consumer;
 mod error;
@@ -73,6 +75,8 @@ pub async fn run(
         tasks_stop.clone(),
     ));
 
+    // Every persister reports, the standbys too: the alerts take the max.
+    tasks.spawn(capacity::watch(js.clone(), tasks_stop.clone()));
     if migrate(&pool, &shutdown).await {
         migrated.store(true, Ordering::Relaxed);
         consumer::run(&config, pool.clone(), js, hooks, shutdown.clone()).await;

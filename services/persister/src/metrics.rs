@@ -1,7 +1,8 @@
 //! The persister's Prometheus metrics (DESIGN.md §6).
 //!
 //! Batch size and time, projection lag, records by kind, fan-out, consumer
-//! backlog, redeliveries, dead letters and leadership.
+//! backlog, redeliveries, dead letters and leadership; and how full the
+//! `CHAT` and `DELIVERY` streams are.
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use std::time::Duration;
@@ -16,6 +17,8 @@ pub const CONSUMER_ACK_PENDING: &str = "natter_persister_consumer_ack_pending";
 pub const REDELIVERIES: &str = "natter_persister_redeliveries_total";
 pub const DEAD_LETTERS: &str = "natter_persister_dead_letters_total";
 pub const LEADER: &str = "natter_persister_leader";
+pub const STREAM_BYTES: &str = "natter_stream_bytes";
+pub const STREAM_MAX_BYTES: &str = "natter_stream_max_bytes";
 
 /// Gives every metric its help text; called once at start.
 pub fn describe() {
@@ -43,6 +46,16 @@ pub fn describe() {
     describe_counter!(REDELIVERIES, "CHAT records pulled more than once");
     describe_counter!(DEAD_LETTERS, "CHAT records set aside as dead letters");
     describe_gauge!(LEADER, "1 while this persister is the active one");
+    describe_gauge!(
+        STREAM_BYTES,
+        metrics::Unit::Bytes,
+        "bytes a JetStream stream holds, by stream"
+    );
+    describe_gauge!(
+        STREAM_MAX_BYTES,
+        metrics::Unit::Bytes,
+        "a JetStream stream's max_bytes, by stream (absent when unlimited)"
+    );
     // Rare events still get a series from the start, so a dashboard shows 0
     // rather than no data.
     for counter in [FANOUT_PUBLISHED, REDELIVERIES, DEAD_LETTERS] {
@@ -79,4 +92,13 @@ pub fn dead_lettered() {
 
 pub fn leader(active: bool) {
     gauge!(LEADER).set(if active { 1.0 } else { 0.0 });
+}
+
+/// A stream's size and limit; no limit (`max_bytes` ≤ 0) leaves the limit
+/// unset, so a fill ratio is never computed against it.
+pub fn stream_size(stream: &'static str, bytes: u64, max_bytes: i64) {
+    gauge!(STREAM_BYTES, "stream" => stream).set(bytes as f64);
+    if max_bytes > 0 {
+        gauge!(STREAM_MAX_BYTES, "stream" => stream).set(max_bytes as f64);
+    }
 }

@@ -1,5 +1,6 @@
 //! Device cursors: read at connect, advanced by client acks, written to
-//! PostgreSQL in batches.
+//! PostgreSQL in batches, pruned once their device is gone for longer
+//! than the delivery log keeps records.
 
 use natter_core::{DeviceId, UserId};
 use sqlx::PgPool;
@@ -8,6 +9,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+/// Cursors deleted per statement by the pruner.
+const PRUNE_BATCH: i64 = 1000;
 
 /// Device cursors: read at connect, advanced by client acks. Acks land in
 /// memory and are written in batches; a read sees unwritten acks too.
@@ -24,23 +28,39 @@ impl CursorStore {
         }
     }
 
-    /// The device's cursor, or `None` for a device never seen.
+    /// The device's cursor, or `None` for a device never seen; marks the
+    /// device as seen now, so a device that connects but never acks is not
+    /// pruned. An unknown device of a user whose cursors were pruned may be
+    /// one of those: it gets cursor 0, older than any log that has dropped
+    /// a record, so the session tells it `resync_required` and replays
+    /// what the log still holds (DESIGN.md §1, invariant 4).
     pub async fn load(&self, user: UserId, device: &DeviceId) -> Result<Option<u64>, sqlx::Error> {
-        let stored: Option<i64> = sqlx::query_scalar(
-            "SELECT delivered_seq FROM device_cursors WHERE user_id = $1 AND device_id = $2",
+        let (stored, pruned): (Option<i64>, bool) = sqlx::query_as(
+            "WITH seen AS (
+                 UPDATE device_cursors SET updated_at = now()
+                 WHERE user_id = $1 AND device_id = $2
+                 RETURNING delivered_seq
+             )
+             SELECT (SELECT delivered_seq FROM seen),
+                    EXISTS (SELECT 1 FROM device_cursor_prunes WHERE user_id = $1)",
         )
         .bind(user.0)
         .bind(device.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
+        let stored = match (stored, pruned) {
+            (Some(s), _) => Some(s.max(0) as u64),
+            (None, true) => Some(0),
+            (None, false) => None,
+        };
         let pending = self
             .pending
             .lock()
             .ok()
             .and_then(|p| p.get(&(user, device.clone())).copied());
         Ok(match (stored, pending) {
-            (Some(s), Some(p)) => Some((s.max(0) as u64).max(p)),
-            (Some(s), None) => Some(s.max(0) as u64),
+            (Some(s), Some(p)) => Some(s.max(p)),
+            (s, None) => s,
             (None, p) => p,
         })
     }
@@ -55,7 +75,7 @@ impl CursorStore {
     ) -> Result<u64, sqlx::Error> {
         let stored: i64 = sqlx::query_scalar(
             "INSERT INTO device_cursors (user_id, device_id, delivered_seq) VALUES ($1, $2, $3)
-             ON CONFLICT (user_id, device_id) DO UPDATE SET updated_at = device_cursors.updated_at
+             ON CONFLICT (user_id, device_id) DO UPDATE SET updated_at = now()
              RETURNING delivered_seq",
         )
         .bind(user.0)
@@ -109,6 +129,74 @@ impl CursorStore {
             }
         }
         Ok(batch.len())
+    }
+
+    /// Deletes up to `batch` cursors of devices neither connected nor acked
+    /// for `idle`, oldest first, and marks their users as having lost one
+    /// (see [`CursorStore::load`]). Returns how many were deleted.
+    pub async fn prune(&self, idle: Duration, batch: i64) -> Result<u64, sqlx::Error> {
+        let deleted: i64 = sqlx::query_scalar(
+            "WITH stale AS (
+                 SELECT user_id, device_id FROM device_cursors
+                 WHERE updated_at < now() - make_interval(secs => $1)
+                 ORDER BY updated_at
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED
+             ), pruned AS (
+                 DELETE FROM device_cursors d USING stale
+                 WHERE d.user_id = stale.user_id AND d.device_id = stale.device_id
+                 RETURNING d.user_id
+             ), marked AS (
+                 INSERT INTO device_cursor_prunes (user_id, pruned_at)
+                 SELECT DISTINCT user_id, now() FROM pruned
+                 ON CONFLICT (user_id) DO UPDATE SET pruned_at = EXCLUDED.pruned_at
+             )
+             SELECT count(*) FROM pruned",
+        )
+        .bind(idle.as_secs_f64())
+        .bind(batch)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(deleted.max(0) as u64)
+    }
+
+    /// Every `interval` until `shutdown`, prunes the cursors idle for
+    /// `idle`, a batch at a time so no statement holds many rows.
+    pub async fn run_pruner(
+        &self,
+        idle: Duration,
+        interval: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let mut pruned = 0;
+            while !shutdown.is_cancelled() {
+                match self.prune(idle, PRUNE_BATCH).await {
+                    Ok(n) => {
+                        pruned += n;
+                        if n < PRUNE_BATCH as u64 {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pruning device cursors failed; will retry");
+                        break;
+                    }
+                }
+            }
+            if pruned > 0 {
+                tracing::info!(
+                    pruned,
+                    idle_secs = idle.as_secs(),
+                    "idle device cursors pruned"
+                );
+            }
+        }
     }
 
     /// Flushes every `interval` until `shutdown`, then once more.

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use std::sync::Arc;
+use std::time::Duration;
 use uuid::Uuid;
 
 pub fn router() -> Router<AppState> {
@@ -57,10 +58,13 @@ fn over_limit(attempts: &AttemptLimiter, client: ClientAddr, username: &str) -> 
         .attempt(key, username.as_ref().map(Username::as_str))
         .err()?;
     tracing::debug!(client = %client.0, "login or signup attempt over the limit");
-    Some(retry_later(
-        ApiError::RateLimited("too many attempts; retry later".into()),
-        wait.secs(),
-    ))
+    Some(
+        ApiError::rate_limited(
+            "too many attempts; retry later",
+            Duration::from_secs(wait.secs()),
+        )
+        .into_response(),
+    )
 }
 
 /// An error with `Retry-After` (seconds).

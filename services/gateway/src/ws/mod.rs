@@ -5,11 +5,9 @@
 //!   delivery, commands — over any socket and [`session::Backend`].
 //! - [`upgrade`]: the handshake checks and a connection's life around its
 //!   session, with the gateway's real backend.
-//! - [`throttle`]: the per-connection rate limit.
 //! - [`refusals`]: how often refused frames are logged.
 
 pub mod protocol;
 pub mod refusals;
 pub mod session;
-pub mod throttle;
 pub mod upgrade;

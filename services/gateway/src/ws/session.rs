@@ -13,7 +13,6 @@ use crate::error::ApiError;
 use crate::metrics::{self, Path};
 use crate::ws::protocol::{self, Command, SendMessage};
 use crate::ws::refusals::Refusals;
-use crate::ws::throttle::Throttle;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, close_code};
 use futures::stream::FuturesOrdered;
 use futures::{Sink, SinkExt, Stream, StreamExt};
@@ -30,11 +29,6 @@ use tracing::Instrument;
 
 /// Records read from the log per direct-get batch.
 const REPLAY_BATCH: usize = 256;
-/// Typing signals a connection may send per second, and in a burst.
-const TYPING_RATE: f64 = 2.0;
-const TYPING_BURST: f64 = 5.0;
-/// A connection may send this many seconds' worth of its rate at once.
-const SEND_BURST_SECONDS: f64 = 2.0;
 
 /// A dependency did not answer; the session cannot go on.
 #[derive(Debug, thiserror::Error)]
@@ -104,8 +98,6 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// Sends awaiting their confirmation before frames stop being read.
     pub max_inflight: usize,
-    /// Sends allowed per second on average.
-    pub send_rate: f64,
     pub ping_every: Duration,
     /// How long one write may block before the reader counts as too slow.
     pub slow_reader: Duration,
@@ -137,10 +129,6 @@ pub struct Session<B, S> {
     device: DeviceId,
     limits: Limits,
     sink: S,
-    /// Typing signals allowed per second (and burst).
-    typing: Throttle,
-    /// Sends allowed per second (and burst).
-    sends: Throttle,
     /// The highest `DELIVERY` sequence written to this socket (or the
     /// device's cursor before anything was).
     last_sent: u64,
@@ -159,8 +147,6 @@ where
             backend,
             user,
             device,
-            typing: Throttle::new(TYPING_RATE, TYPING_BURST),
-            sends: Throttle::new(limits.send_rate, limits.send_rate * SEND_BURST_SECONDS),
             limits,
             sink,
             last_sent: 0,
@@ -461,11 +447,6 @@ where
             Command::Ping => Ok(Some(protocol::pong(reference.as_ref()))),
             Command::JoinGroup => Ok(None),
             Command::Typing { conversation_id } => {
-                if !self.typing.allow() {
-                    return Err(ApiError::RateLimited(
-                        "too many typing signals; slow down".into(),
-                    ));
-                }
                 self.backend.typing(self.user, conversation_id).await?;
                 Ok(None)
             }
@@ -479,9 +460,6 @@ where
         reference: Option<Value>,
         received: Instant,
     ) -> Result<InFlight, ApiError> {
-        if !self.sends.allow() {
-            return Err(ApiError::RateLimited("too many messages; slow down".into()));
-        }
         // Each message is its own trace, not part of the connection's.
         let span = tracing::info_span!(
             parent: None,

@@ -33,6 +33,9 @@ const SOCKET_BUFFER: usize = 4 * 1024;
 /// Bytes a connection may have queued for the network before writes block.
 const MAX_WRITE_BUFFER: usize = 256 * 1024;
 
+/// The close reason of a connection over `MAX_CONNECTIONS_PER_USER`.
+pub const TOO_MANY: &str = "too many connections";
+
 /// What every connection of this gateway shares.
 #[derive(Clone)]
 pub struct Connections {
@@ -47,6 +50,8 @@ pub struct Connections {
     /// Browser origins allowed besides the gateway's own.
     pub allowed_origins: Arc<[String]>,
     pub max_frame_bytes: usize,
+    /// Live sockets one user may have across the cluster.
+    pub max_connections_per_user: usize,
     /// Owns every connection's task.
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
@@ -152,19 +157,36 @@ impl Connections {
                 return;
             }
         };
+        let session_id = attachment.session;
+        let presence_key = match self
+            .presence
+            .connected(
+                user,
+                device.clone(),
+                self.control.gateway_id(),
+                session_id,
+                self.max_connections_per_user,
+            )
+            .await
+        {
+            Ok(key) => key,
+            Err(e) => {
+                // After the handshake, so the client sees why (a refused
+                // upgrade is an HTTP status most browser APIs hide).
+                tracing::warn!(error = %e, %device, "connection refused: too many connections");
+                self.hub.detach(user, session_id);
+                let _ = sink.send(close(close_code::POLICY, TOO_MANY)).await;
+                return;
+            }
+        };
         metrics::connection_opened();
         metrics::active_users(self.hub.user_count());
-        let session_id = attachment.session;
         // This device's older connection, on any gateway, gives way.
         let replaces = Control::DeviceConnected {
             device_id: device.clone(),
             session: self.control.session_key(session_id),
         };
         self.control.announce(user, &replaces).await;
-        let presence_key = self
-            .presence
-            .connected(user, device.clone(), self.control.gateway_id(), session_id)
-            .await;
         let mut session = Session::new(
             self.backend.clone(),
             user,

@@ -133,7 +133,6 @@ fn limits() -> Limits {
     Limits {
         max_message_bytes: 1024,
         max_inflight: 8,
-        send_rate: 1000.0,
         ping_every: Duration::from_secs(3600),
         slow_reader: Duration::from_secs(10),
     }
