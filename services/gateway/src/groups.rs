@@ -6,6 +6,7 @@
 use crate::chat::Chat;
 use crate::directory::UserRecord;
 use crate::error::ApiError;
+use crate::throttle::PerUser;
 use crate::ws::protocol::parse_uuid;
 use natter_core::{
     ChatEvent, Group, GroupCreated, GroupDeleted, GroupId, GroupName, Member, MemberRemoved,
@@ -28,15 +29,33 @@ pub const MAX_MEMBERS_PAGE: u32 = 200;
 /// How long a change's reply waits for the projection.
 const PROJECTION_WAIT: Duration = Duration::from_secs(3);
 
+/// Group changes a user may make per second, and in a burst: each is a
+/// `CHAT` record and a delivery record to every member.
+const CHANGE_RATE: f64 = 1.0;
+const CHANGE_BURST: f64 = 10.0;
+
 /// Group changes: each one a `CHAT` event, validated against the projection.
 pub struct Groups {
     pool: PgPool,
     chat: Arc<Chat>,
+    /// Changes per user (create, add, remove, delete).
+    changes: PerUser,
 }
 
 impl Groups {
     pub fn new(pool: PgPool, chat: Arc<Chat>) -> Self {
-        Self { pool, chat }
+        Self {
+            pool,
+            chat,
+            changes: PerUser::new(CHANGE_RATE, CHANGE_BURST),
+        }
+    }
+
+    /// `rate_limited` once `user` changed groups more often than allowed.
+    fn allow_change(&self, user: UserId) -> Result<(), ApiError> {
+        self.changes
+            .check(user)
+            .map_err(|wait| ApiError::rate_limited("too many group changes; slow down", wait))
     }
 
     /// A list of user ids: an array of distinct UUIDs, each a known user.
@@ -97,6 +116,7 @@ impl Groups {
             return Err(too_many());
         }
         let group = GroupId::generate();
+        self.allow_change(creator.id)?;
         let seq = self
             .chat
             .append(
@@ -139,6 +159,7 @@ impl Groups {
         if current.member_count as usize + users.len() > MAX_MEMBERS {
             return Err(too_many());
         }
+        self.allow_change(actor)?;
         let seq = self
             .chat
             .append(
@@ -206,6 +227,7 @@ impl Groups {
                 "only the group's creator removes other members".into(),
             ));
         }
+        self.allow_change(actor)?;
         let seq = self
             .chat
             .append(
@@ -230,6 +252,7 @@ impl Groups {
                 "only the group's creator deletes it".into(),
             ));
         }
+        self.allow_change(actor)?;
         let seq = self
             .chat
             .append(

@@ -274,3 +274,43 @@ async fn the_connection_cap_counts_the_users_sockets_on_other_gateways() {
     let _ = other.wait();
     assert_eq!(refused, Err((1008, "too many connections".to_owned())));
 }
+
+#[tokio::test]
+async fn group_changes_are_rate_limited_per_user() {
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    // A burst of changes passes; past it, each one waits its turn.
+    let mut statuses = Vec::new();
+    let mut retry = None;
+    for i in 0..14 {
+        let (status, retry_after, body) = post(
+            &app,
+            &alice,
+            "/api/groups",
+            json!({"name": format!("g{i}"), "memberIds": [bob.id.to_string()]}),
+        )
+        .await;
+        if status == 429 {
+            assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+            retry = retry_after;
+        }
+        statuses.push(status);
+    }
+    let created = statuses.iter().filter(|s| **s == 201).count();
+    assert!((10..14).contains(&created), "{statuses:?}");
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(
+        retry.is_some_and(|s| (1..=2).contains(&s)),
+        "Retry-After {retry:?}"
+    );
+    // Someone else's changes are not held up.
+    let (status, _, _) = post(
+        &app,
+        &bob,
+        "/api/groups",
+        json!({"name": "bob's", "memberIds": [alice.id.to_string()]}),
+    )
+    .await;
+    assert_eq!(status, 201);
+}
