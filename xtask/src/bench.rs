@@ -310,7 +310,7 @@ fn start(
         ("PERSISTER_PORT", persister_port_text.as_str()),
         ("BIND_ADDRESS", "127.0.0.1"),
         ("RUST_LOG", "warn"),
-        // The suite's senders go well above the default per-connection limit.
+        // The suite's senders go well above the default per-user limit.
         ("SEND_RATE_PER_SEC", "1000000"),
         ("SESSION_QUEUE", "4096"),
     ];
