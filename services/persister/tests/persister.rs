@@ -11,6 +11,22 @@ use sqlx::PgPool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// The rows `query` reads from `dead_letters`, once there are any (or none
+/// after 10 s).
+async fn dead_letters_eventually<T>(pool: &PgPool, query: &'static str) -> Vec<T>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    for _ in 0..200 {
+        let dead: Vec<T> = sqlx::query_as(query).fetch_all(pool).await.unwrap();
+        if !dead.is_empty() {
+            return dead;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Vec::new()
+}
+
 async fn send_n(sender: &mut WsClient, receiver: &TestUser, prefix: &str, n: usize) -> String {
     let mut conversation = String::new();
     for i in 0..n {
@@ -250,17 +266,8 @@ async fn a_record_the_database_refuses_is_dead_lettered_after_max_deliver() {
     assert_eq!(received[0]["data"]["message"]["content"], "m0");
 
     let pool = app.db.pool().await.unwrap();
-    let mut dead: Vec<(i64, i32)> = Vec::new();
-    for _ in 0..200 {
-        dead = sqlx::query_as("SELECT chat_seq, deliveries FROM dead_letters")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-        if !dead.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let dead: Vec<(i64, i32)> =
+        dead_letters_eventually(&pool, "SELECT chat_seq, deliveries FROM dead_letters").await;
     assert_eq!(dead.len(), 1, "dead-lettered");
     assert_eq!(dead[0].0, 1);
     assert!(dead[0].1 >= 2);
@@ -398,17 +405,8 @@ async fn a_message_id_reused_for_another_message_is_dead_lettered_never_dropped(
     let delivered = b.receive_messages(1).await;
     assert_eq!(delivered[0]["data"]["message"]["content"], "first");
     let pool = app.db.pool().await.unwrap();
-    let mut dead: Vec<(i64, String)> = Vec::new();
-    for _ in 0..200 {
-        dead = sqlx::query_as("SELECT chat_seq, error FROM dead_letters")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-        if !dead.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let dead: Vec<(i64, String)> =
+        dead_letters_eventually(&pool, "SELECT chat_seq, error FROM dead_letters").await;
     assert_eq!(
         dead.len(),
         1,
