@@ -39,7 +39,14 @@ pub struct Chat {
 pub struct ChatLimits {
     pub sends: PerUser,
     pub reads: PerUser,
+    /// Bytes of delivery records a user's sends may make per second: a
+    /// message costs its size once per recipient.
+    pub fanout: PerUser,
 }
+
+/// What a delivery record holds besides the content (ids, names, times,
+/// the JSON around them), for a send's fan-out cost.
+const RECORD_OVERHEAD: usize = 512;
 
 /// A user may send this many seconds' worth of their rate at once.
 const SEND_BURST_SECONDS: f64 = 2.0;
@@ -49,13 +56,26 @@ const READ_RATE: f64 = 5.0;
 const READ_BURST: f64 = 10.0;
 
 impl ChatLimits {
-    /// `send_rate` messages a second per user (`SEND_RATE_PER_SEC`).
-    pub fn new(send_rate: f64) -> Self {
+    /// `send_rate` messages a second per user (`SEND_RATE_PER_SEC`), and
+    /// `fanout_bytes` of delivery records a second (`FANOUT_BYTES_PER_SEC`).
+    /// The fan-out burst always admits one largest message to a full group.
+    pub fn new(send_rate: f64, fanout_bytes: f64, max_message_bytes: usize) -> Self {
+        let largest = fanout_cost(natter_core::MAX_GROUP_MEMBERS, max_message_bytes);
         Self {
             sends: PerUser::new(send_rate, send_rate * SEND_BURST_SECONDS),
             reads: PerUser::new(READ_RATE, READ_BURST),
+            fanout: PerUser::new(
+                fanout_bytes,
+                (fanout_bytes * SEND_BURST_SECONDS).max(largest),
+            ),
         }
     }
+}
+
+/// The bytes of delivery records a message of `content_bytes` makes for
+/// `recipients`.
+fn fanout_cost(recipients: usize, content_bytes: usize) -> f64 {
+    (recipients * (content_bytes + RECORD_OVERHEAD)) as f64
 }
 
 /// A send handed to JetStream, its ack still to come; or a retry of a
@@ -114,7 +134,7 @@ impl Chat {
             .get(sender)
             .await?
             .ok_or_else(|| ApiError::Unauthorized("unknown user".into()))?;
-        let sent = self.prepare(&sender, command).await?;
+        let (sent, recipients) = self.prepare(&sender, command).await?;
         let span = tracing::Span::current();
         span.record("message_id", tracing::field::display(sent.id));
         span.record(
@@ -126,6 +146,12 @@ impl Chat {
         {
             return Ok(Submitted(Outcome::Stored(same_message(&sent, stored)?)));
         }
+        self.limits
+            .fanout
+            .check_cost(sent.sender_id, fanout_cost(recipients, sent.content.len()))
+            .map_err(|wait| {
+                ApiError::rate_limited("too much sent to too many people; slow down", wait)
+            })?;
         let (ack, publish_span) = self.publish(&sent).await?;
         self.log_accepted(&sent);
         Ok(Submitted(Outcome::Published(Box::new(Pending {
@@ -150,16 +176,17 @@ impl Chat {
         Ok(row.map(StoredRow::into_message))
     }
 
-    /// Checks a send and builds its record. A direct send needs no database
-    /// round trip when the receiver is already known to this gateway; a
-    /// group send checks the sender's membership.
+    /// Checks a send and builds its record, with how many will receive it.
+    /// A direct send needs no database round trip when the receiver is
+    /// already known to this gateway; a group send checks the sender's
+    /// membership.
     async fn prepare(
         &self,
         sender: &UserRecord,
         command: SendMessage,
-    ) -> Result<MessageSent, ApiError> {
+    ) -> Result<(MessageSent, usize), ApiError> {
         let client_msg_id = command.client_msg_id.map(|c| c.as_str().to_owned());
-        let (conversation_id, receiver_id, group_id) = match command.target {
+        let (conversation_id, receiver_id, group_id, recipients) = match command.target {
             Target::Direct(receiver) => {
                 if receiver == sender.id {
                     return Err(ApiError::bad_request("cannot send a message to yourself"));
@@ -171,26 +198,27 @@ impl Chat {
                     ConversationId::direct(sender.id, receiver),
                     Some(receiver),
                     None,
+                    2,
                 )
             }
             Target::Group(group) => {
                 // A direct conversation's id, or a deleted group's, names
                 // no group: a group send there would be stored as one.
-                match self.group_membership(sender.id, group).await? {
+                let members = match self.group_membership(sender.id, group).await? {
                     None => {
                         return Err(ApiError::NotFound(format!("group {group} not found")));
                     }
-                    Some(false) => {
+                    Some((false, _)) => {
                         return Err(ApiError::Forbidden(format!(
                             "not a member of group {group}"
                         )));
                     }
-                    Some(true) => {}
-                }
-                (ConversationId::from(group), None, Some(group))
+                    Some((true, members)) => members,
+                };
+                (ConversationId::from(group), None, Some(group), members)
             }
         };
-        Ok(MessageSent {
+        let sent = MessageSent {
             id: MessageId::for_send(sender.id, client_msg_id.as_deref()),
             conversation_id,
             sender_id: sender.id,
@@ -200,7 +228,8 @@ impl Chat {
             content: command.content.into_string(),
             client_msg_id,
             created_at: natter_core::events::accepted_at(),
-        })
+        };
+        Ok((sent, recipients))
     }
 
     async fn publish(
@@ -317,17 +346,19 @@ impl Chat {
         &self,
         user: UserId,
         group: GroupId,
-    ) -> Result<Option<bool>, ApiError> {
-        Ok(sqlx::query_scalar::<_, bool>(
+    ) -> Result<Option<(bool, usize)>, ApiError> {
+        let row: Option<(bool, i64)> = sqlx::query_as(
             "SELECT EXISTS (SELECT 1 FROM conversation_members m
-                            WHERE m.conversation_id = c.id AND m.user_id = $2)
+                            WHERE m.conversation_id = c.id AND m.user_id = $2),
+                    (SELECT count(*) FROM conversation_members m WHERE m.conversation_id = c.id)
              FROM conversations c
              WHERE c.id = $1 AND c.kind = 'group' AND c.deleted_seq IS NULL",
         )
         .bind(group.0)
         .bind(user.0)
         .fetch_optional(&self.pool)
-        .await?)
+        .await?;
+        Ok(row.map(|(member, count)| (member, usize::try_from(count).unwrap_or(0))))
     }
 
     /// Whether `user` is a member of `conversation` now.

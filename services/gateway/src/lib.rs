@@ -207,7 +207,11 @@ fn wire(
         pool.clone(),
         directory.clone(),
         presence.clone(),
-        chat::ChatLimits::new(config.send_rate_per_sec),
+        chat::ChatLimits::new(
+            config.send_rate_per_sec,
+            config.fanout_bytes_per_sec as f64,
+            config.max_message_bytes,
+        ),
     ));
     let auth = access::Authenticator::new(tokens.clone(), revocations.clone());
     let control = control::ControlBus::new(nats.clone(), uuid::Uuid::now_v7());

@@ -29,13 +29,21 @@ impl Throttle {
     }
 
     /// Takes a token, or says how long until there is one.
+    #[cfg(test)]
     fn take_at(&mut self, now: Instant) -> Result<(), Duration> {
+        self.take_n_at(1.0, now)
+    }
+
+    /// Takes `cost` tokens (at most a burst's worth, so whatever one action
+    /// costs it can always happen), or says how long until there are.
+    fn take_n_at(&mut self, cost: f64, now: Instant) -> Result<(), Duration> {
         self.refill(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let cost = cost.clamp(0.0, self.burst);
+        if self.tokens >= cost {
+            self.tokens -= cost;
             Ok(())
         } else if self.rate > 0.0 {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+            Err(Duration::from_secs_f64((cost - self.tokens) / self.rate))
         } else {
             Err(Duration::MAX)
         }
@@ -87,7 +95,17 @@ impl PerUser {
         self.check_at(user, Instant::now())
     }
 
+    /// Takes `cost` of `user`'s tokens (an action that weighs more than
+    /// one), or says how long until there are.
+    pub fn check_cost(&self, user: UserId, cost: f64) -> Result<(), Duration> {
+        self.check_cost_at(user, cost, Instant::now())
+    }
+
     fn check_at(&self, user: UserId, now: Instant) -> Result<(), Duration> {
+        self.check_cost_at(user, 1.0, now)
+    }
+
+    fn check_cost_at(&self, user: UserId, cost: f64, now: Instant) -> Result<(), Duration> {
         // A poisoned lock only means another caller panicked mid-update;
         // the buckets are still usable numbers.
         let mut buckets = self
@@ -102,7 +120,7 @@ impl PerUser {
             .by_user
             .entry(user)
             .or_insert_with(|| Throttle::starting_at(self.rate, self.burst, now))
-            .take_at(now)
+            .take_n_at(cost, now)
     }
 
     /// Users with a bucket in memory.
@@ -128,6 +146,25 @@ mod tests {
                 .take_at(start + Duration::from_millis(600))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_heavy_action_takes_its_weight_and_one_heavier_than_a_burst_takes_a_burst() {
+        let start = Instant::now();
+        let limits = PerUser::new(100.0, 1_000.0);
+        let user = UserId::generate();
+        assert!(limits.check_cost_at(user, 600.0, start).is_ok());
+        assert_eq!(
+            limits.check_cost_at(user, 600.0, start),
+            Err(Duration::from_secs(2))
+        );
+        assert!(limits.check_cost_at(user, 400.0, start).is_ok());
+        let later = start + Duration::from_secs(10);
+        assert!(
+            limits.check_cost_at(user, 5_000.0, later).is_ok(),
+            "capped at a burst"
+        );
+        assert!(limits.check_cost_at(user, 1.0, later).is_err());
     }
 
     #[test]

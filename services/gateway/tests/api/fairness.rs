@@ -314,3 +314,51 @@ async fn group_changes_are_rate_limited_per_user() {
     .await;
     assert_eq!(status, 201);
 }
+
+#[tokio::test]
+async fn a_users_fan_out_is_bounded_in_bytes_and_holds_up_no_one_else() {
+    // Burst: one largest message to a full group, 1,000 x (1,024 + 512)
+    // bytes; a 1 KiB message to 100 members costs a tenth of it.
+    let app = spawn_with_gateway_args(&[
+        "--fanout-bytes-per-sec",
+        "20000",
+        "--max-message-bytes",
+        "1024",
+    ])
+    .await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let members = app.seed_users("member", 99).await;
+    let refs: Vec<&TestUser> = members.iter().collect();
+    let group = app.create_group(&alice, "everyone", &refs).await;
+    let group_id = group["id"].as_str().unwrap().to_owned();
+    let mut a = app.connect(&alice, "a").await;
+    let content = "x".repeat(1024);
+    let mut outcomes = Vec::new();
+    for i in 0..15 {
+        let reference = format!("g{i}");
+        a.send_ref(
+            "send_group_message",
+            json!({"groupId": group_id, "content": content}),
+            &reference,
+        )
+        .await;
+        let reply = a.reply_to(&reference).await;
+        outcomes.push(match reply["event"].as_str() {
+            Some("message_sent") => "sent".to_owned(),
+            _ => reply["data"]["code"].as_str().unwrap_or("?").to_owned(),
+        });
+    }
+    let sent = outcomes.iter().filter(|o| *o == "sent").count();
+    assert!((9..=11).contains(&sent), "{outcomes:?}");
+    assert!(
+        outcomes[sent..].iter().all(|o| o == "rate_limited"),
+        "{outcomes:?}"
+    );
+    still_open(&mut a).await;
+    // Small messages to one person cost little: Alice's direct message and
+    // Bob's are both accepted.
+    let mut b = app.connect(&bob, "b").await;
+    let reply = b.send_direct(alice.id, "hello", "dm").await;
+    assert_eq!(reply["event"], "message_sent", "{reply}");
+}
