@@ -89,6 +89,9 @@ export class Stack {
         BIND_ADDRESS: '127.0.0.1',
         RUST_LOG: 'info',
         LOG_FORMAT: 'json',
+        // nats-server reserves each stream's max_bytes out of the free disk.
+        CHAT_MAX_BYTES: '67108864',
+        DELIVERY_MAX_BYTES: '67108864',
         ...extra,
       },
       stdio: ['ignore', 'pipe', 'pipe'],

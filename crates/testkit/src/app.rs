@@ -21,6 +21,21 @@ pub const TEST_JWT_SECRET: &str = "natter-test-secret-natter-test-secret-0123456
 
 /// The test gateway's `AUTH_RATE_PER_MIN`: far above what any test signs up.
 pub const TEST_AUTH_RATE_PER_MIN: &str = "100000";
+/// Each stream's `max_bytes` in a test, unless the test sets its own.
+/// nats-server reserves a stream's `max_bytes` out of 75 % of the free disk
+/// when the stream is declared, so production's 1 GiB each would make
+/// every test's server need gigabytes free, and fail on a fuller disk.
+pub const TEST_STREAM_MAX_BYTES: &str = "67108864";
+
+/// `--chat-max-bytes` and `--delivery-max-bytes` at the test size, for
+/// each one `given` does not set.
+fn stream_limits(given: &[String]) -> Vec<String> {
+    ["--chat-max-bytes", "--delivery-max-bytes"]
+        .into_iter()
+        .filter(|flag| !given.iter().any(|arg| arg == flag))
+        .flat_map(|flag| [flag.to_owned(), TEST_STREAM_MAX_BYTES.to_owned()])
+        .collect()
+}
 
 #[derive(Clone, Debug)]
 pub struct TestOptions {
@@ -160,6 +175,7 @@ impl TestApp {
         {
             args.extend(["--auth-rate-per-min".into(), TEST_AUTH_RATE_PER_MIN.into()]);
         }
+        args.extend(stream_limits(&self.options.gateway_args));
         args.extend(self.options.gateway_args.iter().cloned());
         natter_gateway::Config::parse_from(args)
     }
@@ -172,6 +188,7 @@ impl TestApp {
             "--database-url".into(),
             self.db.url.clone(),
         ];
+        args.extend(stream_limits(&self.options.persister_args));
         args.extend(self.options.persister_args.iter().cloned());
         natter_persister::Config::parse_from(args)
     }

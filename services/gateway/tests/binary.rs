@@ -67,6 +67,11 @@ fn help_never_shows_the_secrets_in_the_environment() {
 /// after 10 s.
 fn start_with_origins(origins: &str) -> Option<(std::process::ExitStatus, String)> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_natter-gateway"))
+        .env("CHAT_MAX_BYTES", natter_testkit::app::TEST_STREAM_MAX_BYTES)
+        .env(
+            "DELIVERY_MAX_BYTES",
+            natter_testkit::app::TEST_STREAM_MAX_BYTES,
+        )
         .env("ALLOWED_ORIGINS", origins)
         .env("JWT_SECRET", "a-strong-secret-of-at-least-32-bytes!!")
         .env("PORT", natter_localinfra::free_port().to_string())
@@ -120,6 +125,11 @@ fn refuses_a_wildcard_or_malformed_allowed_origin_at_start() {
 async fn run_gateway_with_a_signup(app: &TestApp, env: &[(&str, String)]) -> std::process::Child {
     let port = natter_localinfra::free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_natter-gateway"))
+        .env("CHAT_MAX_BYTES", natter_testkit::app::TEST_STREAM_MAX_BYTES)
+        .env(
+            "DELIVERY_MAX_BYTES",
+            natter_testkit::app::TEST_STREAM_MAX_BYTES,
+        )
         .env("NATS_URL", app.nats.url())
         .env("DATABASE_URL", &app.db.url)
         .env("JWT_SECRET", "a-strong-secret-of-at-least-32-bytes!!")
@@ -223,6 +233,11 @@ async fn the_binary_waits_for_a_nats_server_that_starts_after_it() {
     let log_path = dir.path().join("gateway.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_natter-gateway"))
+        .env("CHAT_MAX_BYTES", natter_testkit::app::TEST_STREAM_MAX_BYTES)
+        .env(
+            "DELIVERY_MAX_BYTES",
+            natter_testkit::app::TEST_STREAM_MAX_BYTES,
+        )
         .env("NATS_URL", format!("nats://127.0.0.1:{nats_port}"))
         .env("DATABASE_URL", &app.db.url)
         .env("JWT_SECRET", "a-strong-secret-of-at-least-32-bytes!!")

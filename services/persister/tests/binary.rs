@@ -40,6 +40,11 @@ async fn the_binary_serves_readyz_and_stops_on_sigterm() {
     .await;
     let port = natter_localinfra::free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_natter-persister"))
+        .env("CHAT_MAX_BYTES", natter_testkit::app::TEST_STREAM_MAX_BYTES)
+        .env(
+            "DELIVERY_MAX_BYTES",
+            natter_testkit::app::TEST_STREAM_MAX_BYTES,
+        )
         .env("NATS_URL", app.nats.url())
         .env("DATABASE_URL", &app.db.url)
         .env("PERSISTER_PORT", port.to_string())

@@ -231,6 +231,11 @@ async fn the_connection_cap_counts_the_users_sockets_on_other_gateways() {
 
     let port = natter_localinfra::free_port();
     let mut other = Command::new(env!("CARGO_BIN_EXE_natter-gateway"))
+        .env("CHAT_MAX_BYTES", natter_testkit::app::TEST_STREAM_MAX_BYTES)
+        .env(
+            "DELIVERY_MAX_BYTES",
+            natter_testkit::app::TEST_STREAM_MAX_BYTES,
+        )
         .env("NATS_URL", app.nats.url())
         .env("DATABASE_URL", &app.db.url)
         .env("JWT_SECRET", TEST_JWT_SECRET)

@@ -101,6 +101,11 @@ async fn a_killed_gateways_users_go_offline_within_the_ttl() {
     // A second gateway, as its own process, holds alice's connection.
     let port = natter_localinfra::free_port();
     let mut other = Command::new(env!("CARGO_BIN_EXE_natter-gateway"))
+        .env("CHAT_MAX_BYTES", natter_testkit::app::TEST_STREAM_MAX_BYTES)
+        .env(
+            "DELIVERY_MAX_BYTES",
+            natter_testkit::app::TEST_STREAM_MAX_BYTES,
+        )
         .env("NATS_URL", app.nats.url())
         .env("DATABASE_URL", &app.db.url)
         .env("JWT_SECRET", TEST_JWT_SECRET)
