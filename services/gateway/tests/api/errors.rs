@@ -227,6 +227,9 @@ async fn a_reader_that_stops_reading_is_disconnected() {
             "1".into(),
             "--session-queue".into(),
             "8".into(),
+            // 12 MB to one reader within seconds: far over a user's budget.
+            "--fanout-bytes-per-sec".into(),
+            "1000000000".into(),
         ],
         ..natter_testkit::TestOptions::default()
     })
