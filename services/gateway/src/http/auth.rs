@@ -10,7 +10,7 @@ use crate::directory::{Directory, UserRecord};
 use crate::error::ApiError;
 use crate::revocation::{REVOKED, Revocations};
 use crate::state::AppState;
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -22,6 +22,29 @@ use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
+
+/// What sign-up and log-in use: attempt limits, password hashing, the
+/// users' table and cache, and the token keys.
+#[derive(Clone)]
+struct Accounts {
+    attempts: Arc<AttemptLimiter>,
+    hashing: Arc<PasswordHashing>,
+    pool: PgPool,
+    directory: Arc<Directory>,
+    tokens: Arc<TokenKeys>,
+}
+
+impl FromRef<AppState> for Accounts {
+    fn from_ref(state: &AppState) -> Self {
+        Self {
+            attempts: FromRef::from_ref(state),
+            hashing: FromRef::from_ref(state),
+            pool: state.pool.clone(),
+            directory: state.directory.clone(),
+            tokens: state.tokens.clone(),
+        }
+    }
+}
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -85,86 +108,69 @@ fn answer(result: Result<impl IntoResponse, ApiError>) -> Response {
 }
 
 async fn signup(
-    State(attempts): State<Arc<AttemptLimiter>>,
-    State(hashing): State<Arc<PasswordHashing>>,
-    State(pool): State<PgPool>,
-    State(directory): State<Arc<Directory>>,
-    State(tokens): State<Arc<TokenKeys>>,
+    State(accounts): State<Accounts>,
     client: ClientAddr,
     JsonBody(body): JsonBody<Signup>,
 ) -> Response {
-    if let Some(refused) = over_limit(&attempts, client, &body.username) {
+    if let Some(refused) = over_limit(&accounts.attempts, client, &body.username) {
         return refused;
     }
-    answer(create_user(&hashing, &pool, &directory, &tokens, body).await)
+    answer(accounts.create_user(body).await)
 }
 
-async fn create_user(
-    hashing: &PasswordHashing,
-    pool: &PgPool,
-    directory: &Directory,
-    tokens: &TokenKeys,
-    body: Signup,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let username = Username::parse(&body.username)?;
-    let password = Password::parse(&body.password)?;
-    let display_name = match body.display_name.as_deref() {
-        Some(name) => DisplayName::parse(name)?,
-        None => DisplayName::parse(username.as_str())?,
-    };
-    let hash = hashing.hash(password).await?;
-    let id = UserId::generate();
-    let inserted = sqlx::query(
-        "INSERT INTO users (id, username, display_name, password_hash) VALUES ($1, $2, $3, $4)
+impl Accounts {
+    async fn create_user(&self, body: Signup) -> Result<(StatusCode, Json<Value>), ApiError> {
+        let Accounts {
+            hashing,
+            pool,
+            directory,
+            tokens,
+            ..
+        } = self;
+        let username = Username::parse(&body.username)?;
+        let password = Password::parse(&body.password)?;
+        let display_name = match body.display_name.as_deref() {
+            Some(name) => DisplayName::parse(name)?,
+            None => DisplayName::parse(username.as_str())?,
+        };
+        let hash = hashing.hash(password).await?;
+        let id = UserId::generate();
+        let inserted = sqlx::query(
+            "INSERT INTO users (id, username, display_name, password_hash) VALUES ($1, $2, $3, $4)
          ON CONFLICT (username) DO NOTHING",
-    )
-    .bind(id.0)
-    .bind(username.as_str())
-    .bind(display_name.as_str())
-    .bind(&hash)
-    .execute(pool)
-    .await?;
-    if inserted.rows_affected() == 0 {
-        return Err(ApiError::Conflict("username is taken".into()));
+        )
+        .bind(id.0)
+        .bind(username.as_str())
+        .bind(display_name.as_str())
+        .bind(&hash)
+        .execute(pool)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(ApiError::Conflict("username is taken".into()));
+        }
+        let user = directory.remember(UserRecord {
+            id,
+            username: username.as_str().to_owned(),
+            display_name: display_name.into_string(),
+        });
+        tracing::info!(user = %id, "user signed up");
+        let token = tokens.issue(id)?;
+        Ok((
+            StatusCode::CREATED,
+            Json(json!({"token": token, "user": user_json(&user)})),
+        ))
     }
-    let user = directory.remember(UserRecord {
-        id,
-        username: username.as_str().to_owned(),
-        display_name: display_name.into_string(),
-    });
-    tracing::info!(user = %id, "user signed up");
-    let token = tokens.issue(id)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"token": token, "user": user_json(&user)})),
-    ))
-}
 
-async fn login(
-    State(attempts): State<Arc<AttemptLimiter>>,
-    State(hashing): State<Arc<PasswordHashing>>,
-    State(pool): State<PgPool>,
-    State(directory): State<Arc<Directory>>,
-    State(tokens): State<Arc<TokenKeys>>,
-    client: ClientAddr,
-    JsonBody(body): JsonBody<Login>,
-) -> Response {
-    if let Some(refused) = over_limit(&attempts, client, &body.username) {
-        return refused;
-    }
-    answer(check_password(&hashing, &pool, &directory, &tokens, body).await)
-}
-
-async fn check_password(
-    hashing: &PasswordHashing,
-    pool: &PgPool,
-    directory: &Directory,
-    tokens: &TokenKeys,
-    body: Login,
-) -> Result<Json<Value>, ApiError> {
-    // Any malformed name is simply unknown: the answer never says which part was wrong.
-    let row: Option<(Uuid, String, String, String)> =
-        match Username::parse(&body.username) {
+    async fn check_password(&self, body: Login) -> Result<Json<Value>, ApiError> {
+        let Accounts {
+            hashing,
+            pool,
+            directory,
+            tokens,
+            ..
+        } = self;
+        // Any malformed name is simply unknown: the answer never says which part was wrong.
+        let row: Option<(Uuid, String, String, String)> = match Username::parse(&body.username) {
             Ok(username) => sqlx::query_as(
                 "SELECT id, username, display_name, password_hash FROM users WHERE username = $1",
             )
@@ -173,20 +179,32 @@ async fn check_password(
             .await?,
             Err(_) => None,
         };
-    let hash = row.as_ref().map(|r| r.3.clone());
-    let valid = hashing.verify(body.password, hash).await?;
-    let Some((id, username, display_name, _)) = row.filter(|_| valid) else {
-        return Err(ApiError::Unauthorized(
-            "invalid username or password".into(),
-        ));
-    };
-    let user = directory.remember(UserRecord {
-        id: UserId(id),
-        username,
-        display_name,
-    });
-    let token = tokens.issue(user.id)?;
-    Ok(Json(json!({"token": token, "user": user_json(&user)})))
+        let hash = row.as_ref().map(|r| r.3.clone());
+        let valid = hashing.verify(body.password, hash).await?;
+        let Some((id, username, display_name, _)) = row.filter(|_| valid) else {
+            return Err(ApiError::Unauthorized(
+                "invalid username or password".into(),
+            ));
+        };
+        let user = directory.remember(UserRecord {
+            id: UserId(id),
+            username,
+            display_name,
+        });
+        let token = tokens.issue(user.id)?;
+        Ok(Json(json!({"token": token, "user": user_json(&user)})))
+    }
+}
+
+async fn login(
+    State(accounts): State<Accounts>,
+    client: ClientAddr,
+    JsonBody(body): JsonBody<Login>,
+) -> Response {
+    if let Some(refused) = over_limit(&accounts.attempts, client, &body.username) {
+        return refused;
+    }
+    answer(accounts.check_password(body).await)
 }
 
 /// Revokes the caller's token everywhere and closes the sockets it opened.
