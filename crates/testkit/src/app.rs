@@ -568,6 +568,19 @@ pub async fn wait_until_ok(http: &reqwest::Client, url: &str) -> Value {
     }
 }
 
+/// A response's status, `Retry-After` (whole seconds) and JSON body (null
+/// if there is none): what a test of a limit checks.
+pub async fn limited(response: reqwest::Response) -> (u16, Option<u64>, Value) {
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, retry_after, body)
+}
+
 /// Sends SIGTERM to a child process and waits (up to 15 s) for its exit.
 pub async fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
     let _ = std::process::Command::new("kill")

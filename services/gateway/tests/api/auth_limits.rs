@@ -36,14 +36,7 @@ async fn post(
         request = request.header("x-forwarded-for", hop);
     }
     let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    let body = response.json().await.unwrap_or(Value::Null);
-    (status, retry_after, body)
+    natter_testkit::app::limited(response).await
 }
 
 async fn login(http: &reqwest::Client, app: &TestApp, username: &str) -> (u16, Option<u64>, Value) {

@@ -32,14 +32,7 @@ async fn post(
         .send()
         .await
         .unwrap();
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    let body = response.json().await.unwrap_or(Value::Null);
-    (status, retry_after, body)
+    natter_testkit::app::limited(response).await
 }
 
 async fn still_open(client: &mut natter_testkit::WsClient) {
