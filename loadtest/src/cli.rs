@@ -32,6 +32,9 @@ pub struct Target {
     /// The gateway's JWT secret, to mint the test users' tokens.
     #[arg(long, env = "JWT_SECRET", global = true)]
     pub jwt_secret: Option<String>,
+    /// NATS of that natter, to read JetStream's bytes (`abuse`).
+    #[arg(long, env = "NATS_URL", global = true)]
+    pub nats_url: Option<String>,
     /// The gateway's process id, to read its memory (`connections`).
     #[arg(long, global = true)]
     pub gateway_pid: Option<u32>,
@@ -54,6 +57,10 @@ pub enum Scenario {
     Connections(Connections),
     /// Devices drop without a close frame, miss messages, and all reconnect at once.
     Storm(Storm),
+    /// `steady` traffic of honest users twice: alone, then while abusers
+    /// flood sends, open too many connections and send the largest
+    /// messages into a large group. Needs a gateway with its limits on.
+    Abuse(Abuse),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -119,4 +126,36 @@ pub struct Storm {
     /// Seconds every device has to get everything after reconnecting.
     #[arg(long, default_value_t = 60)]
     pub deadline: u64,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct Abuse {
+    /// The honest traffic, as for `steady` (run once quiet, once attacked).
+    #[command(flatten)]
+    pub honest: Steady,
+    /// Users who abuse natter.
+    #[arg(long, default_value_t = 4)]
+    pub abusers: usize,
+    /// Each abuser sends this many times the gateway's send limit.
+    #[arg(long, default_value_t = 100)]
+    pub flood_factor: u32,
+    /// Each abuser opens this many times the gateway's connection limit.
+    #[arg(long, default_value_t = 5)]
+    pub connection_factor: usize,
+    /// Members of the group the abusers send the largest messages into
+    /// (the attacked run's honest users, the abusers, and idle users).
+    #[arg(long, default_value_t = 1000)]
+    pub group_size: usize,
+    /// Largest messages each abuser tries to send into the group, per second.
+    #[arg(long, default_value_t = 20)]
+    pub big_rate: u32,
+    /// The gateway's `SEND_RATE_PER_SEC` (per user).
+    #[arg(long, default_value_t = natter_gateway::config::DEFAULT_SEND_RATE_PER_SEC)]
+    pub send_limit: f64,
+    /// The gateway's `MAX_CONNECTIONS_PER_USER`.
+    #[arg(long, default_value_t = natter_gateway::config::DEFAULT_MAX_CONNECTIONS_PER_USER)]
+    pub connection_limit: usize,
+    /// The gateway's `MAX_MESSAGE_BYTES`.
+    #[arg(long, default_value_t = natter_gateway::config::DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
 }

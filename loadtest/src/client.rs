@@ -24,6 +24,25 @@ pub fn ws_url(base: &str, token: &str, device: &str) -> String {
 
 /// Connects and waits for `ready`; returns the socket and the device's cursor.
 pub async fn connect(base: &str, token: &str, device: &str) -> anyhow::Result<(Socket, u64)> {
+    match open(base, token, device).await? {
+        Opened::Ready(socket, cursor) => Ok((*socket, cursor)),
+        Opened::Closed { code, reason } => {
+            anyhow::bail!("closed before ready (code {code:?}, reason {reason:?})")
+        }
+    }
+}
+
+/// How a connection attempt that got through the handshake ended up.
+pub enum Opened {
+    /// `ready`, with the device's cursor.
+    Ready(Box<Socket>, u64),
+    /// Closed by the gateway before `ready` (e.g. 1008 over the
+    /// per-user connection limit).
+    Closed { code: Option<u16>, reason: String },
+}
+
+/// Connects and waits for `ready` or the gateway's close.
+pub async fn open(base: &str, token: &str, device: &str) -> anyhow::Result<Opened> {
     let (mut socket, _) = tokio::time::timeout(
         READY_TIMEOUT,
         tokio_tungstenite::connect_async(ws_url(base, token, device)),
@@ -35,12 +54,28 @@ pub async fn connect(base: &str, token: &str, device: &str) -> anyhow::Result<(S
     loop {
         let frame = tokio::time::timeout_at(deadline, socket.next())
             .await
-            .context("no ready frame in time")?
-            .context("closed before ready")??;
-        if let Message::Text(text) = frame
-            && let Incoming::Ready { cursor } = parse(text.as_str())
-        {
-            return Ok((socket, cursor));
+            .context("no ready frame in time")?;
+        match frame {
+            None => {
+                return Ok(Opened::Closed {
+                    code: None,
+                    reason: String::new(),
+                });
+            }
+            Some(frame) => match frame? {
+                Message::Text(text) => {
+                    if let Incoming::Ready { cursor } = parse(text.as_str()) {
+                        return Ok(Opened::Ready(Box::new(socket), cursor));
+                    }
+                }
+                Message::Close(close) => {
+                    return Ok(Opened::Closed {
+                        code: close.as_ref().map(|c| u16::from(c.code)),
+                        reason: close.map(|c| c.reason.to_string()).unwrap_or_default(),
+                    });
+                }
+                _ => {}
+            },
         }
     }
 }

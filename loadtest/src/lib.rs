@@ -4,11 +4,11 @@
 //! unexpected) while it measures throughput and latency.
 //!
 //! - [`cli`]: the command line, one subcommand per scenario.
-//! - [`scenarios`]: `steady`, `fanout`, `connections`, `storm`, and the
+//! - [`scenarios`]: `steady`, `fanout`, `connections`, `storm`, `abuse`, and the
 //!   machinery they share.
 //! - [`accounting`]: the books, and the verdict they give.
 //! - [`measure`]: latency histograms and the per-second timeline.
-//! - [`client`], [`users`]: sockets and test users.
+//! - [`client`], [`users`]: sockets and test users; [`streams`]: JetStream's bytes.
 //! - [`report`]: what a run measured; [`render`]: its summary, JSON and HTML.
 
 pub mod accounting;
@@ -18,6 +18,7 @@ pub mod measure;
 pub mod render;
 pub mod report;
 pub mod scenarios;
+pub mod streams;
 pub mod users;
 
 use cli::{Cli, Scenario};
@@ -30,5 +31,6 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Report> {
         Scenario::Fanout(args) => scenarios::fanout::run(&cli.target, args).await,
         Scenario::Connections(args) => scenarios::connections::run(&cli.target, args).await,
         Scenario::Storm(args) => scenarios::storm::run(&cli.target, args).await,
+        Scenario::Abuse(args) => scenarios::abuse::run(&cli.target, args).await,
     }
 }

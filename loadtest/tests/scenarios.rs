@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
-use natter_loadtest::cli::{Connections, Fanout, Steady, Storm, Target};
+use natter_loadtest::cli::{Abuse, Connections, Fanout, Steady, Storm, Target};
 use natter_loadtest::render;
 use natter_testkit::app::TEST_JWT_SECRET;
 use natter_testkit::{TestApp, TestOptions};
@@ -23,6 +23,7 @@ fn target(app: &TestApp) -> Target {
         url: format!("http://127.0.0.1:{}", app.gateway_port),
         database_url: Some(app.db.url.clone()),
         jwt_secret: Some(TEST_JWT_SECRET.to_owned()),
+        nats_url: Some(app.nats.url()),
         gateway_pid: None,
         out: std::env::temp_dir(),
         quiet: true,
@@ -154,4 +155,99 @@ async fn storm_replays_every_missed_message_after_a_mass_reconnect() {
     let per_device = report.delivery_latency.as_ref().unwrap();
     assert_eq!(per_device.count, 50);
     assert!(report.extra["storm_complete_s"] * 1000.0 >= per_device.p99_ms * 0.99);
+}
+
+/// Limits small enough that two abusers can exceed them a hundredfold.
+const SEND_LIMIT: &str = "5";
+const CONNECTION_LIMIT: &str = "4";
+
+fn abuse_args() -> Abuse {
+    Abuse {
+        honest: Steady {
+            users: 10,
+            rate: 20,
+            duration: 2,
+            warmup: 1,
+            drain: 10,
+        },
+        abusers: 2,
+        flood_factor: 100,
+        connection_factor: 5,
+        group_size: 30,
+        big_rate: 20,
+        send_limit: SEND_LIMIT.parse().unwrap(),
+        connection_limit: CONNECTION_LIMIT.parse().unwrap(),
+        max_message_bytes: 16 * 1024,
+    }
+}
+
+#[tokio::test]
+async fn abuse_holds_abusers_to_their_limits_and_keeps_honest_books() {
+    let app = TestApp::spawn_with(TestOptions {
+        gateway_args: [
+            "--send-rate-per-sec",
+            SEND_LIMIT,
+            "--max-connections-per-user",
+            CONNECTION_LIMIT,
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..TestOptions::default()
+    })
+    .await;
+    let report = natter_loadtest::scenarios::abuse::run(&target(&app), &abuse_args())
+        .await
+        .unwrap();
+    let a = &report.accounting;
+    let extra = &report.extra;
+    assert!(report.ok(), "{}", render::summary(&report));
+    // The honest senders (5 of them at 4/s) were all accepted and delivered.
+    assert!(a.accepted >= 50, "{a:?}");
+    assert_eq!((a.refused, a.delivered), (0, a.accepted), "{a:?}");
+    // Each abuser flooded at about 500/s and got at most its 5/s (and a
+    // burst of 10) through.
+    assert!(extra["flood_sent_per_s"] > 300.0, "{extra:?}");
+    let seconds = extra["attack_s"];
+    let accepted = extra["flood_accepted_per_s"] * seconds + extra["big_accepted"];
+    assert!(accepted <= 2.0 * (5.0 * seconds + 10.0) + 1.0, "{extra:?}");
+    // Of 20 connections each, 4 were let in and the rest refused with 1008.
+    assert_eq!(extra["connections_tried"], 40.0, "{extra:?}");
+    assert_eq!(extra["connections_ready"], 8.0, "{extra:?}");
+    assert_eq!(extra["connections_refused"], 32.0, "{extra:?}");
+    // What the abusers got through reached the honest users, out of the books.
+    assert!(extra["foreign_deliveries"] > 0.0, "{extra:?}");
+    assert!(extra["big_sent"] > extra["big_accepted"], "{extra:?}");
+    for key in [
+        "quiet_delivery_p99_ms",
+        "delivery_p99_ratio",
+        "quiet_jetstream_bytes_per_honest_msg",
+        "attacked_jetstream_bytes_per_honest_msg",
+    ] {
+        assert!(extra[key] > 0.0, "{key}: {extra:?}");
+    }
+    assert!(report.delivery_latency.is_some());
+}
+
+#[tokio::test]
+async fn abuse_says_so_when_a_gateway_does_not_hold_the_limits() {
+    // The generous limits of `app()`: the abusers get through.
+    let app = TestApp::spawn_with(TestOptions {
+        gateway_args: [
+            "--send-rate-per-sec",
+            "100000",
+            "--max-connections-per-user",
+            "1000",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..TestOptions::default()
+    })
+    .await;
+    let report = natter_loadtest::scenarios::abuse::run(&target(&app), &abuse_args())
+        .await
+        .unwrap();
+    assert!(!report.ok());
+    let problems = report.problems.join("; ");
+    assert!(problems.contains("over their cap"), "{problems}");
+    assert!(problems.contains("over their limit"), "{problems}");
 }

@@ -93,6 +93,9 @@ impl BenchArgs {
 /// What the load tests are pointed at: their global flags.
 struct Target {
     url: String,
+    /// The gateway with natter's default per-user limits, for `abuse`.
+    limited_url: String,
+    nats_url: String,
     database_url: String,
     jwt_secret: String,
     gateway_pid: u32,
@@ -294,28 +297,33 @@ fn start(
 
     let jwt_secret = random_secret()?;
     let gateway_port = try_free_port()?;
-    let persister_port = loop {
-        let port = try_free_port()?;
-        if port != gateway_port {
-            break port;
-        }
-    };
+    let persister_port = other_free_port(&[gateway_port])?;
+    let limited_port = other_free_port(&[gateway_port, persister_port])?;
     let gateway_port_text = gateway_port.to_string();
     let persister_port_text = persister_port.to_string();
-    let env = [
+    let common = [
         ("NATS_URL", nats_url.as_str()),
         ("DATABASE_URL", database_url.as_str()),
         ("JWT_SECRET", jwt_secret.as_str()),
-        ("PORT", gateway_port_text.as_str()),
         ("PERSISTER_PORT", persister_port_text.as_str()),
         ("BIND_ADDRESS", "127.0.0.1"),
         ("RUST_LOG", "warn"),
+    ];
+    let lifted = [
+        ("PORT", gateway_port_text.as_str()),
         // The suite's senders go well above the default per-user limit.
         ("SEND_RATE_PER_SEC", "1000000"),
         // And the group runs above the default fan-out budget per user.
         ("FANOUT_BYTES_PER_SEC", "1000000000000"),
         ("SESSION_QUEUE", "4096"),
     ];
+    let env: Vec<(&str, &str)> = common.iter().chain(&lifted).copied().collect();
+    let limited_port_text = limited_port.to_string();
+    let limited_env: Vec<(&str, &str)> = common
+        .iter()
+        .copied()
+        .chain([("PORT", limited_port_text.as_str())])
+        .collect();
     let bin_dir = release_dir();
 
     banner(&format!(
@@ -340,11 +348,26 @@ fn start(
     if !gateway.wait_ready(READY_TIMEOUT, stop)? {
         return Ok(None);
     }
+    let gateway_pid = gateway.pid();
+    banner(&format!(
+        "starting natter-gateway with the default per-user limits on port {limited_port}"
+    ));
+    let limited = stack.limited_gateway.insert(Service::spawn(
+        "natter-gateway (default limits)",
+        &bin_dir.join("natter-gateway"),
+        limited_port,
+        &limited_env,
+    )?);
+    if !limited.wait_ready(READY_TIMEOUT, stop)? {
+        return Ok(None);
+    }
     Ok(Some(Target {
         url: format!("http://127.0.0.1:{gateway_port}"),
+        limited_url: format!("http://127.0.0.1:{limited_port}"),
+        nats_url,
         database_url,
         jwt_secret,
-        gateway_pid: gateway.pid(),
+        gateway_pid,
         persister_port,
     }))
 }
@@ -368,10 +391,16 @@ fn run_entry(
     let scenario_args = entry.scenario.args();
     let described = format!("{subcommand} {}", scenario_args.join(" "));
 
+    let url = if entry.scenario.needs_limits() {
+        &target.limited_url
+    } else {
+        &target.url
+    };
     let mut command = Command::new(loadtest);
     command
         .current_dir(workspace_root())
-        .args(["--url", &target.url])
+        .args(["--url", url])
+        .args(["--nats-url", &target.nats_url])
         .args(["--database-url", &target.database_url])
         .args(["--jwt-secret", &target.jwt_secret])
         .args(["--gateway-pid", &target.gateway_pid.to_string()])
@@ -634,6 +663,16 @@ fn gauge(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|value| value.trim().parse().ok())
+}
+
+/// A free port that is none of `taken`.
+fn other_free_port(taken: &[u16]) -> anyhow::Result<u16> {
+    loop {
+        let port = try_free_port()?;
+        if !taken.contains(&port) {
+            return Ok(port);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -23,14 +23,20 @@ pub struct Stack {
     pub postgres: Option<Postgres>,
     pub persister: Option<Service>,
     pub gateway: Option<Service>,
+    /// `bench`'s second gateway, with natter's default per-user limits.
+    pub limited_gateway: Option<Service>,
 }
 
 impl Stack {
     /// What has exited by itself, in words (`None` while everything runs).
     pub fn crashed(&mut self) -> anyhow::Result<Option<String>> {
-        for service in [self.gateway.as_mut(), self.persister.as_mut()]
-            .into_iter()
-            .flatten()
+        for service in [
+            self.gateway.as_mut(),
+            self.limited_gateway.as_mut(),
+            self.persister.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
         {
             if let Some(status) = service.exited()? {
                 return Ok(Some(format!(
@@ -62,9 +68,13 @@ impl Stack {
     /// then the servers they both use. `false` if anything failed to stop.
     pub fn stop_all(&mut self) -> bool {
         let mut clean = true;
-        for service in [self.gateway.take(), self.persister.take()]
-            .into_iter()
-            .flatten()
+        for service in [
+            self.gateway.take(),
+            self.limited_gateway.take(),
+            self.persister.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             let mut service = service;
             banner(&format!("stopping {}", service.name()));

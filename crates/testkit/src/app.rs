@@ -21,6 +21,9 @@ pub const TEST_JWT_SECRET: &str = "natter-test-secret-natter-test-secret-0123456
 
 /// The test gateway's `AUTH_RATE_PER_MIN`: far above what any test signs up.
 pub const TEST_AUTH_RATE_PER_MIN: &str = "100000";
+/// The test gateway's `SEND_RATE_PER_SEC`: the default (10) would refuse
+/// the bursts that tests of ordering, crashes and backpressure send.
+pub const TEST_SEND_RATE_PER_SEC: &str = "100000";
 /// Each stream's `max_bytes` in a test, unless the test sets its own.
 /// nats-server reserves a stream's `max_bytes` out of 75 % of the free disk
 /// when the stream is declared, so production's 1 GiB each would make
@@ -174,6 +177,15 @@ impl TestApp {
             .any(|arg| arg == "--auth-rate-per-min")
         {
             args.extend(["--auth-rate-per-min".into(), TEST_AUTH_RATE_PER_MIN.into()]);
+        }
+        // Likewise every test's own senders; a test of the send limit sets its own.
+        if !self
+            .options
+            .gateway_args
+            .iter()
+            .any(|arg| arg == "--send-rate-per-sec")
+        {
+            args.extend(["--send-rate-per-sec".into(), TEST_SEND_RATE_PER_SEC.into()]);
         }
         args.extend(stream_limits(&self.options.gateway_args));
         args.extend(self.options.gateway_args.iter().cloned());

@@ -19,7 +19,11 @@ const CREATE_RETRY: Duration = Duration::from_secs(60);
 
 /// Creates a group of `members` (the first is its creator) over REST,
 /// retrying while natter answers 503, as a client would.
-async fn create_group(target: &Target, name: &str, members: &[User]) -> anyhow::Result<uuid::Uuid> {
+pub(crate) async fn create_group(
+    target: &Target,
+    name: &str,
+    members: &[User],
+) -> anyhow::Result<uuid::Uuid> {
     let deadline = tokio::time::Instant::now() + CREATE_RETRY;
     loop {
         match try_create_group(target, name, members).await {

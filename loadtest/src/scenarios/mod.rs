@@ -3,6 +3,7 @@
 //! keeps a device's log, live counters for progress and draining, and the
 //! report built from the accounting and the measurements.
 
+pub mod abuse;
 pub mod connections;
 pub mod fanout;
 pub mod steady;
@@ -83,6 +84,9 @@ pub struct Counters {
     pub accepted: AtomicU64,
     /// First receipts of owed messages.
     pub delivered: AtomicU64,
+    /// Deliveries of another party's traffic (see [`Run::foreign`]), not
+    /// counted in the books.
+    pub foreign: AtomicU64,
 }
 
 /// What one socket's reader saw.
@@ -140,6 +144,9 @@ pub struct Run {
     pub counters: Arc<Counters>,
     /// Set by `fanout`: latency to the last member of a group.
     pub last_member: Option<Arc<LastMember>>,
+    /// Set by `abuse`: deliveries whose content starts with this are
+    /// another party's traffic, counted apart and left out of the books.
+    pub foreign: Option<&'static str>,
     pub clock: Clock,
     scenario: &'static str,
     started_at: String,
@@ -176,6 +183,7 @@ impl Run {
             collector: Arc::new(Collector::new(clock.t0 + Duration::from_secs(warmup))),
             counters,
             last_member: None,
+            foreign: None,
             clock: clock.clone(),
             scenario,
             started_at: chrono::Utc::now().to_rfc3339(),
@@ -198,6 +206,7 @@ impl Run {
         let counters = self.counters.clone();
         let clock = self.clock.clone();
         let last_member = self.last_member.clone();
+        let foreign = self.foreign;
         tokio::spawn(async move {
             let me = me.to_string();
             let mut log = ReaderLog {
@@ -244,6 +253,10 @@ impl Run {
                     } => {
                         log.cursor = log.cursor.max(cursor);
                         if sender == me {
+                            continue;
+                        }
+                        if foreign.is_some_and(|prefix| content.starts_with(prefix)) {
+                            counters.foreign.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
                         let parsed = MessageKey::parse(&content);
@@ -331,6 +344,11 @@ impl Run {
         }
         let measured = self.collector.finish(seconds);
         let per_s = |n: u64| n as f64 / seconds.max(1) as f64;
+        let mut extra = std::collections::BTreeMap::new();
+        if self.foreign.is_some() {
+            let foreign = self.counters.foreign.load(Ordering::Relaxed);
+            extra.insert("foreign_deliveries".to_owned(), foreign as f64);
+        }
         Report {
             scenario: self.scenario.to_owned(),
             started_at: self.started_at.clone(),
@@ -344,6 +362,7 @@ impl Run {
             delivery_latency: measured.delivery,
             delivery_histogram: measured.histogram,
             timeline: measured.timeline,
+            extra,
             ..Report::default()
         }
     }

@@ -7,20 +7,35 @@ use crate::accounting::{MessageKey, Outcome, Sent};
 use crate::cli::{Steady, Target};
 use crate::report::Report;
 use crate::scenarios::{Clock, DRAIN_CAP, Run, connect_all, send_on_schedule};
-use crate::users;
+use crate::users::{self, User};
 use serde_json::json;
 use std::time::Duration;
 
 pub async fn run(target: &Target, args: &Steady) -> anyhow::Result<Report> {
     let pairs = (args.users / 2).max(1);
     let users = users::create(target, "s", pairs * 2).await?;
-    let sockets = connect_all(target, &users, "steady", 200).await?;
+    drive(target, &users, args, "steady", None).await
+}
+
+/// Runs `steady` traffic between `users` (in sender, receiver pairs),
+/// reported as `scenario`. Deliveries whose content starts with `foreign`
+/// are another party's and stay out of the books.
+pub async fn drive(
+    target: &Target,
+    users: &[User],
+    args: &Steady,
+    scenario: &'static str,
+    foreign: Option<&'static str>,
+) -> anyhow::Result<Report> {
+    let pairs = (users.len() / 2).max(1);
+    let sockets = connect_all(target, users, scenario, 200).await?;
     let total = Duration::from_secs(args.warmup + args.duration);
     let period = Duration::from_secs_f64(pairs as f64 / args.rate.max(1) as f64);
     let planned = (total.as_secs_f64() / period.as_secs_f64()).ceil() as usize + 1;
 
     let clock = Clock::start(Duration::from_millis(200));
-    let mut run = Run::new(target, &clock, args.warmup, "steady");
+    let mut run = Run::new(target, &clock, args.warmup, scenario);
+    run.foreign = foreign;
     let mut sinks = Vec::new();
     let mut readers = Vec::new();
     for (index, (socket, _)) in sockets.into_iter().enumerate() {

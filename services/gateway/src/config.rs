@@ -5,6 +5,13 @@ use clap::Parser;
 use natter_runtime::config::{DatabaseArgs, NatsArgs, StreamArgs, TelemetryArgs};
 use std::time::Duration;
 
+/// `MAX_MESSAGE_BYTES` unless configured.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024;
+/// `SEND_RATE_PER_SEC` unless configured.
+pub const DEFAULT_SEND_RATE_PER_SEC: f64 = 10.0;
+/// `MAX_CONNECTIONS_PER_USER` unless configured.
+pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 32;
+
 #[derive(Parser, Clone, Debug)]
 #[command(name = "natter-gateway", version, about)]
 pub struct Config {
@@ -36,7 +43,7 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Largest message content, in bytes of UTF-8; at most 30720, so every
     /// message's delivery record stays within 64 KiB.
-    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 16 * 1024, value_parser = message_bytes)]
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES, value_parser = message_bytes)]
     pub max_message_bytes: usize,
     /// Largest WebSocket frame; a bigger one closes the socket with 1009.
     #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
@@ -54,7 +61,7 @@ pub struct Config {
     /// Messages one user may send per second on average (twice that in a
     /// burst), all their connections and REST together on one gateway;
     /// more are refused with `rate_limited`.
-    #[arg(long, env = "SEND_RATE_PER_SEC", default_value_t = 500.0)]
+    #[arg(long, env = "SEND_RATE_PER_SEC", default_value_t = DEFAULT_SEND_RATE_PER_SEC)]
     pub send_rate_per_sec: f64,
     /// Seconds a connection's presence outlives its gateway's last heartbeat.
     #[arg(long, env = "PRESENCE_TTL_SECS", default_value_t = 30)]
@@ -89,7 +96,7 @@ pub struct Config {
     pub password_hash_wait_ms: u64,
     /// Live sockets one user may have across the cluster; one more is
     /// closed (1008, "too many connections") right after its handshake.
-    #[arg(long, env = "MAX_CONNECTIONS_PER_USER", default_value_t = 32)]
+    #[arg(long, env = "MAX_CONNECTIONS_PER_USER", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_USER)]
     pub max_connections_per_user: usize,
     /// Seconds between sweeps that delete the cursors of devices unseen for
     /// longer than `DELIVERY_MAX_AGE_SECS`.

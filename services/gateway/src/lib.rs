@@ -235,6 +235,7 @@ fn wire(
         allowed_origins: config.allowed_origins.clone().into(),
         max_frame_bytes: config.max_frame_bytes,
         max_connections_per_user: config.max_connections_per_user.max(1),
+        over_limit_log: Default::default(),
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),
     };

@@ -1,6 +1,9 @@
-//! How often a connection's refused frames are logged: the first at once,
-//! the rest at most once per interval with a count, so a client sending
-//! garbage cannot fill the logs. What is logged never includes the frame.
+//! How often refusals are logged: the first at once, the rest at most once
+//! per interval with a count, so a client sending garbage (or opening
+//! connection after connection over its limit) cannot fill the logs. Each
+//! connection keeps one for its refused frames, and the gateway one for
+//! connections refused over the per-user limit. What is logged never
+//! includes the frame.
 
 use std::time::Duration;
 use tokio::time::Instant;

@@ -15,6 +15,7 @@ use crate::metrics::{self, Closed};
 use crate::presence::Presence;
 use crate::typing::TypingSignals;
 use crate::ws::protocol::SendMessage;
+use crate::ws::refusals::Refusals;
 use crate::ws::session::{Backend, Confirmation, End, Limits, Session, Unavailable, close};
 use axum::extract::ws::{WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Query, State};
@@ -52,6 +53,9 @@ pub struct Connections {
     pub max_frame_bytes: usize,
     /// Live sockets one user may have across the cluster.
     pub max_connections_per_user: usize,
+    /// Connections refused over that limit: logged once per interval for
+    /// the whole gateway, with a count, so no client can flood the logs.
+    pub over_limit_log: Arc<std::sync::Mutex<Refusals>>,
     /// Owns every connection's task.
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
@@ -173,7 +177,15 @@ impl Connections {
             Err(e) => {
                 // After the handshake, so the client sees why (a refused
                 // upgrade is an HTTP status most browser APIs hide).
-                tracing::warn!(error = %e, %device, "connection refused: too many connections");
+                let suppressed = self
+                    .over_limit_log
+                    .lock()
+                    .ok()
+                    .and_then(|mut log| log.note(tokio::time::Instant::now()));
+                if let Some(suppressed) = suppressed {
+                    tracing::warn!(error = %e, %device, suppressed,
+                        "connection refused: too many connections");
+                }
                 self.hub.detach(user, session_id);
                 let _ = sink.send(close(close_code::POLICY, TOO_MANY)).await;
                 return;
