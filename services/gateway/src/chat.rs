@@ -78,6 +78,9 @@ fn fanout_cost(recipients: usize, content_bytes: usize) -> f64 {
     (recipients * (content_bytes + RECORD_OVERHEAD)) as f64
 }
 
+/// What one user id adds to a `group_updated` record's `userIds`.
+const NAMED_USER_BYTES: usize = 40;
+
 /// A send handed to JetStream, its ack still to come; or a retry of a
 /// message already stored, answered with it.
 pub struct Submitted(Outcome);
@@ -160,6 +163,24 @@ impl Chat {
             publish_span,
             stream: self.stream.clone(),
         }))))
+    }
+
+    /// Charges `user`'s fan-out budget for a group change that sends
+    /// `recipients` members a `group_updated` naming `named` users: adding
+    /// 999 people to a group makes a million user ids of records, which
+    /// the change rate alone would let one user repeat every second.
+    pub fn charge_group_change(
+        &self,
+        user: UserId,
+        recipients: usize,
+        named: usize,
+    ) -> Result<(), ApiError> {
+        self.limits
+            .fanout
+            .check_cost(user, fanout_cost(recipients, named * NAMED_USER_BYTES))
+            .map_err(|wait| {
+                ApiError::rate_limited("too many group changes to too many people; slow down", wait)
+            })
     }
 
     /// The message stored under `id`, if the projection has it: a send

@@ -102,10 +102,10 @@ pub struct Config {
     /// longer than `DELIVERY_MAX_AGE_SECS`.
     #[arg(long, env = "DEVICE_PRUNE_INTERVAL_SECS", default_value_t = 3600)]
     pub device_prune_interval_secs: u64,
-    /// Bytes of delivery records one user's messages may make per second
-    /// (a message costs its size once per recipient, so a big group costs
-    /// more); more get `rate_limited`. The burst always admits one largest
-    /// message to a full group.
+    /// Bytes of delivery records one user's messages and group changes may
+    /// make per second (a message costs its size once per recipient, so a
+    /// big group costs more); more get `rate_limited`. The burst always
+    /// admits one largest message, or one group change, to a full group.
     #[arg(long, env = "FANOUT_BYTES_PER_SEC", default_value_t = 2 * 1024 * 1024)]
     pub fanout_bytes_per_sec: u64,
 }

@@ -117,6 +117,8 @@ impl Groups {
         }
         let group = GroupId::generate();
         self.allow_change(creator.id)?;
+        self.chat
+            .charge_group_change(creator.id, members.len(), members.len())?;
         let seq = self
             .chat
             .append(
@@ -160,6 +162,11 @@ impl Groups {
             return Err(too_many());
         }
         self.allow_change(actor)?;
+        self.chat.charge_group_change(
+            actor,
+            current.member_count as usize + users.len(),
+            users.len(),
+        )?;
         let seq = self
             .chat
             .append(
@@ -228,6 +235,8 @@ impl Groups {
             ));
         }
         self.allow_change(actor)?;
+        self.chat
+            .charge_group_change(actor, current.member_count as usize, 1)?;
         let seq = self
             .chat
             .append(
@@ -253,6 +262,8 @@ impl Groups {
             ));
         }
         self.allow_change(actor)?;
+        self.chat
+            .charge_group_change(actor, current.member_count as usize, 0)?;
         let seq = self
             .chat
             .append(

@@ -326,9 +326,10 @@ async fn a_users_fan_out_is_bounded_in_bytes_and_holds_up_no_one_else() {
     .await;
     let alice = app.signup("alice").await;
     let bob = app.signup("bob").await;
-    let members = app.seed_users("member", 99).await;
-    let refs: Vec<&TestUser> = members.iter().collect();
-    let group = app.create_group(&alice, "everyone", &refs).await;
+    let members = app.seed_users("member", 98).await;
+    // Bob makes the group (which costs his budget, not Alice's).
+    let refs: Vec<&TestUser> = members.iter().chain([&alice]).collect();
+    let group = app.create_group(&bob, "everyone", &refs).await;
     let group_id = group["id"].as_str().unwrap().to_owned();
     let mut a = app.connect(&alice, "a").await;
     let content = "x".repeat(1024);
@@ -356,6 +357,52 @@ async fn a_users_fan_out_is_bounded_in_bytes_and_holds_up_no_one_else() {
     still_open(&mut a).await;
     // Small messages to one person cost little: Alice's direct message and
     // Bob's are both accepted.
+    let mut b = app.connect(&bob, "b").await;
+    let reply = b.send_direct(alice.id, "hello", "dm").await;
+    assert_eq!(reply["event"], "message_sent", "{reply}");
+}
+
+#[tokio::test]
+async fn group_changes_to_many_members_spend_the_fan_out_budget() {
+    // Burst: 1,000 x (1,024 + 512) bytes. Making a 200-member group names
+    // 200 users to each of 200 members: 200 x (200 x 40 + 512) bytes, so
+    // the burst holds one such group and the rate refills little of it.
+    let app = spawn_with_gateway_args(&[
+        "--fanout-bytes-per-sec",
+        "20000",
+        "--max-message-bytes",
+        "1024",
+    ])
+    .await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let members = app.seed_users("member", 199).await;
+    let ids: Vec<String> = members.iter().map(|m| m.id.to_string()).collect();
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        let (status, retry, body) = post(
+            &app,
+            &alice,
+            "/api/groups",
+            json!({"name": format!("all hands {i}"), "memberIds": ids}),
+        )
+        .await;
+        if status == 429 {
+            assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+            assert!(retry.is_some_and(|s| s >= 1), "Retry-After {retry:?}");
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses, [201, 429, 429]);
+    // Small groups and other users are not held up.
+    let (status, _, _) = post(
+        &app,
+        &bob,
+        "/api/groups",
+        json!({"name": "bob's", "memberIds": [alice.id.to_string()]}),
+    )
+    .await;
+    assert_eq!(status, 201);
     let mut b = app.connect(&bob, "b").await;
     let reply = b.send_direct(alice.id, "hello", "dm").await;
     assert_eq!(reply["event"], "message_sent", "{reply}");

@@ -35,9 +35,20 @@ fn add_members(
     })
 }
 
+/// A gateway whose per-user fan-out budget lets one user make several
+/// full-group changes at once (these tests are about the records, not the
+/// budget, which `fairness` tests).
+async fn with_fan_out_lifted() -> TestApp {
+    TestApp::spawn_with(natter_testkit::TestOptions {
+        gateway_args: vec!["--fanout-bytes-per-sec".into(), "1000000000000".into()],
+        ..natter_testkit::TestOptions::default()
+    })
+    .await
+}
+
 #[tokio::test]
 async fn two_concurrent_adds_never_grow_a_group_past_1000() {
-    let mut app = TestApp::spawn().await;
+    let mut app = with_fan_out_lifted().await;
     let creator = app.signup("creator").await;
     let first = app.seed_users("first", 600).await;
     let second = app.seed_users("second", 600).await;
@@ -151,7 +162,7 @@ fn longest_name() -> String {
 
 #[tokio::test]
 async fn a_full_group_of_the_longest_names_holds_up_no_one() {
-    let app = TestApp::spawn().await;
+    let app = with_fan_out_lifted().await;
     let members = app.seed_users("crowd", 1000).await;
     let ann = app.signup("ann").await;
     let bob = app.signup("bob").await;
