@@ -35,6 +35,12 @@ use uuid::Uuid;
 const FOREIGN: &str = "ab|";
 /// How often a flooding socket writes its next batch of sends.
 const FLOOD_TICK: Duration = Duration::from_millis(10);
+/// How often, and how long at most, the streams are read until they settle.
+const SETTLE_POLL: Duration = Duration::from_millis(500);
+const SETTLE_CAP: Duration = Duration::from_secs(20);
+/// Seconds after the honest run's warm-up that the largest messages start
+/// (the honest users connect first, which takes about a second).
+const BIG_DELAY_S: u64 = 3;
 /// Connections an abuser opens at once.
 const CONNECT_CONCURRENCY: usize = 32;
 
@@ -92,20 +98,29 @@ async fn abusers_group(
     fanout::create_group(target, "abuse", &members).await
 }
 
+/// The streams' bytes once they stop growing (the persister has fanned
+/// out what was accepted last), or after [`SETTLE_CAP`].
 async fn read_bytes(streams: &Option<Streams>) -> anyhow::Result<Option<StreamBytes>> {
-    match streams {
-        Some(streams) => Ok(Some(streams.bytes().await?)),
-        None => Ok(None),
+    let Some(streams) = streams else {
+        return Ok(None);
+    };
+    let started = Instant::now();
+    let mut last = streams.bytes().await?;
+    loop {
+        tokio::time::sleep(SETTLE_POLL).await;
+        let now = streams.bytes().await?;
+        if now == last || started.elapsed() >= SETTLE_CAP {
+            return Ok(Some(now));
+        }
+        last = now;
     }
 }
 
-/// What the streams gained since `before`, once the persister has had a
-/// moment to fan out what was accepted last.
+/// What the streams gained since `before`.
 async fn written_since(
     streams: &Option<Streams>,
     before: Option<StreamBytes>,
 ) -> anyhow::Result<Option<StreamBytes>> {
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let after = read_bytes(streams).await?;
     Ok(after.zip(before).map(|(after, before)| after.since(before)))
 }
@@ -182,7 +197,7 @@ impl Attack {
                     },
                 })
             };
-            attack.send(flood, flood_rate, Kind::Flood, frame);
+            attack.send(flood, flood_rate, Duration::ZERO, Kind::Flood, frame);
             let sink = attack.working_socket(target, abuser, "big").await?;
             let big = big.clone();
             let frame = move |_: u64| {
@@ -191,7 +206,17 @@ impl Attack {
                     "data": {"groupId": group, "content": big},
                 })
             };
-            attack.send(sink, f64::from(args.big_rate), Kind::Big, frame);
+            // Into the measured part of the honest run, not its warm-up:
+            // the first largest messages are what the fan-out budget's
+            // burst lets through at once.
+            let into_measured = Duration::from_secs(args.honest.warmup + BIG_DELAY_S);
+            attack.send(
+                sink,
+                f64::from(args.big_rate),
+                into_measured,
+                Kind::Big,
+                frame,
+            );
         }
         let excess = args.connection_limit * args.connection_factor;
         for abuser in abusers {
@@ -219,18 +244,23 @@ impl Attack {
         Ok(sink)
     }
 
-    /// Sends `rate` frames a second on `sink`, in batches every
-    /// [`FLOOD_TICK`], as fast as the socket takes them, until stopped.
+    /// Sends `rate` frames a second on `sink` from `delay` on, in batches
+    /// every [`FLOOD_TICK`], as fast as the socket takes them, until stopped.
     fn send(
         &mut self,
         mut sink: futures::stream::SplitSink<Socket, Message>,
         rate: f64,
+        delay: Duration,
         kind: Kind,
         frame: impl Fn(u64) -> serde_json::Value + Send + 'static,
     ) {
         let tally = self.tally.clone();
         let mut stop = self.stop.subscribe();
         self.tasks.push(tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
             let started = Instant::now();
             let mut sent = 0u64;
             let mut tick = tokio::time::interval(FLOOD_TICK);

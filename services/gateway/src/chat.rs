@@ -60,7 +60,8 @@ impl ChatLimits {
     /// `fanout_bytes` of delivery records a second (`FANOUT_BYTES_PER_SEC`).
     /// The fan-out burst always admits one largest message to a full group.
     pub fn new(send_rate: f64, fanout_bytes: f64, max_message_bytes: usize) -> Self {
-        let largest = fanout_cost(natter_core::MAX_GROUP_MEMBERS, max_message_bytes);
+        // Content that is all quotes or backslashes doubles once escaped.
+        let largest = fanout_cost(natter_core::MAX_GROUP_MEMBERS, 2 * max_message_bytes);
         Self {
             sends: PerUser::new(send_rate, send_rate * SEND_BURST_SECONDS),
             reads: PerUser::new(READ_RATE, READ_BURST),
@@ -76,6 +77,17 @@ impl ChatLimits {
 /// `recipients`.
 fn fanout_cost(recipients: usize, content_bytes: usize) -> f64 {
     (recipients * (content_bytes + RECORD_OVERHEAD)) as f64
+}
+
+/// The bytes `content` takes in a JSON record: quotes, backslashes,
+/// newlines and tabs are written escaped, two bytes each (content holds no
+/// other control characters).
+fn encoded_len(content: &str) -> usize {
+    content.len()
+        + content
+            .bytes()
+            .filter(|b| matches!(b, b'"' | b'\\' | b'\n' | b'\t'))
+            .count()
 }
 
 /// What one user id adds to a `group_updated` record's `userIds`.
@@ -151,7 +163,10 @@ impl Chat {
         }
         self.limits
             .fanout
-            .check_cost(sent.sender_id, fanout_cost(recipients, sent.content.len()))
+            .check_cost(
+                sent.sender_id,
+                fanout_cost(recipients, encoded_len(&sent.content)),
+            )
             .map_err(|wait| {
                 ApiError::rate_limited("too much sent to too many people; slow down", wait)
             })?;
@@ -507,4 +522,25 @@ async fn original(stream: &jetstream::stream::Stream, sequence: u64) -> Result<M
 fn not_accepted(e: impl std::fmt::Display) -> ApiError {
     tracing::warn!(error = %e, "JetStream did not accept a record");
     ApiError::Unavailable("the message was not accepted; retry".into())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_contents_cost_is_what_json_writes_of_it() {
+        for content in [
+            "plain",
+            "say \"hi\"",
+            "a\\b",
+            "two\nlines\tand a tab",
+            "héllo 😀",
+            "",
+        ] {
+            let json = serde_json::to_string(content).unwrap();
+            assert_eq!(encoded_len(content), json.len() - 2, "{content:?}");
+        }
+    }
 }

@@ -106,7 +106,7 @@ pub struct Config {
     /// make per second (a message costs its size once per recipient, so a
     /// big group costs more); more get `rate_limited`. The burst always
     /// admits one largest message, or one group change, to a full group.
-    #[arg(long, env = "FANOUT_BYTES_PER_SEC", default_value_t = 2 * 1024 * 1024)]
+    #[arg(long, env = "FANOUT_BYTES_PER_SEC", default_value_t = 512 * 1024)]
     pub fanout_bytes_per_sec: u64,
 }
 
