@@ -133,8 +133,9 @@ pub struct Abuse {
     /// The honest traffic, as for `steady` (run once quiet, once attacked).
     #[command(flatten)]
     pub honest: Steady,
-    /// Users who abuse natter.
-    #[arg(long, default_value_t = 4)]
+    /// Users who abuse natter: half flood, half send the largest messages,
+    /// all open too many connections.
+    #[arg(long, default_value_t = 6)]
     pub abusers: usize,
     /// Each abuser sends this many times the gateway's send limit.
     #[arg(long, default_value_t = 100)]

@@ -4,10 +4,11 @@
 //! abusers (the attacked run):
 //!
 //! - flood direct messages at `--flood-factor` times their send limit,
-//!   at the honest receivers;
-//! - open `--connection-factor` times their connection limit;
-//! - send the largest messages natter takes into a group of
-//!   `--group-size`, of which the attacked run's honest users are members.
+//!   at the honest receivers (half of the abusers);
+//! - send the largest messages natter takes, made of quotes that double
+//!   once escaped, into a group of `--group-size`, of which the attacked
+//!   run's honest users are members (the other half);
+//! - open `--connection-factor` times their connection limit (all).
 //!
 //! The report is the attacked run's, with the quiet run's latencies, what
 //! each kind of abuse achieved (what natter accepted of it) and, given
@@ -38,9 +39,10 @@ const FLOOD_TICK: Duration = Duration::from_millis(10);
 /// How often, and how long at most, the streams are read until they settle.
 const SETTLE_POLL: Duration = Duration::from_millis(500);
 const SETTLE_CAP: Duration = Duration::from_secs(20);
-/// Seconds after the honest run's warm-up that the largest messages start
-/// (the honest users connect first, which takes about a second).
-const BIG_DELAY_S: u64 = 3;
+/// The largest messages start a second after the honest run's warm-up
+/// (its users connect first, which takes about a second), plus a fifth of
+/// its measured part, at most this.
+const BIG_DELAY: Duration = Duration::from_secs(3);
 /// Connections an abuser opens at once.
 const CONNECT_CONCURRENCY: usize = 32;
 
@@ -185,42 +187,44 @@ impl Attack {
             "{FOREIGN}{}",
             "\"".repeat(args.max_message_bytes - FOREIGN.len())
         );
+        // Half the abusers flood, half send the largest messages: one user
+        // doing both would spend its send limit on the flood, and the
+        // largest messages are what costs everyone most.
         for (index, abuser) in abusers.iter().enumerate() {
-            let flood = attack.working_socket(target, abuser, "flood").await?;
-            let receivers = receivers.clone();
-            let frame = move |n: u64| {
-                json!({
-                    "event": "send_direct_message",
-                    "data": {
-                        "receiverId": receivers[(n as usize + index) % receivers.len()],
-                        "content": format!("{FOREIGN}{index}|{n}"),
-                    },
-                })
-            };
-            attack.send(flood, flood_rate, Duration::ZERO, Kind::Flood, frame);
-            let sink = attack.working_socket(target, abuser, "big").await?;
-            let big = big.clone();
-            let frame = move |_: u64| {
-                json!({
-                    "event": "send_group_message",
-                    "data": {"groupId": group, "content": big},
-                })
-            };
-            // Into the measured part of the honest run, not its warm-up:
-            // the first largest messages are what the fan-out budget's
-            // burst lets through at once.
-            let into_measured = Duration::from_secs(args.honest.warmup + BIG_DELAY_S);
-            attack.send(
-                sink,
-                f64::from(args.big_rate),
-                into_measured,
-                Kind::Big,
-                frame,
-            );
+            if index % 2 == 0 {
+                let flood = attack.working_socket(target, abuser, "flood").await?;
+                let receivers = receivers.clone();
+                let frame = move |n: u64| {
+                    json!({
+                        "event": "send_direct_message",
+                        "data": {
+                            "receiverId": receivers[(n as usize + index) % receivers.len()],
+                            "content": format!("{FOREIGN}{index}|{n}"),
+                        },
+                    })
+                };
+                attack.send(flood, flood_rate, Duration::ZERO, Kind::Flood, frame);
+            } else {
+                let sink = attack.working_socket(target, abuser, "big").await?;
+                let big = big.clone();
+                let frame = move |_: u64| {
+                    json!({
+                        "event": "send_group_message",
+                        "data": {"groupId": group, "content": big},
+                    })
+                };
+                // Into the measured part of the honest run, not its
+                // warm-up: the first largest messages are what the fan-out
+                // budget's burst lets through at once.
+                let into_measured = Duration::from_secs(args.honest.warmup + 1)
+                    + Duration::from_secs(args.honest.duration / 5).min(BIG_DELAY);
+                let rate = f64::from(args.big_rate);
+                attack.send(sink, rate, into_measured, Kind::Big, frame);
+            }
         }
         let excess = args.connection_limit * args.connection_factor;
         for abuser in abusers {
-            attack.connection_flood(target, abuser, excess.saturating_sub(2));
+            attack.connection_flood(target, abuser, excess.saturating_sub(1));
         }
         Ok(attack)
     }

@@ -112,7 +112,8 @@ pub const SUITE: &[Entry] = &[
             rate: 1_000,
             duration_s: 15,
             warmup_s: 2,
-            abusers: 4,
+            // Three flood, three send the largest messages.
+            abusers: 6,
             group_size: 1_000,
         },
         limit: Duration::from_secs(150),
