@@ -92,6 +92,9 @@ export class Stack {
         // nats-server reserves each stream's max_bytes out of the free disk.
         CHAT_MAX_BYTES: '67108864',
         DELIVERY_MAX_BYTES: '67108864',
+        // The default (10 a second) would refuse the bursts some cases send
+        // to fill a page; the limit has its own tests.
+        SEND_RATE_PER_SEC: '100000',
         ...extra,
       },
       stdio: ['ignore', 'pipe', 'pipe'],
