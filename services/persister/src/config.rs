@@ -32,6 +32,16 @@ pub struct Config {
     /// Deliveries of a record that fails to project before it is dead-lettered.
     #[arg(long, env = "PERSISTER_MAX_DELIVER", default_value_t = 5)]
     pub max_deliver: i64,
+    /// Bytes of delivery records (all recipients' copies together) above
+    /// which a `CHAT` record is fanned out beside later records, a chunk at
+    /// a time, instead of ahead of them: one message to a large group does
+    /// not hold up everyone else's.
+    #[arg(long, env = "LARGE_FANOUT_BYTES", default_value_t = 1024 * 1024)]
+    pub large_fanout_bytes: usize,
+    /// Bytes a second of such records published at most, all senders
+    /// together: what a burst of them may take from everyone else.
+    #[arg(long, env = "LARGE_FANOUT_BYTES_PER_SEC", default_value_t = 64 * 1024 * 1024)]
+    pub large_fanout_bytes_per_sec: u64,
     /// Seconds JetStream waits for an ack before redelivering.
     #[arg(long, env = "PERSISTER_ACK_WAIT_SECS", default_value_t = 30)]
     pub ack_wait_secs: u64,

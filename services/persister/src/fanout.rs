@@ -1,9 +1,9 @@
 //! Publishing delivery records to every recipient's `deliver.<user>`, in
 //! `CHAT` order, with a `Nats-Msg-Id` that makes a repeated fan-out a no-op.
 //!
-//! Each event is serialised once, at most a window of acks is outstanding,
-//! and each record carries its message's `traceparent` and acceptance time
-//! in headers. A record no retry can store (too large, unencodable) is set
+//! Each event is serialised once into a [`Copy`] per recipient, at most a
+//! window of acks is outstanding, and each record carries its message's
+//! `traceparent` and acceptance time in headers. A record no retry can store (too large, unencodable) is set
 //! apart as [`Undeliverable`] and the rest flow on; any other failure is
 //! transient and fails the whole fan-out, to be retried.
 
@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use natter_core::delivery::{ACCEPTED_AT_HEADER, MAX_RECORD_BYTES};
-use natter_core::subjects;
+use natter_core::{UserId, subjects};
 use std::collections::{BTreeMap, HashMap};
 
 /// Where a `CHAT` record came from: the trace its delivery continues and
@@ -73,62 +73,97 @@ fn encode(fanout: &Fanout) -> Result<Bytes, String> {
     Ok(Bytes::from(payload))
 }
 
-/// Publishes every fan-out and waits until JetStream stored all of them.
-/// At most `window` acks are outstanding: the context admits only so many
-/// (`NATS_PUBLISH_WINDOW`, of which this is the persister's only user), and
-/// a publish that waited for room while the acks holding it went unpolled
-/// would wait forever. `provenance` is keyed by `CHAT` sequence.
+/// One delivery record for one recipient, ready to publish.
+#[derive(Clone, Debug)]
+pub struct Copy {
+    pub chat_seq: u64,
+    pub recipient: UserId,
+    /// Shared by every copy of one record.
+    pub payload: Bytes,
+    message_id: String,
+    traceparent: Option<String>,
+    accepted_at: Option<String>,
+}
+
+impl Copy {
+    /// A test copy: `bytes` of payload for `recipient`.
+    #[cfg(test)]
+    pub fn for_test(chat_seq: u64, recipient: UserId, bytes: usize) -> Self {
+        Self {
+            chat_seq,
+            recipient,
+            payload: Bytes::from(vec![b' '; bytes]),
+            message_id: format!("{chat_seq}.{recipient}"),
+            traceparent: None,
+            accepted_at: None,
+        }
+    }
+}
+
+/// Every recipient's copy of `fanout`'s record, or why it has none.
+pub fn copies(fanout: &Fanout, provenance: &HashMap<u64, Provenance>) -> Result<Vec<Copy>, String> {
+    let payload = encode(fanout)?;
+    let origin = provenance.get(&fanout.chat_seq);
+    let accepted_at = origin.map(|o| o.accepted_at.timestamp_micros().to_string());
+    let traceparent = origin.and_then(|o| o.traceparent.clone());
+    Ok(fanout
+        .recipients
+        .iter()
+        .map(|recipient| Copy {
+            chat_seq: fanout.chat_seq,
+            recipient: *recipient,
+            payload: payload.clone(),
+            message_id: fanout.message_id(*recipient),
+            traceparent: traceparent.clone(),
+            accepted_at: accepted_at.clone(),
+        })
+        .collect())
+}
+
+/// Publishes every copy, in order, and waits until JetStream stored all of
+/// them. At most `window` acks are outstanding: the context admits only so
+/// many (`NATS_PUBLISH_WINDOW`, of which this is the persister's only
+/// user), and a publish that waited for room while the acks holding it
+/// went unpolled would wait forever.
 pub async fn publish(
     js: &jetstream::Context,
     window: usize,
-    fanouts: &[Fanout],
-    provenance: &HashMap<u64, Provenance>,
+    copies: &[Copy],
 ) -> Result<Published, FanoutError> {
     let window = window.max(1);
     let mut acks = FuturesUnordered::new();
     let mut published = Published::default();
-    for fanout in fanouts {
-        let payload = match encode(fanout) {
-            Ok(payload) => payload,
-            Err(reason) => {
-                published.undeliverable.insert(fanout.chat_seq, reason);
+    for copy in copies {
+        if published.undeliverable.contains_key(&copy.chat_seq) {
+            continue;
+        }
+        let mut message = PublishMessage::build()
+            .payload(copy.payload.clone())
+            .message_id(copy.message_id.as_str());
+        if let Some(traceparent) = &copy.traceparent {
+            message = message.header(natter_runtime::trace::TRACEPARENT, traceparent.as_str());
+        }
+        if let Some(accepted_at) = &copy.accepted_at {
+            message = message.header(ACCEPTED_AT_HEADER, accepted_at.as_str());
+        }
+        while acks.len() >= window {
+            if let Some((seq, ack)) = acks.next().await {
+                settle(&mut published, seq, ack)?;
+            }
+        }
+        let ack: PublishAckFuture = match js
+            .send_publish(subjects::deliver(copy.recipient), message)
+            .await
+        {
+            Ok(ack) => ack,
+            Err(e) if is_permanent(&e) => {
+                published.undeliverable.insert(copy.chat_seq, e.to_string());
                 continue;
             }
+            Err(e) => return Err(e.into()),
         };
-        let origin = provenance.get(&fanout.chat_seq);
-        let accepted_at = origin.map(|o| o.accepted_at.timestamp_micros().to_string());
-        let traceparent = origin.and_then(|o| o.traceparent.as_deref());
-        for recipient in &fanout.recipients {
-            let mut message = PublishMessage::build()
-                .payload(payload.clone())
-                .message_id(fanout.message_id(*recipient));
-            if let Some(traceparent) = traceparent {
-                message = message.header(natter_runtime::trace::TRACEPARENT, traceparent);
-            }
-            if let Some(accepted_at) = &accepted_at {
-                message = message.header(ACCEPTED_AT_HEADER, accepted_at.as_str());
-            }
-            while acks.len() >= window {
-                if let Some((seq, ack)) = acks.next().await {
-                    settle(&mut published, seq, ack)?;
-                }
-            }
-            let sent = js
-                .send_publish(subjects::deliver(*recipient), message)
-                .await;
-            let ack: PublishAckFuture = match sent {
-                Ok(ack) => ack,
-                Err(e) if is_permanent(&e) => {
-                    published
-                        .undeliverable
-                        .insert(fanout.chat_seq, e.to_string());
-                    break;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let seq = fanout.chat_seq;
-            acks.push(async move { (seq, ack.await) });
-        }
+        let seq = copy.chat_seq;
+        acks.push(async move { (seq, ack.await) });
     }
     while let Some((seq, ack)) = acks.next().await {
         settle(&mut published, seq, ack)?;

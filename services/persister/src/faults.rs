@@ -15,12 +15,20 @@ pub struct FaultHooks {
     pub after_commit: Option<FaultHook>,
     /// Called after a batch's fan-out was published, before the acks.
     pub after_fanout: Option<FaultHook>,
+    /// Asked before each chunk of the large fan-out lane; `false` holds
+    /// the lane (what waits in it stays unpublished) while batches flow.
+    pub lane_open: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
 }
 
 impl FaultHooks {
     /// Whether to crash right after the batch `seqs` committed.
     pub(crate) fn crash_after_commit(&self, seqs: &[u64]) -> bool {
         self.after_commit.as_ref().is_some_and(|hook| hook(seqs))
+    }
+
+    /// Whether the large fan-out lane may publish its next chunk.
+    pub(crate) fn lane_open(&self) -> bool {
+        self.lane_open.as_ref().is_none_or(|open| open())
     }
 
     /// Whether to crash right after the batch `seqs` was fanned out.

@@ -424,3 +424,166 @@ async fn a_message_id_reused_for_another_message_is_dead_lettered_never_dropped(
             .all(|f| f["event"] != "receive_direct_message")
     );
 }
+
+/// The frames that are records of a delivery log (not presence, typing).
+fn records(frames: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+    frames
+        .into_iter()
+        .filter(|f| f.get("cursor").is_some())
+        .collect()
+}
+
+/// How many records `user`'s delivery log holds.
+async fn log_length(js: &async_nats::jetstream::Context, user: &TestUser) -> usize {
+    let subject = natter_core::subjects::deliver(user.id);
+    let stream = js.get_stream("DELIVERY").await.unwrap();
+    let info = stream.info_with_subjects(&subject).await.unwrap();
+    let mut subjects = info;
+    let mut count = 0;
+    while let Some(Ok((_, n))) = futures::StreamExt::next(&mut subjects).await {
+        count += n;
+    }
+    count
+}
+
+/// A persister whose large fan-out lane is held shut (until `open` is
+/// set), with a group's records waiting in it and a direct message to one
+/// of its members already delivered past them.
+struct HeldLane {
+    app: TestApp,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    member: TestUser,
+    m: WsClient,
+    crowd: Vec<TestUser>,
+    js: async_nats::jetstream::Context,
+}
+
+async fn held_lane() -> HeldLane {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // Every group record (22 copies of more than 100 bytes) is large here;
+    // a direct message (one copy) is not.
+    let mut app = TestApp::spawn_with(natter_testkit::TestOptions {
+        persister: false,
+        persister_args: ["--ack-wait-secs", "5", "--large-fanout-bytes", "2000"]
+            .map(String::from)
+            .to_vec(),
+        ..natter_testkit::TestOptions::default()
+    })
+    .await;
+    let open = Arc::new(AtomicBool::new(false));
+    let gate = open.clone();
+    app.start_persister(FaultHooks {
+        lane_open: Some(Arc::new(move || gate.load(Ordering::SeqCst))),
+        ..FaultHooks::default()
+    })
+    .await;
+    let alice = app.signup("alice").await;
+    let member = app.signup("member").await;
+    let crowd = app.seed_users("crowd", 20).await;
+    let carol = app.signup("carol").await;
+    let dave = app.signup("dave").await;
+    let mut listed: Vec<&TestUser> = crowd.iter().collect();
+    listed.push(&member);
+    let group = app.create_group(&alice, "everyone", &listed).await;
+    let group_id = group["id"].as_str().unwrap().to_owned();
+    let mut m = app.connect(&member, "m").await;
+    let mut d = app.connect(&dave, "d").await;
+    let mut a = app.connect(&alice, "a").await;
+    a.send_ref(
+        "send_group_message",
+        json!({"groupId": group_id, "content": "to everyone"}),
+        "g",
+    )
+    .await;
+    assert_eq!(a.reply_to("g").await["event"], "message_sent");
+
+    // The lane holds the group's records; a direct message between two
+    // people outside the group goes by.
+    let mut c = app.connect(&carol, "c").await;
+    c.send_direct(dave.id, "beside it", "dm").await;
+    let got = d.receive_messages(1).await;
+    assert_eq!(got[0]["data"]["message"]["content"], "beside it");
+    let js = app.jetstream().await;
+    assert_eq!(log_length(&js, &crowd[0]).await, 0);
+    assert!(records(m.drain(Duration::from_millis(300)).await).is_empty());
+
+    // A record to a member goes after that member's copies of the group's
+    // records, which go out first, in order.
+    d.send_direct(member.id, "after it", "dm2").await;
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let frame = m.next().await;
+        let event = frame["event"].as_str().unwrap().to_owned();
+        if event.starts_with("receive_") || event == "group_updated" {
+            seen.push(event);
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "group_updated",
+            "receive_group_message",
+            "receive_direct_message"
+        ]
+    );
+    assert_eq!(log_length(&js, &crowd[0]).await, 0);
+    HeldLane {
+        app,
+        open,
+        member,
+        m,
+        crowd,
+        js,
+    }
+}
+
+/// Waits until the lane delivered the group's two records to the crowd and
+/// every `CHAT` record is acked; then checks that each log holds each
+/// record once and the member's socket got nothing more.
+async fn drained_once(held: &mut HeldLane) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while log_length(&held.js, &held.crowd[0]).await < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the lane drains");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = held
+        .js
+        .get_stream("CHAT")
+        .await
+        .unwrap()
+        .get_consumer(natter_core::subjects::PERSISTER_CONSUMER)
+        .await
+        .unwrap();
+    while consumer.info().await.unwrap().num_ack_pending > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "everything is acked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for user in &held.crowd {
+        assert_eq!(log_length(&held.js, user).await, 2);
+    }
+    assert_eq!(log_length(&held.js, &held.member).await, 3);
+    let late = records(held.m.drain(Duration::from_millis(300)).await);
+    assert!(late.is_empty(), "{late:?}");
+}
+
+#[tokio::test]
+async fn a_large_fan_out_goes_beside_later_records_and_keeps_each_users_order() {
+    let mut held = held_lane().await;
+    held.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    drained_once(&mut held).await;
+}
+
+#[tokio::test]
+async fn a_large_fan_out_cut_short_by_a_stop_is_finished_once_by_the_next_persister() {
+    let mut held = held_lane().await;
+    // Its records are acked out of CHAT order: the group's stay unacked
+    // behind the direct messages. The next persister rewinds to the ack
+    // floor and fans out again; what was stored is not stored twice.
+    held.app.stop_persister().await;
+    held.app.start_persister(FaultHooks::default()).await;
+    drained_once(&mut held).await;
+}

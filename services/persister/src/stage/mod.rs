@@ -8,13 +8,15 @@
 //! the idempotent projection passes on to be fanned out (invariant 3).
 //!
 //! - `project`: pull, decode, project, hand over.
-//! - `fanout`: publish in order, then ack.
+//! - `fanout`: publish in order, then ack; `lane`: large records published
+//!   beside later ones, a chunk at a time.
 //! - `pulled`, `dead_letter`, `ack`: a pulled message, setting it aside,
 //!   settling it in `CHAT`.
 
 mod ack;
 mod dead_letter;
 mod fanout;
+mod lane;
 mod project;
 mod pulled;
 
