@@ -1,9 +1,11 @@
 //! The consumer's two pipeline stages, which overlap: while batch N is
 //! fanned out, batch N+1 is projected.
 //!
-//! One fan-out stage takes committed batches in order, so delivery records
-//! are still published in `CHAT` order and only after their batch committed
-//! (invariants 2 and 5, DESIGN.md §1). A crash between the stages leaves
+//! One fan-out stage takes committed batches in order, so each user's
+//! delivery records are published in `CHAT` order and only after their
+//! batch committed (invariants 2 and 5, DESIGN.md §1). A record too large
+//! to publish ahead of everything after it goes through the stage's lane,
+//! beside later records, still in order for each of its recipients. A crash between the stages leaves
 //! committed but unacked records, which the rewind at start redelivers and
 //! the idempotent projection passes on to be fanned out (invariant 3).
 //!
