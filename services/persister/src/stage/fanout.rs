@@ -157,32 +157,7 @@ impl<'a> FanOut<'a> {
         batch: Committed,
         lane: &mut Lane<jetstream::Message>,
     ) -> Result<bool, ConsumeError> {
-        let encoded: Vec<(u64, Result<Vec<fanout::Copy>, String>)> = batch
-            .fanouts
-            .iter()
-            .map(|f| (f.chat_seq, fanout::copies(f, &batch.provenance)))
-            .collect();
-        let large = self.large_records(&encoded);
-        let mut now = Vec::new();
-        let mut undeliverable = BTreeMap::new();
-        for (chat_seq, copies) in encoded {
-            match copies {
-                Err(reason) => {
-                    undeliverable.insert(chat_seq, reason);
-                }
-                Ok(copies) if large.contains(&chat_seq) => {
-                    if let Some(message) = batch_message(&batch, chat_seq) {
-                        lane.defer(chat_seq, message.clone(), copies);
-                    }
-                }
-                Ok(copies) => {
-                    for copy in copies {
-                        now.extend(lane.take_for(copy.recipient));
-                        now.push(copy);
-                    }
-                }
-            }
-        }
+        let (now, mut undeliverable) = self.split(&batch, lane);
         let Some(published) = self.publish(&batch, &now, lane).await else {
             return Ok(false);
         };
@@ -232,6 +207,43 @@ impl<'a> FanOut<'a> {
             elapsed_ms = batch.started.elapsed().as_millis() as u64,
             "batch stored and fanned out");
         Ok(true)
+    }
+
+    /// `batch`'s copies to publish now, each after its recipient's copies
+    /// taken out of the lane, with large records deferred to the lane; and
+    /// the records that cannot be encoded.
+    fn split(
+        &self,
+        batch: &Committed,
+        lane: &mut Lane<jetstream::Message>,
+    ) -> (Vec<fanout::Copy>, BTreeMap<u64, String>) {
+        let encoded: Vec<(u64, Result<Vec<fanout::Copy>, String>)> = batch
+            .fanouts
+            .iter()
+            .map(|f| (f.chat_seq, fanout::copies(f, &batch.provenance)))
+            .collect();
+        let large = self.large_records(&encoded);
+        let mut now = Vec::new();
+        let mut undeliverable = BTreeMap::new();
+        for (chat_seq, copies) in encoded {
+            match copies {
+                Err(reason) => {
+                    undeliverable.insert(chat_seq, reason);
+                }
+                Ok(copies) if large.contains(&chat_seq) => {
+                    if let Some(message) = batch_message(batch, chat_seq) {
+                        lane.defer(chat_seq, message.clone(), copies);
+                    }
+                }
+                Ok(copies) => {
+                    for copy in copies {
+                        now.extend(lane.take_for(copy.recipient));
+                        now.push(copy);
+                    }
+                }
+            }
+        }
+        (now, undeliverable)
     }
 
     /// The `CHAT` sequences whose records, all recipients' copies together,
