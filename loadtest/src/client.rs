@@ -130,6 +130,15 @@ fn text(value: &serde_json::Value) -> String {
     value.as_str().unwrap_or_default().to_owned()
 }
 
+/// Whether a frame carries a message whose content starts with `prefix`,
+/// told without parsing it (natter writes `"content":"…"` as is; a prefix
+/// without characters JSON escapes reads the same inside the string).
+pub fn content_starts_with(text_frame: &str, prefix: &str) -> bool {
+    text_frame
+        .split_once("\"content\":\"")
+        .is_some_and(|(_, rest)| rest.starts_with(prefix))
+}
+
 pub fn parse(text_frame: &str) -> Incoming {
     let Ok(frame) = serde_json::from_str::<Frame>(text_frame) else {
         return Incoming::Other;
@@ -191,6 +200,10 @@ mod tests {
             }
         );
         assert_eq!(parse("garbage"), Incoming::Other);
+        let foreign = r#"{"cursor":3,"event":"receive_group_message","data":{"message":{"content":"ab|\"\""}}}"#;
+        assert!(content_starts_with(foreign, "ab|"));
+        assert!(!content_starts_with(foreign, "lt|"));
+        assert!(!content_starts_with(r#"{"event":"pong"}"#, "ab|"));
         assert_eq!(
             ws_url("http://127.0.0.1:8000", "t", "d"),
             "ws://127.0.0.1:8000/ws?token=t&device=d"
