@@ -161,6 +161,23 @@ async fn storm_replays_every_missed_message_after_a_mass_reconnect() {
 const SEND_LIMIT: &str = "5";
 const CONNECTION_LIMIT: &str = "4";
 
+/// A natter whose gateway allows `send_rate` messages a second and
+/// `connections` sockets per user.
+async fn with_limits(send_rate: &str, connections: &str) -> TestApp {
+    TestApp::spawn_with(TestOptions {
+        gateway_args: [
+            "--send-rate-per-sec",
+            send_rate,
+            "--max-connections-per-user",
+            connections,
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..TestOptions::default()
+    })
+    .await
+}
+
 fn abuse_args() -> Abuse {
     Abuse {
         honest: Steady {
@@ -183,18 +200,7 @@ fn abuse_args() -> Abuse {
 
 #[tokio::test]
 async fn abuse_holds_abusers_to_their_limits_and_keeps_honest_books() {
-    let app = TestApp::spawn_with(TestOptions {
-        gateway_args: [
-            "--send-rate-per-sec",
-            SEND_LIMIT,
-            "--max-connections-per-user",
-            CONNECTION_LIMIT,
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..TestOptions::default()
-    })
-    .await;
+    let app = with_limits(SEND_LIMIT, CONNECTION_LIMIT).await;
     let report = natter_loadtest::scenarios::abuse::run(&target(&app), &abuse_args())
         .await
         .unwrap();
@@ -231,18 +237,7 @@ async fn abuse_holds_abusers_to_their_limits_and_keeps_honest_books() {
 #[tokio::test]
 async fn abuse_says_so_when_a_gateway_does_not_hold_the_limits() {
     // The generous limits of `app()`: the abusers get through.
-    let app = TestApp::spawn_with(TestOptions {
-        gateway_args: [
-            "--send-rate-per-sec",
-            "100000",
-            "--max-connections-per-user",
-            "1000",
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..TestOptions::default()
-    })
-    .await;
+    let app = with_limits("100000", "1000").await;
     let report = natter_loadtest::scenarios::abuse::run(&target(&app), &abuse_args())
         .await
         .unwrap();

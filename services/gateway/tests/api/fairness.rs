@@ -313,11 +313,9 @@ async fn group_changes_are_rate_limited_per_user() {
     assert_eq!(status, 201);
 }
 
-#[tokio::test]
-async fn a_users_fan_out_is_bounded_in_bytes_and_holds_up_no_one_else() {
-    // Burst: one largest message to a full group, 1,000 x (2 x 1,024 + 512)
-    // bytes (content of quotes doubles once escaped); a 1 KiB message of
-    // letters to 100 members costs 100 x (1,024 + 512), a sixteenth of it.
+/// A gateway with a fan-out budget of 20,000 bytes a second and messages of
+/// at most 1 KiB, and two users on it.
+async fn small_fan_out_budget() -> (TestApp, TestUser, TestUser) {
     let app = spawn_with_gateway_args(&[
         "--fanout-bytes-per-sec",
         "20000",
@@ -327,6 +325,15 @@ async fn a_users_fan_out_is_bounded_in_bytes_and_holds_up_no_one_else() {
     .await;
     let alice = app.signup("alice").await;
     let bob = app.signup("bob").await;
+    (app, alice, bob)
+}
+
+#[tokio::test]
+async fn a_users_fan_out_is_bounded_in_bytes_and_holds_up_no_one_else() {
+    // Burst: one largest message to a full group, 1,000 x (2 x 1,024 + 512)
+    // bytes (content of quotes doubles once escaped); a 1 KiB message of
+    // letters to 100 members costs 100 x (1,024 + 512), a sixteenth of it.
+    let (app, alice, bob) = small_fan_out_budget().await;
     let members = app.seed_users("member", 98).await;
     // Bob makes the group (which costs his budget, not Alice's).
     let refs: Vec<&TestUser> = members.iter().chain([&alice]).collect();
@@ -368,15 +375,7 @@ async fn group_changes_to_many_members_spend_the_fan_out_budget() {
     // Burst: 1,000 x (2 x 1,024 + 512) bytes. Making a 200-member group names
     // 200 users to each of 200 members: 200 x (200 x 40 + 512) bytes, so
     // the burst holds one such group and the rate refills little of it.
-    let app = spawn_with_gateway_args(&[
-        "--fanout-bytes-per-sec",
-        "20000",
-        "--max-message-bytes",
-        "1024",
-    ])
-    .await;
-    let alice = app.signup("alice").await;
-    let bob = app.signup("bob").await;
+    let (app, alice, bob) = small_fan_out_budget().await;
     let members = app.seed_users("member", 199).await;
     let ids: Vec<String> = members.iter().map(|m| m.id.to_string()).collect();
     let mut statuses = Vec::new();
