@@ -1,10 +1,12 @@
 //! Publishing delivery records to every recipient's `deliver.<user>`, in
-//! `CHAT` order, with a `Nats-Msg-Id` that makes a repeated fan-out a no-op.
+//! the order given, with a `Nats-Msg-Id` that makes a repeated fan-out a
+//! no-op.
 //!
 //! Each event is serialised once into a [`Copy`] per recipient, at most a
 //! window of acks is outstanding, and each record carries its message's
-//! `traceparent` and acceptance time in headers. A record no retry can store (too large, unencodable) is set
-//! apart as [`Undeliverable`] and the rest flow on; any other failure is
+//! `traceparent` and acceptance time in headers. A record no retry can
+//! store (too large, unencodable) is set apart in
+//! [`Published::undeliverable`] and the rest flow on; any other failure is
 //! transient and fails the whole fan-out, to be retried.
 
 use crate::projection::Fanout;
@@ -20,6 +22,7 @@ use futures::stream::FuturesUnordered;
 use natter_core::delivery::{ACCEPTED_AT_HEADER, MAX_RECORD_BYTES};
 use natter_core::{UserId, subjects};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// Where a `CHAT` record came from: the trace its delivery continues and
 /// when it was accepted.
@@ -81,8 +84,9 @@ pub struct Copy {
     /// Shared by every copy of one record.
     pub payload: Bytes,
     message_id: String,
-    traceparent: Option<String>,
-    accepted_at: Option<String>,
+    /// Headers shared by every copy of one record.
+    traceparent: Option<Arc<str>>,
+    accepted_at: Option<Arc<str>>,
 }
 
 impl Copy {
@@ -104,8 +108,10 @@ impl Copy {
 pub fn copies(fanout: &Fanout, provenance: &HashMap<u64, Provenance>) -> Result<Vec<Copy>, String> {
     let payload = encode(fanout)?;
     let origin = provenance.get(&fanout.chat_seq);
-    let accepted_at = origin.map(|o| o.accepted_at.timestamp_micros().to_string());
-    let traceparent = origin.and_then(|o| o.traceparent.clone());
+    let accepted_at: Option<Arc<str>> =
+        origin.map(|o| o.accepted_at.timestamp_micros().to_string().into());
+    let traceparent: Option<Arc<str>> =
+        origin.and_then(|o| o.traceparent.as_deref().map(Arc::from));
     Ok(fanout
         .recipients
         .iter()
@@ -141,10 +147,10 @@ pub async fn publish(
             .payload(copy.payload.clone())
             .message_id(copy.message_id.as_str());
         if let Some(traceparent) = &copy.traceparent {
-            message = message.header(natter_runtime::trace::TRACEPARENT, traceparent.as_str());
+            message = message.header(natter_runtime::trace::TRACEPARENT, &**traceparent);
         }
         if let Some(accepted_at) = &copy.accepted_at {
-            message = message.header(ACCEPTED_AT_HEADER, accepted_at.as_str());
+            message = message.header(ACCEPTED_AT_HEADER, &**accepted_at);
         }
         while acks.len() >= window {
             if let Some((seq, ack)) = acks.next().await {

@@ -1,5 +1,6 @@
 //! The fan-out stage: publishes committed batches' delivery records in the
 //! order the batches committed, then acks them (invariants 2 and 5, DESIGN.md §1).
+//! Large records go through the [`Lane`], a chunk between two batches.
 //! A record no retry could store is dead-lettered; the rest flow on.
 
 use super::ack::ack;
@@ -186,9 +187,9 @@ impl<'a> FanOut<'a> {
             }
             done.push((*chat_seq, message));
         }
+        let settled: HashSet<u64> = done.iter().map(|(seq, _)| *seq).collect();
         for (seq, message) in batch.seqs.iter().zip(&batch.messages) {
-            let elsewhere = done.iter().any(|(s, _)| s == seq);
-            if !lane.holds(*seq) && !elsewhere {
+            if !lane.holds(*seq) && !settled.contains(seq) {
                 done.push((*seq, message.clone()));
             }
         }
