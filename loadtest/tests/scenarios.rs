@@ -223,6 +223,7 @@ async fn abuse_holds_abusers_to_their_limits_and_keeps_honest_books() {
     // What the abusers got through reached the honest users, out of the books.
     assert!(extra["foreign_deliveries"] > 0.0, "{extra:?}");
     assert!(extra["big_sent"] > extra["big_accepted"], "{extra:?}");
+    assert!(extra["refused_rate_limited"] > 0.0, "{extra:?}");
     for key in [
         "quiet_delivery_p99_ms",
         "delivery_p99_ratio",

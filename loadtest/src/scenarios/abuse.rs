@@ -185,14 +185,14 @@ impl Attack {
         let flood_rate = args.send_limit * f64::from(args.flood_factor);
         let big = format!(
             "{FOREIGN}{}",
-            "\"".repeat(args.max_message_bytes - FOREIGN.len())
+            "\"".repeat(args.max_message_bytes.saturating_sub(FOREIGN.len()))
         );
         // Half the abusers flood, half send the largest messages: one user
         // doing both would spend its send limit on the flood, and the
         // largest messages are what costs everyone most.
         for (index, abuser) in abusers.iter().enumerate() {
             if index % 2 == 0 {
-                let flood = attack.working_socket(target, abuser, "flood").await?;
+                let flood = attack.working_socket(target, abuser, Kind::Flood).await?;
                 let receivers = receivers.clone();
                 let frame = move |n: u64| {
                     json!({
@@ -205,7 +205,7 @@ impl Attack {
                 };
                 attack.send(flood, flood_rate, Duration::ZERO, Kind::Flood, frame);
             } else {
-                let sink = attack.working_socket(target, abuser, "big").await?;
+                let sink = attack.working_socket(target, abuser, Kind::Big).await?;
                 let big = big.clone();
                 let frame = move |_: u64| {
                     json!({
@@ -234,14 +234,15 @@ impl Attack {
         &mut self,
         target: &Target,
         abuser: &User,
-        device: &str,
+        kind: Kind,
     ) -> anyhow::Result<futures::stream::SplitSink<Socket, Message>> {
         self.tally.connections_tried.fetch_add(1, Ordering::Relaxed);
-        let (socket, _) = client::connect(&target.url, &abuser.token, device).await?;
+        let (socket, _) = client::connect(&target.url, &abuser.token, kind.device()).await?;
         self.tally.connections_ready.fetch_add(1, Ordering::Relaxed);
         let (sink, stream) = socket.split();
         self.tasks.push(tokio::spawn(read_answers(
             stream,
+            kind,
             self.tally.clone(),
             self.stop.subscribe(),
         )));
@@ -350,18 +351,34 @@ enum Kind {
 }
 
 impl Kind {
+    /// The device name of the abuser's socket for this kind of send.
+    fn device(self) -> &'static str {
+        match self {
+            Self::Flood => "flood",
+            Self::Big => "big",
+        }
+    }
+
     fn sent(self, tally: &Tally) -> &AtomicU64 {
         match self {
             Self::Flood => &tally.flood_sent,
             Self::Big => &tally.big_sent,
         }
     }
+
+    fn accepted(self, tally: &Tally) -> &AtomicU64 {
+        match self {
+            Self::Flood => &tally.flood_accepted,
+            Self::Big => &tally.big_accepted,
+        }
+    }
 }
 
-/// Reads an abuser's sending socket: counts what natter accepted (by the
-/// content it echoes) and refused (by code), until stopped.
+/// Reads an abuser's sending socket of `kind`: counts what natter accepted
+/// and refused (by code), until stopped.
 async fn read_answers(
     mut stream: futures::stream::SplitStream<Socket>,
+    kind: Kind,
     tally: Arc<Tally>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -373,11 +390,8 @@ async fn read_answers(
         let Some(Ok(frame)) = frame else { break };
         let Message::Text(text) = frame else { continue };
         match client::parse(text.as_str()) {
-            client::Incoming::Sent { content, .. } if content.len() > 64 => {
-                tally.big_accepted.fetch_add(1, Ordering::Relaxed);
-            }
             client::Incoming::Sent { .. } => {
-                tally.flood_accepted.fetch_add(1, Ordering::Relaxed);
+                kind.accepted(&tally).fetch_add(1, Ordering::Relaxed);
             }
             client::Incoming::Refused { code, .. } => tally.refused(&code),
             _ => {}
@@ -433,6 +447,11 @@ fn verdict(
         load(&tally.connections_refused),
     );
     extra.insert("connections_failed".into(), load(&tally.connections_failed));
+    if let Ok(refused) = tally.refused.lock() {
+        for (code, count) in refused.iter() {
+            extra.insert(format!("refused_{code}"), *count as f64);
+        }
+    }
     report
         .problems
         .extend(problems(args, &quiet, &report, tally));
