@@ -8,7 +8,7 @@
 //! are bounded (content, names, a change's user ids), never a whole group.
 
 use crate::events::Message;
-use crate::ids::{ConversationId, GroupId, UserId};
+use crate::ids::{ConversationId, GroupId, MessageId, UserId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +16,13 @@ use serde::{Deserialize, Serialize};
 /// (microseconds since the Unix epoch), so delivery latency is measured
 /// without decoding the record.
 pub const ACCEPTED_AT_HEADER: &str = "Natter-Accepted-At";
+
+/// The header of a delivery record stored without its message's content:
+/// the message's id. A message whose copies together would be large (a big
+/// message into a big group) is stored once, in PostgreSQL, and each copy
+/// carries only this reference; the gateway fills the content in before
+/// the frame reaches a socket, once per message.
+pub const CONTENT_OF_HEADER: &str = "Natter-Content-Of";
 
 /// The largest delivery record (DESIGN.md §4). The limits on what a record
 /// holds keep every record within it (the tests below build the worst
@@ -102,6 +109,44 @@ pub fn frame_with_cursor(record: &[u8], cursor: u64) -> Option<String> {
     Some(frame)
 }
 
+impl DeliveryEvent {
+    /// The message this record delivers, if it delivers one.
+    pub fn message(&self) -> Option<&Message> {
+        match self {
+            Self::ReceiveDirectMessage { message } | Self::ReceiveGroupMessage { message } => {
+                Some(message)
+            }
+            Self::MessagesRead { .. } | Self::GroupUpdated { .. } => None,
+        }
+    }
+
+    /// This record with its message's content left out, to be stored by
+    /// reference ([`CONTENT_OF_HEADER`]); `None` when it carries no message.
+    pub fn without_content(&self) -> Option<(MessageId, Self)> {
+        let mut event = self.clone();
+        match &mut event {
+            Self::ReceiveDirectMessage { message } | Self::ReceiveGroupMessage { message } => {
+                message.content.clear();
+                Some((message.id, event))
+            }
+            Self::MessagesRead { .. } | Self::GroupUpdated { .. } => None,
+        }
+    }
+}
+
+/// A record stored by reference with its message's `content` filled in:
+/// the record as it would have been stored whole. `None` if `record` is not
+/// a message record.
+pub fn with_content(record: &[u8], content: String) -> Option<Vec<u8>> {
+    let mut event: DeliveryEvent = serde_json::from_slice(record).ok()?;
+    match &mut event {
+        DeliveryEvent::ReceiveDirectMessage { message }
+        | DeliveryEvent::ReceiveGroupMessage { message } => message.content = content,
+        DeliveryEvent::MessagesRead { .. } | DeliveryEvent::GroupUpdated { .. } => return None,
+    }
+    serde_json::to_vec(&event).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +192,46 @@ mod tests {
         assert_eq!(record["data"]["change"]["kind"], "members_added");
         assert_eq!(record["data"]["change"]["userIds"][0], by.to_string());
         assert_eq!(record["data"]["change"]["by"], by.to_string());
+    }
+
+    #[test]
+    fn a_record_stored_by_reference_is_filled_in_to_the_whole_record() {
+        let sender = UserId::generate();
+        let event = DeliveryEvent::ReceiveGroupMessage {
+            message: Message {
+                id: MessageId::for_send(sender, Some("c-1")),
+                conversation_id: ConversationId(uuid::Uuid::now_v7()),
+                seq: 9,
+                sender_id: sender,
+                sender_name: "Ann \"A\"".into(),
+                receiver_id: None,
+                group_id: Some(GroupId::generate()),
+                content: "line one\n\"quoted\" \u{1F600}".repeat(100),
+                client_msg_id: Some("c-1".into()),
+                created_at: Utc::now(),
+            },
+        };
+        let whole = serde_json::to_vec(&event).unwrap();
+        let (id, bare) = event.without_content().unwrap();
+        assert_eq!(Some(id), event.message().map(|m| m.id));
+        let stored = serde_json::to_vec(&bare).unwrap();
+        assert!(stored.len() < 400, "{} bytes stored", stored.len());
+        let content = event.message().unwrap().content.clone();
+        assert_eq!(with_content(&stored, content).unwrap(), whole);
+    }
+
+    #[test]
+    fn only_message_records_are_stored_by_reference() {
+        let reader = UserId::generate();
+        let read = DeliveryEvent::MessagesRead {
+            conversation_id: ConversationId::direct(reader, UserId::generate()),
+            reader_id: reader,
+            up_to_seq: 7,
+        };
+        assert!(read.without_content().is_none());
+        let record = serde_json::to_vec(&read).unwrap();
+        assert!(with_content(&record, "x".into()).is_none());
+        assert!(with_content(b"not json", "x".into()).is_none());
     }
 
     #[test]

@@ -219,6 +219,7 @@ fn wire(
     let backend = Arc::new(ws::upgrade::Live {
         cursors: cursors.clone(),
         log: delivery::DeliveryLog::new(nats.clone(), dependencies.delivery),
+        contents: delivery::Contents::new(pool.clone()),
         chat: chat.clone(),
         typing,
         tasks: tasks.clone(),

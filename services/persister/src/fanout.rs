@@ -19,8 +19,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use natter_core::delivery::{ACCEPTED_AT_HEADER, MAX_RECORD_BYTES};
-use natter_core::{UserId, subjects};
+use natter_core::delivery::{ACCEPTED_AT_HEADER, CONTENT_OF_HEADER, MAX_RECORD_BYTES};
+use natter_core::{DeliveryEvent, UserId, subjects};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -63,10 +63,16 @@ pub fn is_permanent(error: &PublishError) -> bool {
     }
 }
 
+/// A record at least this large, whose copies together reach the large
+/// fan-out size, is stored by reference: its message's content stays in
+/// PostgreSQL and the gateway fills it in. Smaller records are not worth the
+/// gateway's lookup.
+pub const BY_REFERENCE_MIN_BYTES: usize = 1024;
+
 /// A fan-out's record, encoded, or why it never will be.
-fn encode(fanout: &Fanout) -> Result<Bytes, String> {
-    let payload = serde_json::to_vec(&fanout.event)
-        .map_err(|e| format!("cannot encode the delivery record: {e}"))?;
+fn encode(event: &DeliveryEvent) -> Result<Bytes, String> {
+    let payload =
+        serde_json::to_vec(event).map_err(|e| format!("cannot encode the delivery record: {e}"))?;
     if payload.len() > MAX_RECORD_BYTES {
         return Err(format!(
             "the delivery record is {} bytes; the limit is {MAX_RECORD_BYTES}",
@@ -87,6 +93,9 @@ pub struct Copy {
     /// Headers shared by every copy of one record.
     traceparent: Option<Arc<str>>,
     accepted_at: Option<Arc<str>>,
+    /// The message whose content the gateway fills in, for a record stored
+    /// by reference.
+    content_of: Option<Arc<str>>,
 }
 
 impl Copy {
@@ -100,13 +109,28 @@ impl Copy {
             message_id: format!("{chat_seq}.{recipient}"),
             traceparent: None,
             accepted_at: None,
+            content_of: None,
         }
     }
 }
 
-/// Every recipient's copy of `fanout`'s record, or why it has none.
-pub fn copies(fanout: &Fanout, provenance: &HashMap<u64, Provenance>) -> Result<Vec<Copy>, String> {
-    let payload = encode(fanout)?;
+/// Every recipient's copy of `fanout`'s record, or why it has none. A
+/// message record whose copies together reach `large` bytes is stored by
+/// reference, once it is big enough for that to pay.
+pub fn copies(
+    fanout: &Fanout,
+    provenance: &HashMap<u64, Provenance>,
+    large: usize,
+) -> Result<Vec<Copy>, String> {
+    let mut payload = encode(&fanout.event)?;
+    let mut content_of = None;
+    if payload.len() >= BY_REFERENCE_MIN_BYTES
+        && payload.len().saturating_mul(fanout.recipients.len()) >= large
+        && let Some((id, bare)) = fanout.event.without_content()
+    {
+        payload = encode(&bare)?;
+        content_of = Some(Arc::from(id.to_string()));
+    }
     let origin = provenance.get(&fanout.chat_seq);
     let accepted_at: Option<Arc<str>> =
         origin.map(|o| o.accepted_at.timestamp_micros().to_string().into());
@@ -122,6 +146,7 @@ pub fn copies(fanout: &Fanout, provenance: &HashMap<u64, Provenance>) -> Result<
             message_id: fanout.message_id(*recipient),
             traceparent: traceparent.clone(),
             accepted_at: accepted_at.clone(),
+            content_of: content_of.clone(),
         })
         .collect())
 }
@@ -151,6 +176,9 @@ pub async fn publish(
         }
         if let Some(accepted_at) = &copy.accepted_at {
             message = message.header(ACCEPTED_AT_HEADER, &**accepted_at);
+        }
+        if let Some(id) = &copy.content_of {
+            message = message.header(CONTENT_OF_HEADER, &**id);
         }
         while acks.len() >= window {
             if let Some((seq, ack)) = acks.next().await {

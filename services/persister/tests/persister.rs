@@ -587,3 +587,99 @@ async fn a_large_fan_out_cut_short_by_a_stop_is_finished_once_by_the_next_persis
     held.app.start_persister(FaultHooks::default()).await;
     drained_once(&mut held).await;
 }
+
+/// The next `receive_group_message` frame on `client`.
+async fn next_group_message(client: &mut WsClient) -> serde_json::Value {
+    loop {
+        let frame = client.next().await;
+        if frame["event"] == "receive_group_message" {
+            return frame;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_big_message_into_a_big_group_is_stored_once_and_delivered_whole() {
+    // 22 copies of a 6 KB record pass 100 KB: stored by reference. A short
+    // message's copies do not: stored whole.
+    let app = TestApp::spawn_with(natter_testkit::TestOptions {
+        persister_args: ["--large-fanout-bytes", "100000"]
+            .map(String::from)
+            .to_vec(),
+        ..natter_testkit::TestOptions::default()
+    })
+    .await;
+    let alice = app.signup("alice").await;
+    let member = app.signup("member").await;
+    let crowd = app.seed_users("crowd", 20).await;
+    let mut listed: Vec<&TestUser> = crowd.iter().collect();
+    listed.push(&member);
+    let group = app.create_group(&alice, "everyone", &listed).await;
+    let group_id = group["id"].as_str().unwrap().to_owned();
+    // One device of the member is live; another was seen once and is away.
+    let mut live = app.connect(&member, "live").await;
+    app.connect(&member, "away").await.close().await;
+    let mut a = app.connect(&alice, "a").await;
+    let big = "a \"quoted\" line\n".repeat(400);
+    for (content, reference) in [(big.as_str(), "big"), ("short", "short")] {
+        a.send_ref(
+            "send_group_message",
+            json!({"groupId": group_id, "content": content}),
+            reference,
+        )
+        .await;
+        assert_eq!(a.reply_to(reference).await["event"], "message_sent");
+    }
+
+    for got in [
+        next_group_message(&mut live).await,
+        next_group_message(&mut live).await,
+    ]
+    .iter()
+    .zip([big.as_str(), "short"])
+    {
+        assert_eq!(got.0["data"]["message"]["content"], got.1, "live");
+        assert_eq!(got.0["data"]["message"]["senderId"], alice.id.to_string());
+    }
+    let mut away = app.connect(&member, "away").await;
+    let replayed = [
+        next_group_message(&mut away).await,
+        next_group_message(&mut away).await,
+    ];
+    assert_eq!(replayed[0]["data"]["message"]["content"], big, "replayed");
+    assert_eq!(replayed[1]["data"]["message"]["content"], "short");
+
+    // What the log holds: the big message's record without its content and
+    // with the reference; the short one whole.
+    let js = app.jetstream().await;
+    let stream = js.get_stream("DELIVERY").await.unwrap();
+    let subject = natter_core::subjects::deliver(crowd[0].id);
+    let mut log = Vec::new();
+    let mut from = 1;
+    while let Ok(record) = stream
+        .direct_get_next_for_subject(subject.as_str(), Some(from))
+        .await
+    {
+        from = record.sequence + 1;
+        log.push(record);
+    }
+    let content_of = |i: usize| {
+        log[i]
+            .headers
+            .get(natter_core::delivery::CONTENT_OF_HEADER)
+            .map(|v| v.as_str().to_owned())
+    };
+    assert_eq!(log.len(), 3, "group_updated, big, short");
+    let id = replayed[0]["data"]["message"]["id"].as_str().unwrap();
+    assert_eq!(content_of(1).as_deref(), Some(id));
+    assert!(
+        log[1].payload.len() < 1024,
+        "{} bytes",
+        log[1].payload.len()
+    );
+    let stored: serde_json::Value = serde_json::from_slice(&log[1].payload).unwrap();
+    assert_eq!(stored["data"]["message"]["content"], "");
+    assert_eq!(content_of(2), None);
+    let short: serde_json::Value = serde_json::from_slice(&log[2].payload).unwrap();
+    assert_eq!(short["data"]["message"]["content"], "short");
+}

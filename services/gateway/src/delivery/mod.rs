@@ -7,14 +7,18 @@
 //! - [`log`]: replay of a user's log from a sequence with one batched
 //!   JetStream direct get, no consumer created.
 //! - [`cursors`]: the durable per-device cursors, written in batches.
+//! - [`contents`]: the contents of records stored by reference, read once
+//!   per message and filled in.
 //! - [`record`]: what the parts share: a stored record, a push, a close.
 
+pub mod contents;
 pub mod cursors;
 pub mod hub;
 pub mod log;
 pub mod record;
 pub mod registry;
 
+pub use contents::Contents;
 pub use cursors::CursorStore;
 pub use hub::Hub;
 pub use log::{DeliveryLog, read_log};

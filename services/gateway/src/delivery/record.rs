@@ -4,7 +4,8 @@
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use natter_core::delivery::ACCEPTED_AT_HEADER;
+use natter_core::MessageId;
+use natter_core::delivery::{ACCEPTED_AT_HEADER, CONTENT_OF_HEADER};
 use std::sync::Arc;
 
 /// A record of a user's delivery log.
@@ -22,6 +23,9 @@ pub struct Stored {
     pub traceparent: Option<String>,
     /// When its event was accepted, for the delivery latency.
     pub accepted_at: Option<DateTime<Utc>>,
+    /// The message whose content the record leaves out, for a record
+    /// stored by reference: the content is filled in before it is sent.
+    pub content_of: Option<MessageId>,
 }
 
 impl Stored {
@@ -40,6 +44,9 @@ impl Stored {
                 .and_then(|h| h.get(ACCEPTED_AT_HEADER))
                 .and_then(|v| v.as_str().parse::<i64>().ok())
                 .and_then(DateTime::from_timestamp_micros),
+            content_of: headers
+                .and_then(|h| h.get(CONTENT_OF_HEADER))
+                .and_then(|v| v.as_str().parse().ok()),
         }
     }
 }
@@ -50,6 +57,8 @@ pub enum DeliveryError {
     Nats(String),
     #[error("the delivery log did not answer in time")]
     Timeout,
+    #[error("PostgreSQL request failed: {0}")]
+    Database(String),
     #[error("unexpected reply from the delivery log: {0}")]
     Protocol(String),
 }

@@ -232,6 +232,7 @@ mod tests {
             payload: Bytes::from_static(b"{}"),
             traceparent: None,
             accepted_at: None,
+            content_of: None,
         }
     }
 

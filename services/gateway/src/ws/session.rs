@@ -14,9 +14,10 @@ use crate::metrics::{self, Path};
 use crate::ws::protocol::{self, Command, SendMessage};
 use crate::ws::refusals::Refusals;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, close_code};
+use bytes::Bytes;
 use futures::stream::FuturesOrdered;
 use futures::{Sink, SinkExt, Stream, StreamExt};
-use natter_core::{ConversationId, DeviceId, Message, UserId};
+use natter_core::{ConversationId, DeviceId, Message, MessageId, UserId};
 use serde_json::Value;
 use std::future::Future;
 use std::pin::Pin;
@@ -73,6 +74,13 @@ pub trait Backend: Send + Sync + 'static {
         from: u64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Stored>, Unavailable>> + Send;
+    /// `record` (stored by reference, of message `id`) with its content
+    /// filled in; `None` if the message is not stored.
+    fn fill_content(
+        &self,
+        id: MessageId,
+        record: &Bytes,
+    ) -> impl Future<Output = Result<Option<Bytes>, Unavailable>> + Send;
     /// Validates and publishes a send; the confirmation comes later.
     fn submit(
         &self,
@@ -341,7 +349,16 @@ where
         // Few fields: this span is made for every record every device gets.
         let span = tracing::info_span!("gateway.deliver", seq = record.seq, path = path.as_str());
         natter_runtime::trace::continue_from(&span, record.traceparent.as_deref());
-        match protocol::delivery(&record.payload, record.seq) {
+        let payload = match record.content_of {
+            None => Some(record.payload),
+            Some(id) => self
+                .backend
+                .fill_content(id, &record.payload)
+                .instrument(tracing::info_span!(parent: &span, "content.fill"))
+                .await
+                .map_err(|e| self.unavailable(e))?,
+        };
+        match payload.and_then(|payload| protocol::delivery(&payload, record.seq)) {
             Some(frame) => {
                 let write = tracing::info_span!(parent: &span, "ws.write");
                 self.send_text(frame, "delivery").instrument(write).await?;

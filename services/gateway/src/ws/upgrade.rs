@@ -8,7 +8,7 @@ use crate::access::Authenticator;
 use crate::auth::bearer_token;
 use crate::chat::Chat;
 use crate::control::{Control, ControlBus};
-use crate::delivery::{CursorStore, DeliveryLog, Hub, Stored};
+use crate::delivery::{Contents, CursorStore, DeliveryLog, Hub, Stored};
 use crate::directory::Directory;
 use crate::error::ApiError;
 use crate::metrics::{self, Closed};
@@ -21,8 +21,9 @@ use axum::extract::ws::{WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use natter_core::{ConversationId, DeviceId, UserId};
+use natter_core::{ConversationId, DeviceId, MessageId, UserId};
 use serde::Deserialize;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -229,6 +230,8 @@ impl Connections {
 pub struct Live {
     pub cursors: Arc<CursorStore>,
     pub log: DeliveryLog,
+    /// Fills in the records stored by reference.
+    pub contents: Contents,
     pub chat: Arc<Chat>,
     pub typing: TypingSignals,
     /// Owns the tasks that await sends' acks.
@@ -271,6 +274,17 @@ impl Backend for Live {
     ) -> Result<Vec<Stored>, Unavailable> {
         self.log
             .read(user, from, limit)
+            .await
+            .map_err(Unavailable::new)
+    }
+
+    async fn fill_content(
+        &self,
+        id: MessageId,
+        record: &Bytes,
+    ) -> Result<Option<Bytes>, Unavailable> {
+        self.contents
+            .fill(id, record)
             .await
             .map_err(Unavailable::new)
     }

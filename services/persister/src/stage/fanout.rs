@@ -221,7 +221,7 @@ impl<'a> FanOut<'a> {
         let encoded: Vec<(u64, Result<Vec<fanout::Copy>, String>)> = batch
             .fanouts
             .iter()
-            .map(|f| (f.chat_seq, fanout::copies(f, &batch.provenance)))
+            .map(|f| (f.chat_seq, fanout::copies(f, &batch.provenance, self.large)))
             .collect();
         let large = self.large_records(&encoded);
         let mut now = Vec::new();

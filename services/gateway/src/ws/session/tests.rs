@@ -54,6 +54,32 @@ fn record(seq: u64, last_seq: Option<u64>) -> Stored {
         payload: Bytes::from(payload.to_string()),
         traceparent: None,
         accepted_at: None,
+        content_of: None,
+    }
+}
+
+/// A record stored by reference: a group message without its content.
+fn by_reference(seq: u64, last_seq: u64) -> Stored {
+    let sender = UserId::generate();
+    let message = Message {
+        id: MessageId::for_send(sender, None),
+        conversation_id: ConversationId(uuid::Uuid::now_v7()),
+        seq,
+        sender_id: sender,
+        sender_name: "sender".into(),
+        receiver_id: None,
+        group_id: Some(natter_core::GroupId::generate()),
+        content: String::new(),
+        client_msg_id: None,
+        created_at: chrono::Utc::now(),
+    };
+    Stored {
+        content_of: Some(message.id),
+        payload: Bytes::from(
+            serde_json::to_vec(&natter_core::DeliveryEvent::ReceiveGroupMessage { message })
+                .unwrap(),
+        ),
+        ..record(seq, Some(last_seq))
     }
 }
 
@@ -89,6 +115,14 @@ impl Backend for Fake {
             .take(limit)
             .cloned()
             .collect())
+    }
+
+    async fn fill_content(
+        &self,
+        _: MessageId,
+        record: &Bytes,
+    ) -> Result<Option<Bytes>, Unavailable> {
+        Ok(natter_core::delivery::with_content(record, "filled in".into()).map(Bytes::from))
     }
 
     async fn submit(&self, sender: UserId, send: SendMessage) -> Result<Confirmation, ApiError> {
@@ -383,6 +417,39 @@ async fn replay_switches_to_live_without_a_gap_or_a_duplicate() {
     client.hub.lagged.notify_one();
     assert_eq!(client.cursors(2).await, [10, 11]);
     client.ping("nothing-else").await;
+    client.stop().await;
+}
+
+#[tokio::test]
+async fn a_record_stored_by_reference_goes_out_with_its_content() {
+    let backend = Fake::with_log(Some(0), &[]);
+    {
+        let mut log = backend.log.lock().unwrap();
+        log.push(by_reference(1, 0));
+        // Its content cannot be filled in: skipped, never sent bare.
+        log.push(Stored {
+            content_of: Some(MessageId::for_send(UserId::generate(), None)),
+            ..record(2, Some(1))
+        });
+        log.push(record(3, Some(2)));
+    }
+    let mut client = Client::start(backend.clone(), limits(), 64);
+    client.expect_event("ready").await;
+    let filled = client.expect_event("receive_group_message").await;
+    assert_eq!(filled["cursor"], 1);
+    assert_eq!(filled["data"]["message"]["content"], "filled in");
+    assert_eq!(client.cursors(1).await, [3]);
+
+    backend.log.lock().unwrap().push(by_reference(4, 3));
+    client
+        .hub
+        .live
+        .send(Push::Record(by_reference(4, 3)))
+        .await
+        .unwrap();
+    let live = client.expect_event("receive_group_message").await;
+    assert_eq!(live["cursor"], 4);
+    assert_eq!(live["data"]["message"]["content"], "filled in");
     client.stop().await;
 }
 
