@@ -26,8 +26,11 @@ fn send(id: MessageId, sender: UserId, receiver: UserId, content: &str) -> ChatE
     })
 }
 
-async fn unread(conn: &mut PgConnection, user: UserId) -> i32 {
-    sqlx::query_scalar("SELECT unread_count FROM conversation_members WHERE user_id = $1")
+async fn unread(conn: &mut PgConnection, user: UserId) -> i64 {
+    sqlx::query_scalar(
+        "SELECT c.message_count - m.seen_count FROM conversation_members m
+         JOIN conversations c ON c.id = m.conversation_id WHERE m.user_id = $1",
+    )
         .bind(user.0)
         .fetch_one(conn)
         .await

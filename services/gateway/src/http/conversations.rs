@@ -59,7 +59,7 @@ struct ConversationRow {
     kind: String,
     name: Option<String>,
     last_activity_at: DateTime<Utc>,
-    unread_count: i32,
+    unread_count: i64,
     last_read_seq: i64,
     peer_id: Option<Uuid>,
     peer_username: Option<String>,
@@ -80,9 +80,12 @@ struct ConversationPage {
 }
 
 /// The caller's conversations, direct and group, newest activity first
-/// (`?limit=`, default 200, at most 1000; `?before=` for the next page). The plan is an index
-/// range scan on the caller's memberships by activity, then one conversation
-/// row, at most one peer and one message per listed conversation.
+/// (`?limit=`, default 200, at most 1000; `?before=` for the next page). A
+/// conversation's activity is its last message, or the caller's joining if
+/// later; its unread count is its message count less what the caller has
+/// seen. The plan reads the caller's memberships with their conversations
+/// (a top-N sort over them), then at most one peer and one message per
+/// listed conversation.
 async fn list(
     State(pool): State<PgPool>,
     caller: AuthUser,
@@ -94,14 +97,21 @@ async fn list(
             "limit must be 1 to {MAX_CONVERSATIONS}"
         )));
     }
-    // The caller's page comes first, straight off the member index; peers
-    // and last messages are looked up for that page only.
+    // The caller's page comes first; peers and last messages are looked up
+    // for that page only.
     let sql = format!(
-        "WITH mine AS (
-             SELECT me.conversation_id, me.unread_count, me.last_read_seq, me.last_activity_at
+        "WITH activity AS (
+             SELECT me.conversation_id, me.last_read_seq,
+                    GREATEST(c.last_activity_at, me.last_activity_at) AS last_activity_at,
+                    c.message_count - me.seen_count AS unread_count
              FROM conversation_members me
-             WHERE me.user_id = $1 AND ($2::timestamptz IS NULL OR me.last_activity_at < $2)
-             ORDER BY me.last_activity_at DESC, me.conversation_id
+             JOIN conversations c ON c.id = me.conversation_id
+             WHERE me.user_id = $1
+         ),
+         mine AS (
+             SELECT * FROM activity
+             WHERE $2::timestamptz IS NULL OR last_activity_at < $2
+             ORDER BY last_activity_at DESC, conversation_id
              LIMIT $3
          )
          SELECT c.id, c.kind, c.name, mine.last_activity_at, mine.unread_count, mine.last_read_seq,

@@ -121,7 +121,7 @@ struct PersonRow {
     id: Uuid,
     username: String,
     display_name: String,
-    unread_count: Option<i32>,
+    unread_count: Option<i64>,
     last_message: Option<SqlJson<Message>>,
     is_contact: bool,
     /// A contact, or someone the caller shares a conversation with: the
@@ -192,7 +192,7 @@ fn people_sql() -> String {
          FROM users u
          LEFT JOIN contacts ct ON ct.owner_id = $1 AND ct.contact_id = u.id
          LEFT JOIN LATERAL (
-             SELECT c.id, c.last_seq, me.unread_count
+             SELECT c.id, c.last_seq, c.message_count - me.seen_count AS unread_count
              FROM conversation_members me
              JOIN conversation_members them
                ON them.conversation_id = me.conversation_id AND them.user_id = u.id

@@ -223,6 +223,30 @@ async fn group_read_receipts_and_unread_counts() {
         .await
     );
     assert_eq!(unread(three.clone()).await, 3);
+
+    // Someone who reads then writes has not got their own message unread;
+    // a member added later starts at zero and counts what follows.
+    send_group(&mut b, &group_id, "from two", "r-two").await;
+    let four = app.signup("user4").await;
+    let (status, _) = app
+        .post(
+            &format!("/api/groups/{group_id}/members"),
+            Some(&one.token),
+            json!({"userIds": [four.id.to_string()]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    send_group(&mut a, &group_id, "to four too", "r-four").await;
+    let expected = [(&one, 1), (&two, 1), (&three, 5), (&four, 1)];
+    assert!(
+        app.eventually(Duration::from_secs(5), || async {
+            unread(four.clone()).await == 1
+        })
+        .await
+    );
+    for (user, count) in expected {
+        assert_eq!(unread(user.clone()).await, count, "{}", user.username);
+    }
 }
 
 #[tokio::test]

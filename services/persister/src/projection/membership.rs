@@ -296,7 +296,8 @@ async fn delete_group(
     }))
 }
 
-/// New members see the group as active from when they joined.
+/// New members see the group as active from when they joined, and have
+/// seen every message before it: their unread count starts at zero.
 async fn add_members(
     tx: &mut PgConnection,
     group: GroupId,
@@ -306,8 +307,10 @@ async fn add_members(
 ) -> Result<(), ProjectionError> {
     let ids: Vec<Uuid> = users.iter().map(|u| u.0).collect();
     sqlx::query(
-        "INSERT INTO conversation_members (conversation_id, user_id, joined_seq, last_activity_at)
-         SELECT $1, user_id, $3, $4 FROM UNNEST($2::uuid[]) AS t(user_id)
+        "INSERT INTO conversation_members
+             (conversation_id, user_id, joined_seq, last_activity_at, seen_count)
+         SELECT $1, t.user_id, $3, $4, c.message_count
+         FROM UNNEST($2::uuid[]) AS t(user_id) JOIN conversations c ON c.id = $1
          ON CONFLICT DO NOTHING",
     )
     .bind(group.0)

@@ -1,5 +1,5 @@
 //! Sent messages in the projection: recipients, rows, conversations,
-//! unread counters and the delivery records they fan out to.
+//! message counts and the delivery records they fan out to.
 //!
 //! A direct conversation comes into being with its first message. A batch's
 //! messages are written with one statement per table.
@@ -53,7 +53,7 @@ pub async fn project_messages(
     upsert_conversations(tx, &sent).await?;
     let rows = MessageRows::of(&sent);
     let inserted = rows.insert(tx).await?;
-    count_unread(tx, &sent, &inserted).await?;
+    count_messages(tx, &sent, &inserted).await?;
     queue_deliveries(tx, &sent, &inserted, fanouts).await
 }
 
@@ -118,9 +118,8 @@ struct Touched {
     last_at: DateTime<Utc>,
 }
 
-/// Conversations and memberships first (a direct conversation comes into
-/// being with its first message), then every member's copy of the
-/// conversation's latest activity.
+/// Conversations and memberships first: a direct conversation comes into
+/// being with its first message.
 async fn upsert_conversations(
     tx: &mut PgConnection,
     sent: &[Sent<'_>],
@@ -145,17 +144,7 @@ async fn upsert_conversations(
     .bind(&last_ats)
     .execute(&mut *tx)
     .await?;
-    insert_direct_members(tx, &direct_members(sent)).await?;
-    sqlx::query(
-        "UPDATE conversation_members m SET last_activity_at = GREATEST(m.last_activity_at, t.at)
-         FROM UNNEST($1::uuid[], $2::timestamptz[]) AS t(conversation_id, at)
-         WHERE m.conversation_id = t.conversation_id",
-    )
-    .bind(&ids)
-    .bind(&last_ats)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+    insert_direct_members(tx, &direct_members(sent)).await
 }
 
 /// Each conversation's part of the batch.
@@ -293,33 +282,42 @@ fn created_by(inserted: &HashMap<Uuid, i64>, s: &Sent<'_>) -> bool {
     inserted.get(&s.message.id.0) == Some(&(s.chat_seq as i64))
 }
 
-/// Unread counters move only for rows this transaction created, so a
-/// redelivered record counts once.
-async fn count_unread(
+/// Each conversation counts its new messages, and each sender has seen
+/// its own (unread = the conversation's count - the member's seen count):
+/// two rows per conversation whatever its size. Only rows this transaction
+/// created count, so a redelivered record counts once.
+async fn count_messages(
     tx: &mut PgConnection,
     sent: &[Sent<'_>],
     inserted: &HashMap<Uuid, i64>,
 ) -> Result<(), ProjectionError> {
-    let mut unread: BTreeMap<(Uuid, Uuid), i32> = BTreeMap::new();
-    for s in sent.iter().filter(|s| created_by(inserted, s)) {
-        let m = s.message;
-        for reader in s.recipients.iter().filter(|r| **r != m.sender_id) {
-            *unread.entry((m.conversation_id.0, reader.0)).or_default() += 1;
-        }
+    let mut conversations: BTreeMap<Uuid, i64> = BTreeMap::new();
+    let mut senders: BTreeMap<(Uuid, Uuid), i64> = BTreeMap::new();
+    for m in sent.iter().filter(|s| created_by(inserted, s)).map(|s| s.message) {
+        *conversations.entry(m.conversation_id.0).or_default() += 1;
+        *senders.entry((m.conversation_id.0, m.sender_id.0)).or_default() += 1;
     }
-    if unread.is_empty() {
+    if conversations.is_empty() {
         return Ok(());
     }
-    let (pairs, counts): (Vec<(Uuid, Uuid)>, Vec<i32>) = unread.into_iter().unzip();
-    let (conv_ids, user_ids): (Vec<Uuid>, Vec<Uuid>) = pairs.into_iter().unzip();
+    let (conv_ids, counts): (Vec<Uuid>, Vec<i64>) = conversations.into_iter().unzip();
+    let (pairs, seen): (Vec<(Uuid, Uuid)>, Vec<i64>) = senders.into_iter().unzip();
+    let (member_convs, member_ids): (Vec<Uuid>, Vec<Uuid>) = pairs.into_iter().unzip();
     sqlx::query(
-        "UPDATE conversation_members m SET unread_count = m.unread_count + t.n
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::int[]) AS t(conversation_id, user_id, n)
+        "WITH counted AS (
+             UPDATE conversations c SET message_count = c.message_count + t.n
+             FROM UNNEST($1::uuid[], $2::bigint[]) AS t(id, n)
+             WHERE c.id = t.id
+         )
+         UPDATE conversation_members m SET seen_count = m.seen_count + t.n
+         FROM UNNEST($3::uuid[], $4::uuid[], $5::bigint[]) AS t(conversation_id, user_id, n)
          WHERE m.conversation_id = t.conversation_id AND m.user_id = t.user_id",
     )
     .bind(&conv_ids)
-    .bind(&user_ids)
     .bind(&counts)
+    .bind(&member_convs)
+    .bind(&member_ids)
+    .bind(&seen)
     .execute(&mut *tx)
     .await?;
     Ok(())

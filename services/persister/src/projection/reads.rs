@@ -1,4 +1,4 @@
-//! Read receipts in the projection: a member's read position and unread
+//! Read receipts in the projection: a member's read position and seen
 //! count, and the `messages_read` every member of the conversation hears.
 
 use super::error::ProjectionError;
@@ -15,7 +15,8 @@ pub async fn project_read(
     fanouts: &mut Vec<Fanout>,
 ) -> Result<(), ProjectionError> {
     // "Read up to" never reaches past what was accepted before the read
-    // itself, so a replay computes the same position.
+    // itself, so a replay computes the same position. Seen: every message
+    // of the conversation but the others' after that position.
     let up_to: Option<i64> = sqlx::query_scalar(
         "WITH target AS (
              SELECT COALESCE(max(seq), 0) AS top FROM messages
@@ -23,12 +24,12 @@ pub async fn project_read(
          )
          UPDATE conversation_members m
          SET last_read_seq = GREATEST(m.last_read_seq, target.top),
-             unread_count = (
+             seen_count = c.message_count - (
                  SELECT count(*) FROM messages
                  WHERE conversation_id = $1 AND sender_id <> $4
                    AND seq > GREATEST(m.last_read_seq, target.top))
-         FROM target
-         WHERE m.conversation_id = $1 AND m.user_id = $4
+         FROM target, conversations c
+         WHERE c.id = $1 AND m.conversation_id = $1 AND m.user_id = $4
          RETURNING m.last_read_seq",
     )
     .bind(read.conversation_id.0)
