@@ -96,6 +96,9 @@ pub struct Copy {
     /// The message whose content the gateway fills in, for a record stored
     /// by reference.
     content_of: Option<Arc<str>>,
+    /// The record's size as sockets get it, content filled in: what the
+    /// copy costs its recipient's gateway, and so what the lane paces.
+    delivered: usize,
 }
 
 impl Copy {
@@ -110,7 +113,13 @@ impl Copy {
             traceparent: None,
             accepted_at: None,
             content_of: None,
+            delivered: bytes,
         }
+    }
+
+    /// The record's size as its recipient gets it, content filled in.
+    pub fn weight(&self) -> usize {
+        self.delivered
     }
 }
 
@@ -123,6 +132,7 @@ pub fn copies(
     large: usize,
 ) -> Result<Vec<Copy>, String> {
     let mut payload = encode(&fanout.event)?;
+    let delivered = payload.len();
     let mut content_of = None;
     if payload.len() >= BY_REFERENCE_MIN_BYTES
         && payload.len().saturating_mul(fanout.recipients.len()) >= large
@@ -147,6 +157,7 @@ pub fn copies(
             traceparent: traceparent.clone(),
             accepted_at: accepted_at.clone(),
             content_of: content_of.clone(),
+            delivered,
         })
         .collect())
 }
@@ -231,6 +242,51 @@ mod tests {
         }))
         .unwrap();
         PublishError::with_source(PublishErrorKind::Other, error)
+    }
+
+    /// A group message of `content_bytes` to `members` recipients.
+    fn group_message(content_bytes: usize, members: usize) -> Fanout {
+        let sender = UserId::generate();
+        let message = natter_core::Message {
+            id: natter_core::MessageId::for_send(sender, None),
+            conversation_id: natter_core::ConversationId(uuid::Uuid::now_v7()),
+            seq: 7,
+            sender_id: sender,
+            sender_name: "sender".into(),
+            receiver_id: None,
+            group_id: Some(natter_core::GroupId::generate()),
+            content: "x".repeat(content_bytes),
+            client_msg_id: None,
+            created_at: Utc::now(),
+        };
+        Fanout {
+            chat_seq: 7,
+            dedupe: crate::projection::Dedupe::Message(message.id),
+            event: DeliveryEvent::ReceiveGroupMessage { message },
+            recipients: (0..members).map(|_| UserId::generate()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_big_fan_out_is_stored_by_reference_and_weighs_what_it_delivers() {
+        let large = 100_000;
+        let big = copies(&group_message(4_000, 30), &HashMap::new(), large).unwrap();
+        assert_eq!(big.len(), 30);
+        for copy in &big {
+            assert!(copy.content_of.is_some());
+            assert!(copy.payload.len() < 1024, "{} bytes", copy.payload.len());
+            assert!(copy.weight() > 4_000);
+        }
+        // So the lane still paces it as the 120 KB it delivers.
+        assert!(big.iter().map(Copy::weight).sum::<usize>() >= large);
+
+        // Too few copies, or too small a record: stored whole.
+        for (content, members) in [(4_000, 3), (500, 1000)] {
+            let whole = copies(&group_message(content, members), &HashMap::new(), large).unwrap();
+            assert!(whole.iter().all(|c| c.content_of.is_none()));
+            assert!(whole.iter().all(|c| c.payload.len() == c.weight()));
+            assert!(whole[0].payload.len() > content);
+        }
     }
 
     #[test]

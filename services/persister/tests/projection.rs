@@ -31,10 +31,10 @@ async fn unread(conn: &mut PgConnection, user: UserId) -> i64 {
         "SELECT c.message_count - m.seen_count FROM conversation_members m
          JOIN conversations c ON c.id = m.conversation_id WHERE m.user_id = $1",
     )
-        .bind(user.0)
-        .fetch_one(conn)
-        .await
-        .unwrap()
+    .bind(user.0)
+    .fetch_one(conn)
+    .await
+    .unwrap()
 }
 
 /// Projects `batch` and returns the CHAT sequences it fans out.

@@ -293,9 +293,15 @@ async fn count_messages(
 ) -> Result<(), ProjectionError> {
     let mut conversations: BTreeMap<Uuid, i64> = BTreeMap::new();
     let mut senders: BTreeMap<(Uuid, Uuid), i64> = BTreeMap::new();
-    for m in sent.iter().filter(|s| created_by(inserted, s)).map(|s| s.message) {
+    for m in sent
+        .iter()
+        .filter(|s| created_by(inserted, s))
+        .map(|s| s.message)
+    {
         *conversations.entry(m.conversation_id.0).or_default() += 1;
-        *senders.entry((m.conversation_id.0, m.sender_id.0)).or_default() += 1;
+        *senders
+            .entry((m.conversation_id.0, m.sender_id.0))
+            .or_default() += 1;
     }
     if conversations.is_empty() {
         return Ok(());

@@ -17,6 +17,8 @@ mod reads;
 mod record;
 
 pub use error::ProjectionError;
+#[cfg(test)]
+pub(crate) use record::Dedupe;
 pub use record::{Fanout, Record};
 
 use membership::Membership;

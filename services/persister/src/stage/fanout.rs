@@ -254,7 +254,7 @@ impl<'a> FanOut<'a> {
         for (chat_seq, copies) in encoded {
             if let Ok(copies) = copies {
                 *bytes.entry(*chat_seq).or_default() +=
-                    copies.iter().map(|c| c.payload.len()).sum::<usize>();
+                    copies.iter().map(|c| c.weight()).sum::<usize>();
             }
         }
         bytes
@@ -281,7 +281,7 @@ impl<'a> FanOut<'a> {
     async fn drain_chunk(&self, state: &mut LaneState) -> bool {
         let started = Instant::now();
         let chunk = state.lane.next_chunk(LANE_CHUNK_BYTES);
-        let bytes: usize = chunk.iter().map(|c| c.payload.len()).sum();
+        let bytes: usize = chunk.iter().map(|c| c.weight()).sum();
         state.next_chunk_at = state.next_chunk_at.max(started)
             + Duration::from_secs_f64(bytes as f64 / self.lane_rate);
         let mut backoff = Backoff::default();

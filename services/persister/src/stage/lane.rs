@@ -56,7 +56,7 @@ impl<M> Lane<M> {
         self.queue.is_empty()
     }
 
-    /// Bytes of payload waiting.
+    /// Bytes waiting, as recipients get them (`Copy::weight`).
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -84,7 +84,7 @@ impl<M> Lane<M> {
         for copy in copies {
             let position = self.next;
             self.next += 1;
-            self.bytes += copy.payload.len();
+            self.bytes += copy.weight();
             self.by_user
                 .entry(copy.recipient)
                 .or_default()
@@ -104,7 +104,7 @@ impl<M> Lane<M> {
             .into_iter()
             .filter_map(|position| self.queue.remove(&position))
             .collect();
-        self.bytes -= mine.iter().map(|c| c.payload.len()).sum::<usize>();
+        self.bytes -= mine.iter().map(|c| c.weight()).sum::<usize>();
         mine
     }
 
@@ -114,7 +114,7 @@ impl<M> Lane<M> {
         let mut chunk: Vec<Copy> = Vec::new();
         let mut bytes = 0;
         while let Some(entry) = self.queue.first_entry() {
-            let size = entry.get().payload.len();
+            let size = entry.get().weight();
             if !chunk.is_empty() && bytes + size > max_bytes {
                 break;
             }
@@ -142,7 +142,7 @@ impl<M> Lane<M> {
         let start = first - chunk.len() as u64;
         for (offset, copy) in chunk.into_iter().enumerate().rev() {
             let position = start + offset as u64;
-            self.bytes += copy.payload.len();
+            self.bytes += copy.weight();
             self.by_user
                 .entry(copy.recipient)
                 .or_default()
@@ -182,7 +182,7 @@ impl<M> Lane<M> {
             .collect();
         for position in gone {
             if let Some(copy) = self.queue.remove(&position) {
-                self.bytes -= copy.payload.len();
+                self.bytes -= copy.weight();
                 if let Some(positions) = self.by_user.get_mut(&copy.recipient) {
                     positions.retain(|p| *p != position);
                     if positions.is_empty() {
