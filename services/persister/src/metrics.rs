@@ -17,6 +17,7 @@ pub const CONSUMER_ACK_PENDING: &str = "natter_persister_consumer_ack_pending";
 pub const REDELIVERIES: &str = "natter_persister_redeliveries_total";
 pub const DEAD_LETTERS: &str = "natter_persister_dead_letters_total";
 pub const LEADER: &str = "natter_persister_leader";
+pub const LANE_BYTES: &str = "natter_persister_lane_bytes";
 pub const STREAM_BYTES: &str = "natter_stream_bytes";
 pub const STREAM_MAX_BYTES: &str = "natter_stream_max_bytes";
 
@@ -46,6 +47,11 @@ pub fn describe() {
     describe_counter!(REDELIVERIES, "CHAT records pulled more than once");
     describe_counter!(DEAD_LETTERS, "CHAT records set aside as dead letters");
     describe_gauge!(LEADER, "1 while this persister is the active one");
+    describe_gauge!(
+        LANE_BYTES,
+        metrics::Unit::Bytes,
+        "large fan-outs waiting in the lane, at the size they are delivered"
+    );
     describe_gauge!(
         STREAM_BYTES,
         metrics::Unit::Bytes,
@@ -88,6 +94,10 @@ pub fn redelivered() {
 
 pub fn dead_lettered() {
     counter!(DEAD_LETTERS).increment(1);
+}
+
+pub fn lane(bytes: usize) {
+    gauge!(LANE_BYTES).set(bytes as f64);
 }
 
 pub fn leader(active: bool) {

@@ -147,6 +147,7 @@ impl<'a> FanOut<'a> {
             {
                 return Ok(());
             }
+            metrics::lane(state.lane.bytes());
         }
     }
 
