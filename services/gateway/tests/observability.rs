@@ -529,3 +529,40 @@ async fn a_dead_trace_collector_does_not_slow_or_stop_messages() {
     a.close().await;
     b.close().await;
 }
+
+#[tokio::test]
+async fn sockets_over_the_per_user_cap_are_logged_once_per_interval() {
+    let captured = Captured::default();
+    let _telemetry = telemetry::install(LogFormat::Json, "warn", None, captured.clone()).unwrap();
+    let app = TestApp::spawn_with(natter_testkit::TestOptions {
+        gateway_args: ["--max-connections-per-user", "1"]
+            .map(String::from)
+            .to_vec(),
+        ..natter_testkit::TestOptions::default()
+    })
+    .await;
+    let alice = app.signup("alice").await;
+    let _held = app.connect(&alice, "held").await;
+    // Twenty sockets over the cap: each is refused, one log line says so.
+    for i in 0..20 {
+        use futures::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let url = app.ws_url(&alice.token, &format!("extra-{i}"));
+        let (mut extra, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let code = loop {
+            match tokio::time::timeout(Duration::from_secs(10), extra.next()).await {
+                Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| u16::from(f.code)),
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("no close frame: {other:?}"),
+            }
+        };
+        assert_eq!(code, Some(1008));
+    }
+    let logs: Vec<Value> = captured
+        .text()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let refused = lines_with(&logs, "connection refused: too many connections");
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+}
