@@ -1,14 +1,16 @@
-//! Publishing delivery records to every recipient's `deliver.<user>`, in
-//! the order given, with a `Nats-Msg-Id` that makes a repeated fan-out a
-//! no-op.
+//! Publishing delivery records to every recipient's `deliver.<user>`, each
+//! recipient's in the order given, with a `Nats-Msg-Id` that makes a
+//! repeated fan-out a no-op.
 //!
-//! Each event is serialised once into a [`Copy`] per recipient, at most a
-//! window of acks is outstanding, and each record carries its message's
+//! Each event is serialised once into a [`Copy`] per recipient. A
+//! recipient's copies are sent one at a time, different recipients' in
+//! parallel, at most a window of acks outstanding; each record carries its message's
 //! `traceparent` and acceptance time in headers. A record no retry can
 //! store (too large, unencodable) is set apart in
 //! [`Published::undeliverable`] and the rest flow on; any other failure is
 //! transient and fails the whole fan-out, to be retried.
 
+use crate::faults::FaultHooks;
 use crate::projection::Fanout;
 use async_nats::jetstream::{
     self,
@@ -21,7 +23,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use natter_core::delivery::{ACCEPTED_AT_HEADER, CONTENT_OF_HEADER, MAX_RECORD_BYTES};
 use natter_core::{DeliveryEvent, UserId, subjects};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 /// Where a `CHAT` record came from: the trace its delivery continues and
@@ -162,58 +164,128 @@ pub fn copies(
         .collect())
 }
 
-/// Publishes every copy, in order, and waits until JetStream stored all of
-/// them. At most `window` acks are outstanding: the context admits only so
-/// many (`NATS_PUBLISH_WINDOW`, of which this is the persister's only
-/// user), and a publish that waited for room while the acks holding it
-/// went unpolled would wait forever.
+/// Publishes every copy and waits until JetStream stored all of them. Each
+/// recipient's copies go in the order given, one at a time: the next is
+/// sent only once the one before it is stored. Copies for different
+/// recipients are pipelined, at most `window` acks outstanding: the context
+/// admits only so many (`NATS_PUBLISH_WINDOW`, of which this is the
+/// persister's only user), and a publish that waited for room while the
+/// acks holding it went unpolled would wait forever.
+///
+/// One at a time per recipient is what keeps a log in `CHAT` order across
+/// a failure: when a publish is lost (its stream's leader died under it),
+/// nothing after it in that log was sent, so the retry stores it in its
+/// place. Pipelined, the copies after it would have been stored first.
 pub async fn publish(
     js: &jetstream::Context,
     window: usize,
     copies: &[Copy],
+    hooks: &FaultHooks,
 ) -> Result<Published, FanoutError> {
     let window = window.max(1);
+    let mut chains = Chains::of(copies);
     let mut acks = FuturesUnordered::new();
     let mut published = Published::default();
-    for copy in copies {
-        if published.undeliverable.contains_key(&copy.chat_seq) {
-            continue;
-        }
-        let mut message = PublishMessage::build()
-            .payload(copy.payload.clone())
-            .message_id(copy.message_id.as_str());
-        if let Some(traceparent) = &copy.traceparent {
-            message = message.header(natter_runtime::trace::TRACEPARENT, &**traceparent);
-        }
-        if let Some(accepted_at) = &copy.accepted_at {
-            message = message.header(ACCEPTED_AT_HEADER, &**accepted_at);
-        }
-        if let Some(id) = &copy.content_of {
-            message = message.header(CONTENT_OF_HEADER, &**id);
-        }
-        while acks.len() >= window {
-            if let Some((seq, ack)) = acks.next().await {
-                settle(&mut published, seq, ack)?;
-            }
-        }
-        let ack: PublishAckFuture = match js
-            .send_publish(subjects::deliver(copy.recipient), message)
-            .await
+    loop {
+        while acks.len() < window
+            && let Some((recipient, copy)) = chains.next_ready()
         {
-            Ok(ack) => ack,
-            Err(e) if is_permanent(&e) => {
-                published.undeliverable.insert(copy.chat_seq, e.to_string());
+            if published.undeliverable.contains_key(&copy.chat_seq) {
+                chains.settled(recipient);
                 continue;
             }
-            Err(e) => return Err(e.into()),
+            match send(js, copy, hooks).await {
+                Ok(ack) => {
+                    let seq = copy.chat_seq;
+                    acks.push(async move {
+                        let stored = match ack {
+                            Some(ack) => ack.await,
+                            None => Err(PublishError::new(PublishErrorKind::TimedOut)),
+                        };
+                        (recipient, seq, stored)
+                    });
+                }
+                Err(e) if is_permanent(&e) => {
+                    published.undeliverable.insert(copy.chat_seq, e.to_string());
+                    chains.settled(recipient);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let Some((recipient, seq, stored)) = acks.next().await else {
+            return Ok(published);
         };
-        let seq = copy.chat_seq;
-        acks.push(async move { (seq, ack.await) });
+        settle(&mut published, seq, stored)?;
+        chains.settled(recipient);
     }
-    while let Some((seq, ack)) = acks.next().await {
-        settle(&mut published, seq, ack)?;
+}
+
+/// Sends one copy; its ack comes later. `None` for a copy a fault hook
+/// lost: it is not sent, and its ack fails as a timeout.
+async fn send(
+    js: &jetstream::Context,
+    copy: &Copy,
+    hooks: &FaultHooks,
+) -> Result<Option<PublishAckFuture>, PublishError> {
+    if hooks.lose_publish(copy.chat_seq, copy.recipient) {
+        return Ok(None);
     }
-    Ok(published)
+    let mut message = PublishMessage::build()
+        .payload(copy.payload.clone())
+        .message_id(copy.message_id.as_str());
+    if let Some(traceparent) = &copy.traceparent {
+        message = message.header(natter_runtime::trace::TRACEPARENT, &**traceparent);
+    }
+    if let Some(accepted_at) = &copy.accepted_at {
+        message = message.header(ACCEPTED_AT_HEADER, &**accepted_at);
+    }
+    if let Some(id) = &copy.content_of {
+        message = message.header(CONTENT_OF_HEADER, &**id);
+    }
+    js.send_publish(subjects::deliver(copy.recipient), message)
+        .await
+        .map(Some)
+}
+
+/// Each recipient's copies in order, and which recipients may send their
+/// next one (none of theirs in flight).
+struct Chains<'a> {
+    queues: HashMap<UserId, VecDeque<&'a Copy>>,
+    ready: VecDeque<UserId>,
+}
+
+impl<'a> Chains<'a> {
+    fn of(copies: &'a [Copy]) -> Self {
+        let mut queues: HashMap<UserId, VecDeque<&'a Copy>> = HashMap::new();
+        let mut ready = VecDeque::new();
+        for copy in copies {
+            let queue = queues.entry(copy.recipient).or_default();
+            if queue.is_empty() {
+                ready.push_back(copy.recipient);
+            }
+            queue.push_back(copy);
+        }
+        Self { queues, ready }
+    }
+
+    /// The next copy whose recipient has nothing in flight; it is in flight
+    /// until [`Chains::settled`].
+    fn next_ready(&mut self) -> Option<(UserId, &'a Copy)> {
+        let recipient = self.ready.pop_front()?;
+        let copy = self.queues.get_mut(&recipient)?.pop_front()?;
+        Some((recipient, copy))
+    }
+
+    /// `recipient`'s copy in flight is done with: its next may go.
+    fn settled(&mut self, recipient: UserId) {
+        if self
+            .queues
+            .get(&recipient)
+            .is_some_and(|queue| !queue.is_empty())
+        {
+            self.ready.push_back(recipient);
+        }
+    }
 }
 
 /// Counts a stored record, sets apart a refused one, fails on anything else.
@@ -287,6 +359,32 @@ mod tests {
             assert!(whole.iter().all(|c| c.payload.len() == c.weight()));
             assert!(whole[0].payload.len() > content);
         }
+    }
+
+    #[test]
+    fn each_recipients_copies_go_one_at_a_time_in_order() {
+        let (ann, bob) = (UserId::generate(), UserId::generate());
+        let copies: Vec<Copy> = [(1, ann), (1, bob), (2, ann), (3, ann), (3, bob)]
+            .into_iter()
+            .map(|(seq, to)| Copy::for_test(seq, to, 10))
+            .collect();
+        let mut chains = Chains::of(&copies);
+        let sent = |c: Option<(UserId, &Copy)>| c.map(|(to, copy)| (copy.chat_seq, to));
+        // Both recipients' first copies may fly together; nothing more until
+        // one of them is stored.
+        assert_eq!(sent(chains.next_ready()), Some((1, ann)));
+        assert_eq!(sent(chains.next_ready()), Some((1, bob)));
+        assert_eq!(sent(chains.next_ready()), None);
+        chains.settled(bob);
+        assert_eq!(sent(chains.next_ready()), Some((3, bob)));
+        chains.settled(bob);
+        assert_eq!(sent(chains.next_ready()), None, "ann's first is in flight");
+        chains.settled(ann);
+        assert_eq!(sent(chains.next_ready()), Some((2, ann)));
+        chains.settled(ann);
+        assert_eq!(sent(chains.next_ready()), Some((3, ann)));
+        chains.settled(ann);
+        assert_eq!(sent(chains.next_ready()), None);
     }
 
     #[test]

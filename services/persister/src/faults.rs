@@ -1,6 +1,7 @@
 //! Fault injection for tests: hooks that make the persister behave as if it
 //! crashed between two steps of a batch (invariants 1 and 3, DESIGN.md §1).
 
+use natter_core::UserId;
 use std::sync::Arc;
 
 /// A fault hook: given a batch's CHAT sequences, `true` means "crash here".
@@ -18,6 +19,10 @@ pub struct FaultHooks {
     /// Asked before each chunk of the large fan-out lane; `false` holds
     /// the lane (what waits in it stays unpublished) while batches flow.
     pub lane_open: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+    /// Asked before each delivery record is published, with its `CHAT`
+    /// sequence and recipient; `true` loses it: it is not stored and its
+    /// ack fails as a timeout, as when a stream leader dies under it.
+    pub lose_publish: Option<Arc<dyn Fn(u64, UserId) -> bool + Send + Sync>>,
 }
 
 impl FaultHooks {
@@ -29,6 +34,13 @@ impl FaultHooks {
     /// Whether the large fan-out lane may publish its next chunk.
     pub(crate) fn lane_open(&self) -> bool {
         self.lane_open.as_ref().is_none_or(|open| open())
+    }
+
+    /// Whether the delivery record of `chat_seq` for `recipient` is lost.
+    pub(crate) fn lose_publish(&self, chat_seq: u64, recipient: UserId) -> bool {
+        self.lose_publish
+            .as_ref()
+            .is_some_and(|lose| lose(chat_seq, recipient))
     }
 
     /// Whether to crash right after the batch `seqs` was fanned out.

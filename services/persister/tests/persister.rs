@@ -683,3 +683,70 @@ async fn a_big_message_into_a_big_group_is_stored_once_and_delivered_whole() {
     let short: serde_json::Value = serde_json::from_slice(&log[2].payload).unwrap();
     assert_eq!(short["data"]["message"]["content"], "short");
 }
+
+/// The `seq` of every message record in `user`'s delivery log, in log order.
+async fn logged_message_seqs(js: &async_nats::jetstream::Context, user: &TestUser) -> Vec<u64> {
+    let stream = js.get_stream("DELIVERY").await.unwrap();
+    let subject = natter_core::subjects::deliver(user.id);
+    let mut seqs = Vec::new();
+    let mut from = 1;
+    while let Ok(record) = stream
+        .direct_get_next_for_subject(subject.as_str(), Some(from))
+        .await
+    {
+        from = record.sequence + 1;
+        let record: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
+        if let Some(seq) = record["data"]["message"]["seq"].as_u64() {
+            seqs.push(seq);
+        }
+    }
+    seqs
+}
+
+#[tokio::test]
+async fn a_delivery_record_lost_in_flight_does_not_fall_behind_the_next_ones() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // A stream leader that dies under a window of publishes loses one and
+    // stores the ones after it. The retry must not store the lost one after
+    // them: a user's log is in CHAT order (invariant 5).
+    let mut app = TestApp::spawn_with(natter_testkit::TestOptions {
+        persister: false,
+        ..natter_testkit::TestOptions::default()
+    })
+    .await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let mut a = app.connect(&alice, "a").await;
+    // Accepted while no persister runs: one batch for the next one.
+    for i in 0..5 {
+        let reply = a
+            .send_direct(bob.id, &format!("m{i}"), &format!("r{i}"))
+            .await;
+        assert_eq!(reply["event"], "message_sent", "{reply}");
+    }
+    let lost_once = Arc::new(AtomicBool::new(false));
+    let lost = lost_once.clone();
+    let bob_id = bob.id;
+    app.start_persister(FaultHooks {
+        lose_publish: Some(Arc::new(move |_, recipient| {
+            recipient == bob_id && !lost.swap(true, Ordering::SeqCst)
+        })),
+        ..FaultHooks::default()
+    })
+    .await;
+    let js = app.jetstream().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let logged = loop {
+        let logged = logged_message_seqs(&js, &bob).await;
+        if logged.len() >= 5 || tokio::time::Instant::now() > deadline {
+            break logged;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(lost_once.load(Ordering::SeqCst), "a record was lost");
+    let mut in_order = logged.clone();
+    in_order.sort_unstable();
+    assert_eq!(logged.len(), 5, "{logged:?}");
+    assert_eq!(logged, in_order, "bob's log is out of CHAT order");
+}

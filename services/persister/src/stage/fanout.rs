@@ -287,7 +287,7 @@ impl<'a> FanOut<'a> {
             + Duration::from_secs_f64(bytes as f64 / self.lane_rate);
         let mut backoff = Backoff::default();
         let published = loop {
-            match fanout::publish(self.js, self.window, &chunk).await {
+            match fanout::publish(self.js, self.window, &chunk, self.hooks).await {
                 Ok(published) => break published,
                 Err(e) => {
                     tracing::warn!(error = %e, copies = chunk.len(), "fan-out of the large lane failed; retrying");
@@ -334,7 +334,7 @@ impl<'a> FanOut<'a> {
         loop {
             let span = tracing::info_span!(parent: &batch.span, "fanout.publish",
                 records = batch.fanouts.len());
-            match fanout::publish(self.js, self.window, copies)
+            match fanout::publish(self.js, self.window, copies, self.hooks)
                 .instrument(span)
                 .await
             {
