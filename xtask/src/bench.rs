@@ -262,6 +262,7 @@ fn start(
                     data_dir: data.join("nats"),
                     port: None,
                     fsync: args.fsync,
+                    cluster: None,
                 })?);
             machine.nats_server = machine::version_of(&nats_server_binary()?);
             machine.fsync = match args.fsync {

@@ -56,6 +56,7 @@ pub fn run(postgres: &Postgres, stop: &Stop) -> anyhow::Result<ExitStatus> {
         data_dir: nats_dir,
         port: None,
         fsync: Fsync::Interval,
+        cluster: None,
     })?;
     postgres.ensure_database(DATABASE)?;
     let artifacts = root.join("target").join("e2e");

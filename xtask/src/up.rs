@@ -119,6 +119,7 @@ fn start_and_supervise(
                 data_dir,
                 port: preferred_port(NATS_PORT),
                 fsync: args.fsync,
+                cluster: None,
             };
             let nats = stack
                 .nats

@@ -22,7 +22,7 @@ pub mod process;
 pub mod tools;
 
 pub use error::{InfraError, Result};
-pub use nats::{Fsync, NatsOptions, NatsServer};
+pub use nats::{ClusterNode, Fsync, NatsCluster, NatsOptions, NatsServer};
 pub use postgres::{Postgres, PostgresOptions};
 pub use probe::{free_port, http_status, port_is_free, tcp_accepts, try_free_port};
 pub use process::{Signal, effective_uid, is_alive, send_signal};
@@ -93,6 +93,7 @@ mod tests {
             data_dir: dir.join("nats"),
             port: None,
             fsync: Fsync::Interval,
+            cluster: None,
         })
         .unwrap();
         let postgres = Postgres::start(PostgresOptions {

@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::error::{InfraError, IoContext, Result};
-use crate::probe::{free_port, http_status, port_is_free, tcp_accepts};
+use crate::probe::{free_port, http_body, http_status, port_is_free, tcp_accepts};
 use crate::process::{
     Group, POLL, Watchdog, kill_child, log_len, log_tail, sh_quote, terminate_child,
 };
@@ -63,6 +63,21 @@ pub struct NatsOptions {
     /// The client port; `None` picks a free one.
     pub port: Option<u16>,
     pub fsync: Fsync,
+    /// The node's place in a cluster; `None` for a server of its own.
+    pub cluster: Option<ClusterNode>,
+}
+
+/// A node's place in a cluster of nats-servers on loopback routes.
+#[derive(Clone, Debug)]
+pub struct ClusterNode {
+    /// The cluster's name, the same on every node.
+    pub cluster_name: String,
+    /// This node's name (JetStream needs one per node).
+    pub server_name: String,
+    /// The port this node's routes listen on.
+    pub route_port: u16,
+    /// Every node's route port, this one's included.
+    pub routes: Vec<u16>,
 }
 
 /// A running (or stopped, restartable) nats-server; killed on drop, its data left in place.
@@ -72,6 +87,9 @@ pub struct NatsServer {
     data_dir: PathBuf,
     port: u16,
     fsync: Fsync,
+    cluster: Option<ClusterNode>,
+    /// The monitoring port of the current run.
+    http_port: u16,
     own_process_group: bool,
     child: Option<Child>,
     /// Kills the server if this process dies without dropping it.
@@ -115,6 +133,8 @@ impl NatsServer {
                 data_dir: data_dir.clone(),
                 port: opts.port.unwrap_or_else(free_port),
                 fsync: opts.fsync,
+                cluster: opts.cluster.clone(),
+                http_port: 0,
                 own_process_group,
                 child: None,
                 watchdog: None,
@@ -141,6 +161,11 @@ impl NatsServer {
     /// The pid of the server process (the last one, once it has been killed or stopped).
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// The node's name in its cluster, if it is in one.
+    pub fn server_name(&self) -> Option<&str> {
+        self.cluster.as_ref().map(|node| node.server_name.as_str())
     }
 
     /// The directory holding the config, the JetStream store and the log.
@@ -185,23 +210,31 @@ impl NatsServer {
     }
 
     fn spawn_until_ready(&mut self) -> Result<()> {
+        let log_start = self.spawn_unready()?;
+        self.wait_ready(log_start)
+    }
+
+    /// Writes the config and starts the process; returns where this run's
+    /// part of the log starts. A cluster's nodes are all started before any
+    /// is waited for: none is ready before a quorum is up.
+    fn spawn_unready(&mut self) -> Result<u64> {
         let port = self.port;
         if !port_is_free(port) {
             return Err(InfraError::PortInUse { port });
         }
-        let http_port = loop {
+        self.http_port = loop {
             let candidate = free_port();
             if candidate != port {
                 break candidate;
             }
         };
         let conf = self.data_dir.join("nats.conf");
-        fs::write(&conf, self.config(http_port))
+        fs::write(&conf, self.config(self.http_port))
             .context(|| format!("writing {}", conf.display()))?;
         let log = self.log_path();
         let log_start = log_len(&log);
         self.spawn(&conf, &log)?;
-        self.wait_ready(http_port, &log, log_start)
+        Ok(log_start)
     }
 
     /// Starts the process with its output appended to `log`, watched so it
@@ -248,8 +281,10 @@ impl NatsServer {
 
     /// Polls until the server serves clients with JetStream, or fails with
     /// the tail of its log.
-    fn wait_ready(&mut self, http_port: u16, log: &Path, log_start: u64) -> Result<()> {
+    fn wait_ready(&mut self, log_start: u64) -> Result<()> {
         let port = self.port;
+        let http_port = self.http_port;
+        let log = &self.log_path();
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let exited = match self.child.as_mut() {
@@ -292,15 +327,123 @@ impl NatsServer {
             Fsync::Interval => "",
             Fsync::Always => "  sync_interval: always\n",
         };
+        let cluster = self.cluster.as_ref().map_or_else(String::new, |node| {
+            let routes: Vec<String> = node
+                .routes
+                .iter()
+                .filter(|port| **port != node.route_port)
+                .map(|port| format!("\"nats-route://127.0.0.1:{port}\""))
+                .collect();
+            format!(
+                "server_name: \"{server}\"\n\
+                 cluster {{\n  name: \"{cluster}\"\n  listen: \"127.0.0.1:{route}\"\n  \
+                 routes: [{routes}]\n}}\n",
+                server = node.server_name,
+                cluster = node.cluster_name,
+                route = node.route_port,
+                routes = routes.join(", "),
+            )
+        });
         format!(
             "# Written by natter-localinfra at every start; edits are overwritten.\n\
              listen: \"127.0.0.1:{port}\"\n\
              http: \"127.0.0.1:{http_port}\"\n\
+             {cluster}\
              jetstream {{\n  store_dir: {store_dir}\n{sync}  \
              # 2.15 caps consumers per stream at 1,000 by default.\n  \
              limits {{ default_max_consumers: -1 }}\n}}\n",
             port = self.port,
         )
+    }
+}
+
+/// A cluster of nats-servers on loopback, each with its own store and
+/// log under `<dir>/n<i>/`; every node is killed on drop, its data left.
+#[derive(Debug)]
+pub struct NatsCluster {
+    nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes routed to each other and returns once every one
+    /// serves clients with JetStream (a meta leader is elected).
+    pub fn start(dir: &Path, size: usize, fsync: Fsync) -> Result<Self> {
+        let binary = nats_server_binary()?;
+        let routes: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let mut nodes = Vec::with_capacity(size);
+        let mut log_starts = Vec::with_capacity(size);
+        for (i, route_port) in routes.iter().enumerate() {
+            let data_dir = std::path::absolute(dir.join(format!("n{i}")))
+                .context(|| format!("resolving {}", dir.display()))?;
+            fs::create_dir_all(&data_dir).context(|| format!("creating {}", data_dir.display()))?;
+            let mut node = NatsServer {
+                binary: binary.clone(),
+                data_dir,
+                port: free_port(),
+                fsync,
+                cluster: Some(ClusterNode {
+                    cluster_name: "natter".into(),
+                    server_name: format!("n{i}"),
+                    route_port: *route_port,
+                    routes: routes.clone(),
+                }),
+                http_port: 0,
+                own_process_group: false,
+                child: None,
+                watchdog: None,
+                pid: 0,
+            };
+            log_starts.push(node.spawn_unready()?);
+            nodes.push(node);
+        }
+        for (node, log_start) in nodes.iter_mut().zip(log_starts) {
+            node.wait_ready(log_start)?;
+        }
+        let cluster = Self { nodes };
+        cluster.wait_for_meta_leader()?;
+        Ok(cluster)
+    }
+
+    /// Waits until every node knows the JetStream meta leader: before that,
+    /// creating a stream times out (`/healthz` says ready sooner).
+    fn wait_for_meta_leader(&self) -> Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let led = self.nodes.iter().all(|node| {
+                http_body(node.http_port, "/jsz").is_ok_and(|body| has_meta_leader(&body))
+            });
+            if led {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let log = self.nodes[0].log_path();
+                return Err(InfraError::NotReady {
+                    what: "the nats-server cluster's JetStream meta leader".into(),
+                    secs: START_TIMEOUT.as_secs(),
+                    tail: log_tail(&log, 0, LOG_TAIL_LINES),
+                    log,
+                });
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// Every node's client URL, comma-separated (`NATS_URL` for a cluster).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn nodes(&self) -> &[NatsServer] {
+        &self.nodes
+    }
+
+    /// Node `i`, to kill, stop, pause or restart.
+    pub fn node_mut(&mut self, i: usize) -> &mut NatsServer {
+        &mut self.nodes[i]
     }
 }
 
@@ -317,6 +460,19 @@ fn is_port_conflict(error: &InfraError) -> bool {
         InfraError::ExitedEarly { tail, .. } => tail.contains("address already in use"),
         _ => false,
     }
+}
+
+/// Whether a `/jsz` answer names a meta leader: `"meta_cluster": {…
+/// "leader": "<name>"`.
+fn has_meta_leader(jsz: &str) -> bool {
+    jsz.split_once("\"meta_cluster\"")
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .and_then(|(meta, _)| meta.split_once("\"leader\""))
+        .is_some_and(|(_, rest)| {
+            rest.trim_start_matches([':', ' '])
+                .strip_prefix('"')
+                .is_some_and(|name| !name.starts_with('"'))
+        })
 }
 
 /// A path as a double-quoted NATS config string.
@@ -338,6 +494,7 @@ mod tests {
             data_dir: dir.join("nats"),
             port: None,
             fsync: Fsync::Interval,
+            cluster: None,
         }
     }
 
@@ -363,6 +520,19 @@ mod tests {
             assert_ne!(n, 0, "connection closed before PONG");
             reply.extend_from_slice(&buf[..n]);
         }
+    }
+
+    #[test]
+    fn tells_a_meta_leader_from_none() {
+        let led = r#"{"meta_cluster": {"name": "natter", "leader": "n1", "peer": "x"}}"#;
+        assert!(has_meta_leader(led));
+        assert!(!has_meta_leader(
+            r#"{"meta_cluster": {"name": "natter", "leader": ""}}"#
+        ));
+        assert!(!has_meta_leader(
+            r#"{"meta_cluster": {"name": "natter"}, "leader": "x"}"#
+        ));
+        assert!(!has_meta_leader(r#"{"config": {}}"#));
     }
 
     #[test]
@@ -436,6 +606,33 @@ mod tests {
             matches!(error, InfraError::PortInUse { port: p } if p == port),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_cluster_elects_and_keeps_serving_with_one_node_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+        let mut cluster = NatsCluster::start(dir.path(), 3, Fsync::Interval).unwrap();
+        eprintln!("3-node cluster ready in {:?}", started.elapsed());
+        assert_eq!(cluster.urls().split(',').count(), 3);
+        for node in cluster.nodes() {
+            assert_answers_ping(node.port());
+            let conf = fs::read_to_string(node.data_dir().join("nats.conf")).unwrap();
+            // Routes to the two others, not to itself.
+            assert_eq!(conf.matches("nats-route://").count(), 2, "{conf}");
+        }
+        let names: Vec<&str> = cluster
+            .nodes()
+            .iter()
+            .filter_map(|n| n.server_name())
+            .collect();
+        assert_eq!(names, ["n0", "n1", "n2"]);
+        // A killed node comes back into its cluster on the same ports.
+        let port = cluster.nodes()[1].port();
+        cluster.node_mut(1).kill().unwrap();
+        assert!(!tcp_accepts(port));
+        cluster.node_mut(1).restart().unwrap();
+        assert_answers_ping(port);
     }
 
     #[test]

@@ -72,6 +72,23 @@ pub fn http_status(port: u16, path: &str) -> std::io::Result<u16> {
     })
 }
 
+/// The body of `GET <path>` on 127.0.0.1:`port` (HTTP/1.0, whatever the
+/// status), at most 1 MiB.
+pub fn http_body(port: u16, path: &str) -> std::io::Result<String> {
+    let addr = SocketAddr::from((LOOPBACK, port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(250))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
+    let mut response = Vec::new();
+    stream.take(1 << 20).read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response);
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map_or_else(String::new, |(_, body)| body.to_owned()))
+}
+
 fn parse_status_line(head: &[u8]) -> Option<u16> {
     let text = String::from_utf8_lossy(head);
     let mut parts = text.split_ascii_whitespace();

@@ -153,24 +153,42 @@ pub fn delivery_stream_config(settings: &StreamSettings) -> stream::Config {
     }
 }
 
+/// How long one declaration of a stream may take. Creating a replicated
+/// stream takes tens of milliseconds, but when two processes create the
+/// same one at once, a cluster answers only one of them: the other's
+/// request would wait out the context's whole timeout before its retry
+/// found the stream there.
+const DECLARE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Creates or updates `CHAT` and `DELIVERY` to the settings.
 pub async fn ensure_streams(
     js: &jetstream::Context,
     settings: &StreamSettings,
 ) -> Result<(), JetStreamError> {
-    js.create_or_update_stream(chat_stream_config(settings))
+    declare(js, subjects::CHAT_STREAM, chat_stream_config(settings)).await?;
+    declare(
+        js,
+        subjects::DELIVERY_STREAM,
+        delivery_stream_config(settings),
+    )
+    .await
+}
+
+async fn declare(
+    js: &jetstream::Context,
+    stream: &'static str,
+    config: stream::Config,
+) -> Result<(), JetStreamError> {
+    let declared = tokio::time::timeout(DECLARE_TIMEOUT, js.create_or_update_stream(config))
         .await
-        .map_err(|source| JetStreamError::Stream {
-            stream: subjects::CHAT_STREAM,
-            source,
-        })?;
-    js.create_or_update_stream(delivery_stream_config(settings))
-        .await
-        .map_err(|source| JetStreamError::Stream {
-            stream: subjects::DELIVERY_STREAM,
-            source,
-        })?;
-    Ok(())
+        .unwrap_or_else(|_| {
+            Err(jetstream::context::CreateStreamError::new(
+                jetstream::context::CreateStreamErrorKind::TimedOut,
+            ))
+        });
+    declared
+        .map(|_| ())
+        .map_err(|source| JetStreamError::Stream { stream, source })
 }
 
 /// Hands every message on `subject` (core NATS) to `handle`, in order,

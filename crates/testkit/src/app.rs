@@ -3,11 +3,11 @@
 //! the test can stop, crash or restart.
 
 use crate::database::TestDatabase;
+use crate::nats::TestNats;
 use crate::ws::WsClient;
 use anyhow::Context as _;
 use clap::Parser;
 use natter_core::UserId;
-use natter_localinfra::{Fsync, NatsOptions, NatsServer};
 use natter_persister::FaultHooks;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -50,6 +50,8 @@ pub struct TestOptions {
     pub gateway_args: Vec<String>,
     /// Extra flags for the persister.
     pub persister_args: Vec<String>,
+    /// NATS servers: 1, or a cluster (then every stream has 3 replicas).
+    pub nats_nodes: usize,
 }
 
 impl Default for TestOptions {
@@ -59,6 +61,7 @@ impl Default for TestOptions {
             persister: true,
             gateway_args: Vec::new(),
             persister_args: vec!["--ack-wait-secs".into(), "5".into()],
+            nats_nodes: 1,
         }
     }
 }
@@ -99,7 +102,7 @@ pub struct TestUser {
 }
 
 pub struct TestApp {
-    pub nats: NatsServer,
+    pub nats: TestNats,
     pub db: TestDatabase,
     pub http: reqwest::Client,
     pub gateway_port: u16,
@@ -123,14 +126,8 @@ impl TestApp {
         crate::logging::init_logging();
         let dir = tempfile::Builder::new().prefix("natter-test-").tempdir()?;
         let nats_dir = dir.path().join("nats");
-        let nats = tokio::task::spawn_blocking(move || {
-            NatsServer::start(NatsOptions {
-                data_dir: nats_dir,
-                port: None,
-                fsync: Fsync::Interval,
-            })
-        })
-        .await??;
+        let nodes = options.nats_nodes;
+        let nats = tokio::task::spawn_blocking(move || TestNats::start(&nats_dir, nodes)).await??;
         let db = TestDatabase::create(options.own_postgres).await?;
         let gateway_listener = TcpListener::bind("127.0.0.1:0").await?;
         let persister_listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -188,6 +185,7 @@ impl TestApp {
             args.extend(["--send-rate-per-sec".into(), TEST_SEND_RATE_PER_SEC.into()]);
         }
         args.extend(stream_limits(&self.options.gateway_args));
+        args.extend(self.replicas());
         args.extend(self.options.gateway_args.iter().cloned());
         natter_gateway::Config::parse_from(args)
     }
@@ -201,6 +199,7 @@ impl TestApp {
             self.db.url.clone(),
         ];
         args.extend(stream_limits(&self.options.persister_args));
+        args.extend(self.replicas());
         args.extend(self.options.persister_args.iter().cloned());
         natter_persister::Config::parse_from(args)
     }
@@ -296,10 +295,23 @@ impl TestApp {
             .expect("gateway restarts");
     }
 
-    /// kill -9 of nats-server, then a restart on the same port and store.
+    /// `--stream-replicas 3` on a cluster.
+    fn replicas(&self) -> Vec<String> {
+        if self.nats.len() > 1 {
+            vec!["--stream-replicas".into(), "3".into()]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// kill -9 of nats-server (the first node of a cluster), then a restart
+    /// on the same port and store.
     pub async fn crash_and_restart_nats(&mut self) {
-        self.nats.kill().expect("nats-server killed");
-        self.nats.restart().expect("nats-server restarts");
+        self.nats.node_mut(0).kill().expect("nats-server killed");
+        self.nats
+            .node_mut(0)
+            .restart()
+            .expect("nats-server restarts");
         self.wait_ready(self.gateway_port)
             .await
             .expect("gateway ready again");
@@ -342,7 +354,7 @@ impl TestApp {
 
     /// A direct JetStream handle, for tests that inspect the streams.
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
-        let client = async_nats::connect(self.nats.url())
+        let client = async_nats::connect(self.nats.first_url())
             .await
             .expect("test connects to NATS");
         async_nats::jetstream::new(client)

@@ -5,6 +5,7 @@
 //!   cluster of the test's own when run outside it), dropped afterwards.
 //! - [`app`]: a test's own nats-server plus in-process gateway and persister
 //!   on free ports, with handles to stop, crash and restart each part.
+//! - [`nats`]: the test's NATS, one server or a cluster.
 //! - [`ws`]: a WebSocket client speaking protocol v1.
 //! - [`scrape`]: reading `/metrics` to check what moved.
 //! - [`logging`]: the test log subscriber.
@@ -16,6 +17,7 @@ pub mod app;
 pub mod database;
 pub mod deploy;
 pub mod logging;
+pub mod nats;
 pub mod scrape;
 pub mod ws;
 

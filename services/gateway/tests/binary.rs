@@ -270,6 +270,7 @@ async fn the_binary_waits_for_a_nats_server_that_starts_after_it() {
             data_dir: nats_dir,
             port: Some(nats_port),
             fsync: natter_localinfra::Fsync::Interval,
+            cluster: None,
         })
     })
     .await
