@@ -163,6 +163,11 @@ impl NatsServer {
         self.pid
     }
 
+    /// The monitoring port of the current run (`/healthz`, `/connz`, `/jsz`).
+    pub fn monitor_port(&self) -> u16 {
+        self.http_port
+    }
+
     /// The node's name in its cluster, if it is in one.
     pub fn server_name(&self) -> Option<&str> {
         self.cluster.as_ref().map(|node| node.server_name.as_str())
@@ -334,10 +339,14 @@ impl NatsServer {
                 .filter(|port| **port != node.route_port)
                 .map(|port| format!("\"nats-route://127.0.0.1:{port}\""))
                 .collect();
+            // A peer that hangs (paused, its machine gone) is dropped after
+            // two unanswered route pings a second apart, not two minutes:
+            // until then requests are still routed to what it served.
             format!(
                 "server_name: \"{server}\"\n\
+                 ping_max: 2\n\
                  cluster {{\n  name: \"{cluster}\"\n  listen: \"127.0.0.1:{route}\"\n  \
-                 routes: [{routes}]\n}}\n",
+                 ping_interval: \"1s\"\n  routes: [{routes}]\n}}\n",
                 server = node.server_name,
                 cluster = node.cluster_name,
                 route = node.route_port,

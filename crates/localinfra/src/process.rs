@@ -23,12 +23,18 @@ pub enum Signal {
     Term,
     /// SIGKILL: ends the process at once.
     Kill,
+    /// SIGSTOP: pauses the process (a hung machine, as its peers see it).
+    Stop,
+    /// SIGCONT: resumes a paused process.
+    Cont,
 }
 
 impl Signal {
     fn name(self) -> &'static str {
         match self {
             Self::Int => "INT",
+            Self::Stop => "STOP",
+            Self::Cont => "CONT",
             Self::Term => "TERM",
             Self::Kill => "KILL",
         }

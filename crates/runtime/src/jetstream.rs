@@ -29,6 +29,14 @@ pub enum JetStreamError {
     },
 }
 
+/// How often an idle connection pings its server. Three unanswered pings
+/// drop the connection (async-nats's limit), so a server that hangs
+/// without closing its sockets (a paused process, a dead machine) is left
+/// for another node within about 2 s instead of the default 2–3 minutes.
+/// Any traffic from the server resets the clock, so busy connections do
+/// not ping at all.
+pub const PING_INTERVAL: Duration = Duration::from_millis(600);
+
 /// Connects with unlimited reconnects, so a NATS restart is ridden out.
 /// Connection events (reconnects, slow-consumer drops) go to `events`.
 pub async fn connect(
@@ -40,6 +48,7 @@ pub async fn connect(
         .name(name)
         .retry_on_initial_connect()
         .max_reconnects(None)
+        .ping_interval(PING_INTERVAL)
         .connection_timeout(Duration::from_secs(5));
     if let Some(events) = events {
         options = options.event_callback(move |event| {

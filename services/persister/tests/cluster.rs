@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
+use natter_localinfra::Signal;
 use natter_testkit::{TestApp, TestOptions, TestUser, WsClient};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -50,62 +51,118 @@ async fn leader_of(app: &TestApp, stream: &str) -> String {
         .expect("a replicated stream has a leader")
 }
 
-#[tokio::test]
-async fn the_loss_of_the_chat_leader_loses_duplicates_and_reorders_nothing() {
-    let mut app = TestApp::spawn_with(TestOptions {
-        nats_nodes: 3,
-        ..TestOptions::default()
-    })
-    .await;
-    let alice = app.signup("alice").await;
-    let bob = app.signup("bob").await;
-    let mut a = app.connect(&alice, "a").await;
-    let mut b = app.connect(&bob, "b").await;
-    let mut sent = Vec::new();
-    for i in 0..10 {
-        sent.push(send_until_accepted(&mut a, &bob, &format!("before-{i}")).await);
-    }
+/// Alice writing to bob on a natter over a 3-node cluster, with what she
+/// had accepted so far.
+struct Conversation {
+    app: TestApp,
+    bob: TestUser,
+    a: WsClient,
+    b: WsClient,
+    sent: Vec<Value>,
+}
 
-    // kill -9 of the node that leads CHAT, while messages go on.
-    let leader = leader_of(&app, "CHAT").await;
-    let node = (0..app.nats.len())
-        .find(|i| app.nats.node(*i).server_name() == Some(leader.as_str()))
-        .unwrap();
-    app.nats.node_mut(node).kill().unwrap();
-    for i in 0..10 {
-        sent.push(send_until_accepted(&mut a, &bob, &format!("during-{i}")).await);
-    }
-    app.nats.node_mut(node).restart().unwrap();
-    for i in 0..10 {
-        sent.push(send_until_accepted(&mut a, &bob, &format!("after-{i}")).await);
-    }
-
-    // Bob gets every accepted message once, in seq order; a reconnecting
-    // device replays the same from its cursor.
-    let mut got: Vec<Value> = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while got.len() < sent.len() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} of {} delivered",
-            got.len(),
-            sent.len()
-        );
-        if let Some(frame) = b.try_next(Duration::from_secs(1)).await
-            && frame["event"] == "receive_direct_message"
-        {
-            got.push(frame["data"]["message"].clone());
+impl Conversation {
+    async fn start() -> Self {
+        let app = TestApp::spawn_with(TestOptions {
+            nats_nodes: 3,
+            ..TestOptions::default()
+        })
+        .await;
+        let alice = app.signup("alice").await;
+        let bob = app.signup("bob").await;
+        let a = app.connect(&alice, "a").await;
+        let b = app.connect(&bob, "b").await;
+        Self {
+            app,
+            bob,
+            a,
+            b,
+            sent: Vec::new(),
         }
     }
-    let ids = |messages: &[Value]| -> Vec<String> {
-        messages.iter().map(|m| m["id"].to_string()).collect()
-    };
-    assert_eq!(ids(&got), ids(&sent), "delivered once each, in send order");
-    let seqs: Vec<u64> = got.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
-    let late = b.drain(Duration::from_millis(500)).await;
-    assert!(
-        late.iter().all(|f| f["event"] != "receive_direct_message"),
-        "{late:?}"
-    );
+
+    /// Ten messages, each sent until accepted.
+    async fn send_ten(&mut self, prefix: &str) {
+        for i in 0..10 {
+            let message =
+                send_until_accepted(&mut self.a, &self.bob, &format!("{prefix}-{i}")).await;
+            self.sent.push(message);
+        }
+    }
+
+    /// The index of the node whose name is `name`.
+    fn node_named(&self, name: &str) -> usize {
+        (0..self.app.nats.len())
+            .find(|i| self.app.nats.node(*i).server_name() == Some(name))
+            .unwrap()
+    }
+
+    /// Bob got every accepted message once, in send order, with rising seq.
+    async fn assert_all_delivered(&mut self) {
+        let mut got: Vec<Value> = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while got.len() < self.sent.len() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} of {} delivered",
+                got.len(),
+                self.sent.len()
+            );
+            if let Some(frame) = self.b.try_next(Duration::from_secs(1)).await
+                && frame["event"] == "receive_direct_message"
+            {
+                got.push(frame["data"]["message"].clone());
+            }
+        }
+        let ids = |messages: &[Value]| -> Vec<String> {
+            messages.iter().map(|m| m["id"].to_string()).collect()
+        };
+        assert_eq!(
+            ids(&got),
+            ids(&self.sent),
+            "delivered once each, in send order"
+        );
+        let seqs: Vec<u64> = got.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        let late = self.b.drain(Duration::from_millis(500)).await;
+        assert!(
+            late.iter().all(|f| f["event"] != "receive_direct_message"),
+            "{late:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_loss_of_the_chat_leader_loses_duplicates_and_reorders_nothing() {
+    let mut talk = Conversation::start().await;
+    talk.send_ten("before").await;
+    // kill -9 of the node that leads CHAT, while messages go on.
+    let leader = leader_of(&talk.app, "CHAT").await;
+    let node = talk.node_named(&leader);
+    talk.app.nats.node_mut(node).kill().unwrap();
+    talk.send_ten("during").await;
+    talk.app.nats.node_mut(node).restart().unwrap();
+    talk.send_ten("after").await;
+    talk.assert_all_delivered().await;
+}
+
+#[tokio::test]
+async fn a_paused_node_under_the_gateway_is_left_within_seconds() {
+    let mut talk = Conversation::start().await;
+    talk.send_ten("before").await;
+    // SIGSTOP of the node the gateway is connected to: its connection stays
+    // open and silent, as with a hung machine. Only the client's pings tell;
+    // until they do, every send waits on it.
+    let node = (0..talk.app.nats.len())
+        .find(|i| {
+            natter_localinfra::http_body(talk.app.nats.node(*i).monitor_port(), "/connz")
+                .is_ok_and(|connz| connz.contains("\"natter-gateway\""))
+        })
+        .expect("the gateway is connected to a node");
+    let pid = talk.app.nats.node(node).pid();
+    natter_localinfra::send_signal(pid, Signal::Stop).unwrap();
+    talk.send_ten("during").await;
+    natter_localinfra::send_signal(pid, Signal::Cont).unwrap();
+    talk.send_ten("after").await;
+    talk.assert_all_delivered().await;
 }

@@ -8,6 +8,13 @@ use futures::StreamExt;
 use natter_core::{UserId, subjects};
 use std::time::Duration;
 
+/// How long a direct get's next reply may take. Any replica of `DELIVERY`
+/// answers a direct get; one that hangs (a paused node still in the
+/// cluster) answers nothing, and the request is sent again.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Direct gets sent before a read gives up.
+const READ_ATTEMPTS: usize = 3;
+
 /// Reads up to `limit` records of `user`'s log with sequence ≥ `from`, in
 /// order, with one batched direct get.
 pub async fn read_log(
@@ -36,7 +43,7 @@ pub async fn read_log(
 
     let mut records = Vec::new();
     loop {
-        let message = tokio::time::timeout(Duration::from_secs(5), replies.next())
+        let message = tokio::time::timeout(REPLY_TIMEOUT, replies.next())
             .await
             .map_err(|_| DeliveryError::Timeout)?
             .ok_or_else(|| DeliveryError::Nats("reply subscription closed".into()))?;
@@ -102,6 +109,15 @@ impl DeliveryLog {
         from: u64,
         limit: usize,
     ) -> Result<Vec<Stored>, DeliveryError> {
-        read_log(&self.nats, user, from, limit).await
+        let mut attempt = 1;
+        loop {
+            match read_log(&self.nats, user, from, limit).await {
+                Err(DeliveryError::Timeout) if attempt < READ_ATTEMPTS => {
+                    tracing::debug!(%user, attempt, "delivery log read timed out; asking again");
+                    attempt += 1;
+                }
+                read => return read,
+            }
+        }
     }
 }
