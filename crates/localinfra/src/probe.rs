@@ -48,9 +48,10 @@ pub fn tcp_accepts(port: u16) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(250)).is_ok()
 }
 
-/// The status code of `GET <path>` on 127.0.0.1:`port`, over HTTP/1.0 so the server closes the
-/// connection and no client library is needed.
-pub fn http_status(port: u16, path: &str) -> std::io::Result<u16> {
+/// A connection that has sent `GET <path>` to 127.0.0.1:`port` over
+/// HTTP/1.0, so the server closes it after answering and no client library
+/// is needed.
+fn get(port: u16, path: &str) -> std::io::Result<TcpStream> {
     let addr = SocketAddr::from((LOOPBACK, port));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(250))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -58,6 +59,12 @@ pub fn http_status(port: u16, path: &str) -> std::io::Result<u16> {
     // One write: some servers read a single segment and take a partial request as malformed.
     let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
     stream.write_all(request.as_bytes())?;
+    Ok(stream)
+}
+
+/// The status code of `GET <path>` on 127.0.0.1:`port`.
+pub fn http_status(port: u16, path: &str) -> std::io::Result<u16> {
+    let stream = get(port, path)?;
     // The status line is all we need; 64 bytes hold it whatever the reason phrase.
     let mut head = Vec::with_capacity(64);
     stream.take(64).read_to_end(&mut head)?;
@@ -72,15 +79,10 @@ pub fn http_status(port: u16, path: &str) -> std::io::Result<u16> {
     })
 }
 
-/// The body of `GET <path>` on 127.0.0.1:`port` (HTTP/1.0, whatever the
-/// status), at most 1 MiB.
+/// The body of `GET <path>` on 127.0.0.1:`port` (whatever the status), at
+/// most 1 MiB.
 pub fn http_body(port: u16, path: &str) -> std::io::Result<String> {
-    let addr = SocketAddr::from((LOOPBACK, port));
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(250))?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
-    stream.write_all(request.as_bytes())?;
+    let stream = get(port, path)?;
     let mut response = Vec::new();
     stream.take(1 << 20).read_to_end(&mut response)?;
     let text = String::from_utf8_lossy(&response);
