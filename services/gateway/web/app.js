@@ -630,7 +630,7 @@ function onPresence(d) {
 function onServerError(d, frame) {
   const message = d.message || d.code || 'unknown error';
   const ref = typeof frame.ref === 'string' ? frame.ref : '';
-  if (pane.failed(ref, message)) return;
+  if (pane.failed(ref, message, d.code)) return;
   if (ref.startsWith('raw:send')) toast(`Failed to send message: ${message}`);
   else if (/^(typing|read):/.test(ref)) console.warn('natter: server refused', ref, message);
   else toast(`Server error: ${message}`);

@@ -446,6 +446,7 @@ function pendingItem(p) {
 
 function transmit(p) {
   p.status = 'pending';
+  p.firstTry ??= Date.now();
   const li = pendingItem(p);
   if (li) setStatus(li, 'pending');
   const data = p.kind === 'group'
@@ -466,23 +467,46 @@ function transmit(p) {
       if (res?.message) ctx.onSent(res.message, p.clientMsgId);
     })
     .catch((e) => {
+      if (e.code === 'unavailable' && sendAgain(p)) return;
       if (e.status !== 401) fail(p, e.message);
     });
+}
+
+/**
+ * A send answered `unavailable` may still have been stored (DESIGN.md §4):
+ * it goes again with the same clientMsgId, which makes that safe, after a
+ * pause that doubles from 250 ms up to 4 s, for as long as SEND_TIMEOUT_MS
+ * from its first try. False once that is over: then it has failed.
+ */
+function sendAgain(p) {
+  if (p.status !== 'pending' || Date.now() - p.firstTry >= SEND_TIMEOUT_MS) return false;
+  p.attempts = (p.attempts ?? 0) + 1;
+  const pause = Math.min(4000, 250 * 2 ** (p.attempts - 1));
+  clearTimeout(p.retryTimer);
+  p.retryTimer = setTimeout(() => {
+    if (state.pending.get(p.clientMsgId) === p && p.status === 'pending') transmit(p);
+  }, pause);
+  return true;
 }
 
 function fail(p, reason) {
   if (state.pending.get(p.clientMsgId) !== p || p.status === 'failed') return;
   clearTimeout(p.timer);
+  clearTimeout(p.retryTimer);
   p.status = 'failed';
   const li = pendingItem(p);
   if (li) setStatus(li, 'failed');
   toast(`Failed to send message: ${reason}`);
 }
 
-/** The server refused the send with ref `ref`; false if it was not one. */
-function failed(ref, reason) {
+/**
+ * The server refused the send with ref `ref` (error `code`); false if it
+ * was not one. An `unavailable` send is sent again (see sendAgain).
+ */
+function failed(ref, reason, code) {
   const p = state.pending.get(ref);
   if (!p) return false;
+  if (code === 'unavailable' && sendAgain(p)) return true;
   fail(p, reason);
   return true;
 }
@@ -492,12 +516,17 @@ function settle(clientMsgId) {
   const p = clientMsgId && state.pending.get(clientMsgId);
   if (!p) return;
   clearTimeout(p.timer);
+  clearTimeout(p.retryTimer);
   state.pending.delete(clientMsgId);
 }
 
 function retry(li) {
   const p = state.pending.get(li.dataset.clientMsgId);
-  if (p) transmit(p);
+  if (!p) return;
+  // Asked for by hand: a fresh period of automatic retries.
+  p.firstTry = undefined;
+  p.attempts = 0;
+  transmit(p);
 }
 
 function resendPending() {
