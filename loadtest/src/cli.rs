@@ -17,7 +17,9 @@ pub struct Cli {
 /// The natter under test and how users are made.
 #[derive(Args, Clone, Debug)]
 pub struct Target {
-    /// The gateway's base URL.
+    /// The gateway's base URL; several, comma-separated, spread the users
+    /// across them in turn (the two of a `steady` pair land on different
+    /// ones). Sign-ups, group creation and `connections` use the first.
     #[arg(
         long,
         env = "NATTER_URL",
@@ -44,6 +46,34 @@ pub struct Target {
     /// No progress bars (for CI logs).
     #[arg(long, global = true)]
     pub quiet: bool,
+}
+
+impl Target {
+    /// The gateways' base URLs.
+    pub fn urls(&self) -> Vec<&str> {
+        let urls: Vec<&str> = self
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .collect();
+        if urls.is_empty() {
+            vec![self.url.as_str()]
+        } else {
+            urls
+        }
+    }
+
+    /// The gateway of user or device `index`: each in turn.
+    pub fn gateway(&self, index: usize) -> String {
+        let urls = self.urls();
+        urls[index % urls.len()].to_owned()
+    }
+
+    /// The first gateway: for sign-ups, group creation and `connections`.
+    pub fn first_gateway(&self) -> String {
+        self.gateway(0)
+    }
 }
 
 #[derive(Subcommand, Clone, Debug)]

@@ -24,7 +24,7 @@ pub async fn create(target: &Target, prefix: &str, count: usize) -> anyhow::Resu
         .collect();
     match (&target.database_url, &target.jwt_secret) {
         (Some(database), Some(secret)) => seed(database, secret, &names).await,
-        _ => sign_up(&target.url, &names).await,
+        _ => sign_up(&target.first_gateway(), &names).await,
     }
 }
 

@@ -247,3 +247,52 @@ async fn abuse_says_so_when_a_gateway_does_not_hold_the_limits() {
     assert!(problems.contains("over their cap"), "{problems}");
     assert!(problems.contains("over their limit"), "{problems}");
 }
+
+#[tokio::test]
+async fn steady_spreads_its_pairs_over_several_gateways() {
+    let app = app().await;
+    // A second gateway on the same natter: each pair's sender and receiver
+    // then sit on different gateways, and every message crosses NATS.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let second = listener.local_addr().unwrap().port();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let tasks = tokio_util::task::TaskTracker::new();
+    let gateway = tokio::spawn(natter_gateway::serve(
+        app.gateway_config(),
+        listener,
+        shutdown.clone(),
+        tasks,
+    ));
+    let mut target = target(&app);
+    target.url = format!("{},http://127.0.0.1:{second}", target.url);
+    assert_eq!(
+        target.gateway(0),
+        format!("http://127.0.0.1:{}", app.gateway_port)
+    );
+    assert_eq!(target.gateway(1), format!("http://127.0.0.1:{second}"));
+    assert_eq!(target.gateway(2), target.gateway(0));
+    let args = Steady {
+        users: 10,
+        rate: 100,
+        duration: 2,
+        warmup: 1,
+        drain: 10,
+    };
+    let report = natter_loadtest::scenarios::steady::run(&target, &args)
+        .await
+        .unwrap();
+    let a = &report.accounting;
+    assert!(report.ok(), "{}", render::summary(&report));
+    assert!(a.attempted >= 200, "{a:?}");
+    assert_eq!(
+        (a.accepted, a.delivered),
+        (a.attempted, a.attempted),
+        "{a:?}"
+    );
+    // With the second gateway gone, half the users cannot connect: they
+    // were going to it.
+    shutdown.cancel();
+    let _ = gateway.await;
+    let refused = natter_loadtest::scenarios::steady::run(&target, &args).await;
+    assert!(refused.is_err(), "every user went to the first gateway");
+}

@@ -237,7 +237,8 @@ impl Attack {
         kind: Kind,
     ) -> anyhow::Result<futures::stream::SplitSink<Socket, Message>> {
         self.tally.connections_tried.fetch_add(1, Ordering::Relaxed);
-        let (socket, _) = client::connect(&target.url, &abuser.token, kind.device()).await?;
+        let (socket, _) =
+            client::connect(&target.first_gateway(), &abuser.token, kind.device()).await?;
         self.tally.connections_ready.fetch_add(1, Ordering::Relaxed);
         let (sink, stream) = socket.split();
         self.tasks.push(tokio::spawn(read_answers(
@@ -297,7 +298,7 @@ impl Attack {
         let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
         for n in 0..count {
             let gate = gate.clone();
-            let url = target.url.clone();
+            let url = target.gateway(n);
             let token = abuser.token.clone();
             let tally = self.tally.clone();
             let mut stop = self.stop.subscribe();

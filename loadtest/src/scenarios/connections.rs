@@ -31,7 +31,7 @@ pub async fn run(target: &Target, args: &Connections) -> anyhow::Result<Report> 
     let mut tasks = Vec::with_capacity(users.len());
     for user in users {
         let gate = gate.clone();
-        let url = target.url.clone();
+        let url = target.first_gateway();
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await?;
             let began = Instant::now();

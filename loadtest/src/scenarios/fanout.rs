@@ -42,7 +42,7 @@ async fn try_create_group(
 ) -> anyhow::Result<uuid::Uuid> {
     let ids: Vec<String> = members[1..].iter().map(|m| m.id.to_string()).collect();
     let response = reqwest::Client::new()
-        .post(format!("{}/api/groups", target.url))
+        .post(format!("{}/api/groups", target.first_gateway()))
         .bearer_auth(&members[0].token)
         .json(&json!({"name": name, "memberIds": ids}))
         .send()

@@ -416,8 +416,9 @@ pub fn send_on_schedule(
     })
 }
 
-/// Connects every user's device `device`, at most `concurrency` at once;
-/// returns the sockets with their cursors, in user order.
+/// Connects every user's device `device`, at most `concurrency` at once,
+/// each user to its gateway (see [`Target::gateway`]); returns the sockets
+/// with their cursors, in user order.
 pub async fn connect_all(
     target: &Target,
     users: &[User],
@@ -426,9 +427,9 @@ pub async fn connect_all(
 ) -> anyhow::Result<Vec<(Socket, u64)>> {
     let gate = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = Vec::with_capacity(users.len());
-    for user in users {
+    for (index, user) in users.iter().enumerate() {
         let gate = gate.clone();
-        let url = target.url.clone();
+        let url = target.gateway(index);
         let token = user.token.clone();
         let device = device.to_owned();
         tasks.push(tokio::spawn(async move {

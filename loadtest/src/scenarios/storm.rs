@@ -81,9 +81,9 @@ pub async fn run(target: &Target, args: &Storm) -> anyhow::Result<Report> {
     let deadline = storm + Duration::from_secs(args.deadline);
     let gate = Arc::new(Semaphore::new(RECONNECTS_AT_ONCE));
     let mut reconnects = Vec::with_capacity(devices.len());
-    for device in devices {
+    for (index, device) in devices.iter().enumerate() {
         let gate = gate.clone();
-        let url = target.url.clone();
+        let url = target.gateway(index);
         let token = device.token.clone();
         let missed = args.missed;
         reconnects.push(tokio::spawn(async move {
