@@ -8,11 +8,17 @@ use natter_testkit::{TestApp, TestOptions, TestUser, WsClient};
 use serde_json::{Value, json};
 use std::time::Duration;
 
+/// How long a send may take to be accepted, and the messages to arrive. A
+/// Raft election takes up to 9 s and may need a second round, and a loaded
+/// machine stretches both; a client stuck on a silent node would need 2–3
+/// minutes, so this still tells the two apart.
+const PATIENCE: Duration = Duration::from_secs(60);
+
 /// Sends `content` to `to` with a `clientMsgId`, retrying what is answered
 /// `unavailable` (the outcome is unknown) with the same id, as DESIGN §4
 /// tells clients to. Returns the accepted message.
 async fn send_until_accepted(from: &mut WsClient, to: &TestUser, content: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
     for attempt in 0.. {
         let reference = format!("{content}-{attempt}");
         from.send_ref(
@@ -100,7 +106,7 @@ impl Conversation {
     /// Bob got every accepted message once, in send order, with rising seq.
     async fn assert_all_delivered(&mut self) {
         let mut got: Vec<Value> = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + PATIENCE;
         while got.len() < self.sent.len() {
             assert!(
                 tokio::time::Instant::now() < deadline,
