@@ -651,18 +651,7 @@ async fn a_big_message_into_a_big_group_is_stored_once_and_delivered_whole() {
 
     // What the log holds: the big message's record without its content and
     // with the reference; the short one whole.
-    let js = app.jetstream().await;
-    let stream = js.get_stream("DELIVERY").await.unwrap();
-    let subject = natter_core::subjects::deliver(crowd[0].id);
-    let mut log = Vec::new();
-    let mut from = 1;
-    while let Ok(record) = stream
-        .direct_get_next_for_subject(subject.as_str(), Some(from))
-        .await
-    {
-        from = record.sequence + 1;
-        log.push(record);
-    }
+    let log = delivery_log(&app.jetstream().await, &crowd[0]).await;
     let content_of = |i: usize| {
         log[i]
             .headers
@@ -684,23 +673,35 @@ async fn a_big_message_into_a_big_group_is_stored_once_and_delivered_whole() {
     assert_eq!(short["data"]["message"]["content"], "short");
 }
 
-/// The `seq` of every message record in `user`'s delivery log, in log order.
-async fn logged_message_seqs(js: &async_nats::jetstream::Context, user: &TestUser) -> Vec<u64> {
+/// Every record of `user`'s delivery log, in log order.
+async fn delivery_log(
+    js: &async_nats::jetstream::Context,
+    user: &TestUser,
+) -> Vec<async_nats::jetstream::message::StreamMessage> {
     let stream = js.get_stream("DELIVERY").await.unwrap();
     let subject = natter_core::subjects::deliver(user.id);
-    let mut seqs = Vec::new();
+    let mut log = Vec::new();
     let mut from = 1;
     while let Ok(record) = stream
         .direct_get_next_for_subject(subject.as_str(), Some(from))
         .await
     {
         from = record.sequence + 1;
-        let record: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
-        if let Some(seq) = record["data"]["message"]["seq"].as_u64() {
-            seqs.push(seq);
-        }
+        log.push(record);
     }
-    seqs
+    log
+}
+
+/// The `seq` of every message record in `user`'s delivery log, in log order.
+async fn logged_message_seqs(js: &async_nats::jetstream::Context, user: &TestUser) -> Vec<u64> {
+    delivery_log(js, user)
+        .await
+        .iter()
+        .filter_map(|record| {
+            let record: serde_json::Value = serde_json::from_slice(&record.payload).ok()?;
+            record["data"]["message"]["seq"].as_u64()
+        })
+        .collect()
 }
 
 #[tokio::test]
