@@ -119,6 +119,22 @@ impl Copy {
         }
     }
 
+    /// A test copy stored by reference: `bytes` of payload that deliver
+    /// `delivered`.
+    #[cfg(test)]
+    pub fn for_test_by_reference(
+        chat_seq: u64,
+        recipient: UserId,
+        bytes: usize,
+        delivered: usize,
+    ) -> Self {
+        Self {
+            content_of: Some(Arc::from("message")),
+            delivered,
+            ..Self::for_test(chat_seq, recipient, bytes)
+        }
+    }
+
     /// The record's size as its recipient gets it, content filled in.
     pub fn weight(&self) -> usize {
         self.delivered

@@ -50,7 +50,7 @@ pub fn describe() {
     describe_gauge!(
         LANE_BYTES,
         metrics::Unit::Bytes,
-        "large fan-outs waiting in the lane, at the size they are delivered"
+        "bytes of large fan-outs waiting in the lane (their records, not what they deliver)"
     );
     describe_gauge!(
         STREAM_BYTES,

@@ -56,7 +56,10 @@ impl<M> Lane<M> {
         self.queue.is_empty()
     }
 
-    /// Bytes waiting, as recipients get them (`Copy::weight`).
+    /// Bytes of records waiting (each copy's payload): what bounds the
+    /// lane's memory. A record stored by reference counts its small
+    /// payload here, however much its copies will deliver; that size
+    /// (`Copy::weight`) is what the lane's chunks and pace count.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -84,7 +87,7 @@ impl<M> Lane<M> {
         for copy in copies {
             let position = self.next;
             self.next += 1;
-            self.bytes += copy.weight();
+            self.bytes += copy.payload.len();
             self.by_user
                 .entry(copy.recipient)
                 .or_default()
@@ -104,23 +107,23 @@ impl<M> Lane<M> {
             .into_iter()
             .filter_map(|position| self.queue.remove(&position))
             .collect();
-        self.bytes -= mine.iter().map(|c| c.weight()).sum::<usize>();
+        self.bytes -= mine.iter().map(|c| c.payload.len()).sum::<usize>();
         mine
     }
 
-    /// The next copies to publish: from the front, until `max_bytes` (at
-    /// least one).
+    /// The next copies to publish: from the front, until they deliver
+    /// `max_bytes` (at least one).
     pub fn next_chunk(&mut self, max_bytes: usize) -> Vec<Copy> {
         let mut chunk: Vec<Copy> = Vec::new();
-        let mut bytes = 0;
+        let mut delivered = 0;
         while let Some(entry) = self.queue.first_entry() {
-            let size = entry.get().weight();
-            if !chunk.is_empty() && bytes + size > max_bytes {
+            let weight = entry.get().weight();
+            if !chunk.is_empty() && delivered + weight > max_bytes {
                 break;
             }
             let copy = entry.remove();
-            bytes += size;
-            self.bytes -= size;
+            delivered += weight;
+            self.bytes -= copy.payload.len();
             // The front of the queue is its recipient's first copy.
             if let Some(positions) = self.by_user.get_mut(&copy.recipient) {
                 positions.pop_front();
@@ -142,7 +145,7 @@ impl<M> Lane<M> {
         let start = first - chunk.len() as u64;
         for (offset, copy) in chunk.into_iter().enumerate().rev() {
             let position = start + offset as u64;
-            self.bytes += copy.weight();
+            self.bytes += copy.payload.len();
             self.by_user
                 .entry(copy.recipient)
                 .or_default()
@@ -182,7 +185,7 @@ impl<M> Lane<M> {
             .collect();
         for position in gone {
             if let Some(copy) = self.queue.remove(&position) {
-                self.bytes -= copy.weight();
+                self.bytes -= copy.payload.len();
                 if let Some(positions) = self.by_user.get_mut(&copy.recipient) {
                     positions.retain(|p| *p != position);
                     if positions.is_empty() {
@@ -212,6 +215,26 @@ mod tests {
         to.iter()
             .map(|u| Copy::for_test(chat_seq, *u, bytes))
             .collect()
+    }
+
+    #[test]
+    fn copies_stored_by_reference_weigh_on_the_pace_not_on_memory() {
+        let to = users(3);
+        let mut lane = Lane::default();
+        let big: Vec<Copy> = to
+            .iter()
+            .map(|u| Copy::for_test_by_reference(1, *u, 300, 33_000))
+            .collect();
+        lane.defer(1, (), big);
+        // Memory: three small payloads, however much they deliver; a lane
+        // counting deliveries would hold batches back for records it does
+        // not hold.
+        assert_eq!(lane.bytes(), 900);
+        // Chunks are cut by what they deliver: one 33 KB delivery each.
+        assert_eq!(lane.next_chunk(40_000).len(), 1);
+        assert_eq!(lane.bytes(), 600);
+        assert_eq!(lane.next_chunk(70_000).len(), 2);
+        assert_eq!(lane.bytes(), 0);
     }
 
     #[test]
