@@ -110,16 +110,6 @@ pub fn frame_with_cursor(record: &[u8], cursor: u64) -> Option<String> {
 }
 
 impl DeliveryEvent {
-    /// The message this record delivers, if it delivers one.
-    pub fn message(&self) -> Option<&Message> {
-        match self {
-            Self::ReceiveDirectMessage { message } | Self::ReceiveGroupMessage { message } => {
-                Some(message)
-            }
-            Self::MessagesRead { .. } | Self::GroupUpdated { .. } => None,
-        }
-    }
-
     /// This record with its message's content left out, to be stored by
     /// reference ([`CONTENT_OF_HEADER`]); `None` when it carries no message.
     pub fn without_content(&self) -> Option<(MessageId, Self)> {
@@ -197,27 +187,27 @@ mod tests {
     #[test]
     fn a_record_stored_by_reference_is_filled_in_to_the_whole_record() {
         let sender = UserId::generate();
+        let message = Message {
+            id: MessageId::for_send(sender, Some("c-1")),
+            conversation_id: ConversationId(uuid::Uuid::now_v7()),
+            seq: 9,
+            sender_id: sender,
+            sender_name: "Ann \"A\"".into(),
+            receiver_id: None,
+            group_id: Some(GroupId::generate()),
+            content: "line one\n\"quoted\" \u{1F600}".repeat(100),
+            client_msg_id: Some("c-1".into()),
+            created_at: Utc::now(),
+        };
         let event = DeliveryEvent::ReceiveGroupMessage {
-            message: Message {
-                id: MessageId::for_send(sender, Some("c-1")),
-                conversation_id: ConversationId(uuid::Uuid::now_v7()),
-                seq: 9,
-                sender_id: sender,
-                sender_name: "Ann \"A\"".into(),
-                receiver_id: None,
-                group_id: Some(GroupId::generate()),
-                content: "line one\n\"quoted\" \u{1F600}".repeat(100),
-                client_msg_id: Some("c-1".into()),
-                created_at: Utc::now(),
-            },
+            message: message.clone(),
         };
         let whole = serde_json::to_vec(&event).unwrap();
         let (id, bare) = event.without_content().unwrap();
-        assert_eq!(Some(id), event.message().map(|m| m.id));
+        assert_eq!(id, message.id);
         let stored = serde_json::to_vec(&bare).unwrap();
         assert!(stored.len() < 400, "{} bytes stored", stored.len());
-        let content = event.message().unwrap().content.clone();
-        assert_eq!(with_content(&stored, content).unwrap(), whole);
+        assert_eq!(with_content(&stored, message.content).unwrap(), whole);
     }
 
     #[test]

@@ -292,7 +292,7 @@ where
     }
 
     fn unavailable(&self, e: Unavailable) -> End {
-        tracing::warn!(error = %e, user = %self.user, "session cannot start");
+        tracing::warn!(error = %e, user = %self.user, "a dependency did not answer; session closed");
         End::Close(close_code::AGAIN, "temporarily unavailable; reconnect")
     }
 
