@@ -32,10 +32,40 @@ struct Tick {
     delivery: Option<Histogram<u64>>,
 }
 
+/// A gap between two accepts, or two first deliveries, at least this long
+/// is a stall (at 1,000 messages a second the usual gap is a millisecond).
+pub const STALL: Duration = Duration::from_millis(250);
+
+/// A stall as recorded: see [`crate::report::Stall`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StallAt {
+    pub kind: &'static str,
+    pub from: Instant,
+    pub to: Instant,
+}
+
 struct Inner {
     accept: Histogram<u64>,
     delivery: Histogram<u64>,
     ticks: Vec<Tick>,
+    last_accept: Option<Instant>,
+    last_delivery: Option<Instant>,
+    stalls: Vec<StallAt>,
+}
+
+impl Inner {
+    fn stall(&mut self, kind: &'static str, at: Instant) {
+        let last = match kind {
+            "accept" => &mut self.last_accept,
+            _ => &mut self.last_delivery,
+        };
+        let previous = last.replace(at);
+        if let Some(from) = previous
+            && at.saturating_duration_since(from) >= STALL
+        {
+            self.stalls.push(StallAt { kind, from, to: at });
+        }
+    }
 }
 
 /// What a run recorded; events before `from` (the warm-up) are ignored.
@@ -53,6 +83,7 @@ pub struct Measured {
     pub delivery: Option<LatencySummary>,
     pub histogram: Vec<Bucket>,
     pub timeline: Vec<Second>,
+    pub stalls: Vec<StallAt>,
 }
 
 impl Collector {
@@ -63,8 +94,16 @@ impl Collector {
                 accept: histogram(3),
                 delivery: histogram(3),
                 ticks: Vec::new(),
+                last_accept: None,
+                last_delivery: None,
+                stalls: Vec::new(),
             }),
         }
+    }
+
+    /// When the measured part began: the timeline's second 0.
+    pub fn from(&self) -> Instant {
+        self.from
     }
 
     fn with_tick(&self, at: Instant, f: impl FnOnce(&mut Inner, usize)) {
@@ -87,6 +126,7 @@ impl Collector {
     pub fn accepted(&self, at: Instant, latency: Duration) {
         let us = latency.as_micros() as u64;
         self.with_tick(at, |inner, s| {
+            inner.stall("accept", at);
             inner.accept.saturating_record(us);
             let tick = &mut inner.ticks[s];
             tick.accepted += 1;
@@ -99,6 +139,7 @@ impl Collector {
     pub fn delivered(&self, at: Instant, latency: Duration) {
         let us = latency.as_micros() as u64;
         self.with_tick(at, |inner, s| {
+            inner.stall("delivery", at);
             inner.delivery.saturating_record(us);
             let tick = &mut inner.ticks[s];
             tick.delivered += 1;
@@ -119,6 +160,7 @@ impl Collector {
                 delivery: None,
                 histogram: Vec::new(),
                 timeline: Vec::new(),
+                stalls: Vec::new(),
             };
         };
         let timeline: Vec<Second> = inner
@@ -148,6 +190,7 @@ impl Collector {
             delivery: summary(&inner.delivery),
             histogram: buckets(&inner.delivery),
             timeline,
+            stalls: inner.stalls.clone(),
         }
     }
 }
@@ -223,5 +266,14 @@ mod tests {
         assert_eq!(m.histogram[2].count, 1, "2 ms lands in the ≤ 2 ms bucket");
         assert_eq!(m.histogram[3].count, 1, "4 ms lands in the ≤ 5 ms bucket");
         assert!(m.accept.is_none());
+        assert_eq!(
+            m.stalls,
+            vec![StallAt {
+                kind: "delivery",
+                from: start + Duration::from_millis(1500),
+                to: start + Duration::from_millis(2500),
+            }],
+            "the warm-up delivery starts no stall; the second's gap is one"
+        );
     }
 }

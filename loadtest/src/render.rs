@@ -98,6 +98,23 @@ pub fn summary(report: &Report) -> String {
     for (name, value) in &report.extra {
         line(&mut out, format!("extra       {name} = {}", number(*value)));
     }
+    for kind in ["accept", "delivery"] {
+        let stalls: Vec<i64> = report
+            .stalls
+            .iter()
+            .filter(|s| s.kind == kind)
+            .map(|s| s.to_unix_ms - s.from_unix_ms)
+            .collect();
+        if let Some(longest) = stalls.iter().max() {
+            line(
+                &mut out,
+                format!(
+                    "stalls      {kind}: {} of 250 ms or more, the longest {longest} ms",
+                    stalls.len()
+                ),
+            );
+        }
+    }
 
     if report.problems.is_empty() {
         out.push_str(OK_VERDICT);
@@ -731,6 +748,12 @@ mod tests {
                     delivery_p99_ms: (t != 30).then_some(14.0),
                 })
                 .collect(),
+            t0_unix_ms: Some(1_735_787_045_000),
+            stalls: vec![crate::report::Stall {
+                kind: "accept".to_owned(),
+                from_unix_ms: 1_735_787_075_000,
+                to_unix_ms: 1_735_787_076_250,
+            }],
             extra: [("connect_per_s".to_owned(), 812.5)].into_iter().collect(),
             problems: Vec::new(),
         }
@@ -767,6 +790,11 @@ mod tests {
 
     #[test]
     fn summary_of_a_correct_run_says_ok() {
+        assert!(
+            summary(&filled()).contains("accept: 1 of 250 ms or more, the longest 1250 ms"),
+            "{}",
+            summary(&filled())
+        );
         let text = summary(&filled());
         assert!(text.ends_with(OK_VERDICT), "{text}");
         assert!(!text.contains("FAILED"), "{text}");

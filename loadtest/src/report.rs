@@ -95,6 +95,16 @@ pub struct Second {
     pub delivery_p99_ms: Option<f64>,
 }
 
+/// A stretch of at least [`crate::measure::STALL`] without one accepted send
+/// (`kind` "accept") or one first delivery ("delivery"), between two that
+/// happened: what a fault cost, to the millisecond.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stall {
+    pub kind: String,
+    pub from_unix_ms: i64,
+    pub to_unix_ms: i64,
+}
+
 /// A finished run.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -118,6 +128,12 @@ pub struct Report {
     pub delivery_latency: Option<LatencySummary>,
     pub delivery_histogram: Vec<Bucket>,
     pub timeline: Vec<Second>,
+    /// When the timeline's second 0 began (Unix milliseconds).
+    #[serde(default)]
+    pub t0_unix_ms: Option<i64>,
+    /// Every stall of accepts or deliveries in the measured part.
+    #[serde(default)]
+    pub stalls: Vec<Stall>,
     /// Scenario-specific numbers, e.g. `connect_per_s`, `rss_kb_per_connection`,
     /// `storm_complete_s`.
     pub extra: BTreeMap<String, f64>,

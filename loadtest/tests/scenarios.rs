@@ -296,3 +296,46 @@ async fn steady_spreads_its_pairs_over_several_gateways() {
     let refused = natter_loadtest::scenarios::steady::run(&target, &args).await;
     assert!(refused.is_err(), "every user went to the first gateway");
 }
+
+#[tokio::test]
+async fn steady_clients_ride_out_the_restart_of_their_gateway() {
+    let mut app = app().await;
+    // Users alternate between the test kit's gateway and a second one.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let second = listener.local_addr().unwrap().port();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let gateway = tokio::spawn(natter_gateway::serve(
+        app.gateway_config(),
+        listener,
+        shutdown.clone(),
+        tokio_util::task::TaskTracker::new(),
+    ));
+    let mut target = target(&app);
+    target.url = format!("{},http://127.0.0.1:{second}", target.url);
+    let args = Steady {
+        users: 10,
+        rate: 100,
+        duration: 4,
+        warmup: 0,
+        drain: 10,
+    };
+    let run =
+        tokio::spawn(async move { natter_loadtest::scenarios::steady::run(&target, &args).await });
+    // Half the sockets drop in the middle of the run: their devices come
+    // back (to the other gateway while theirs is down), resume from their
+    // cursors and send again what went unanswered.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    app.restart_gateway().await;
+    let report = run.await.unwrap().unwrap();
+    shutdown.cancel();
+    let _ = gateway.await;
+    let a = &report.accounting;
+    assert!(report.ok(), "{}", render::summary(&report));
+    assert!(a.attempted >= 350, "{a:?}");
+    assert_eq!(
+        (a.accepted, a.delivered),
+        (a.attempted, a.attempted),
+        "{a:?}"
+    );
+    assert!(report.extra["reconnects"] >= 5.0, "{:?}", report.extra);
+}

@@ -5,10 +5,10 @@
 use crate::accounting::{MessageKey, Outcome, Sent};
 use crate::cli::{Fanout, Target};
 use crate::report::Report;
-use crate::scenarios::{Clock, DRAIN_CAP, LastMember, Run, connect_all, send_on_schedule};
+use crate::scenarios::device::Schedule;
+use crate::scenarios::{Clock, DRAIN_CAP, LastMember, Run, connect_all, link};
 use crate::users::{self, User};
 use anyhow::Context;
-use futures::StreamExt;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,49 +71,32 @@ pub async fn run(target: &Target, args: &Fanout) -> anyhow::Result<Report> {
     let sockets = connect_all(target, &users, "fanout", 200).await?;
     let total = Duration::from_secs(args.warmup + args.duration);
     let period = Duration::from_secs_f64(groups_n as f64 / args.rate.max(1) as f64);
-    let planned = (total.as_secs_f64() / period.as_secs_f64()).ceil() as usize + 1;
 
     let clock = Clock::start(Duration::from_millis(200));
     let mut run = Run::new(target, &clock, args.warmup, "fanout");
     let last_member = Arc::new(LastMember::new((size - 1) as u32));
     run.last_member = Some(last_member.clone());
-    let mut readers = Vec::new();
-    let mut senders = Vec::new();
-    let mut keep_open = Vec::new();
-    for (index, (socket, _)) in sockets.into_iter().enumerate() {
-        let (sink, stream) = socket.split();
+    let mut devices = Vec::new();
+    for (index, socket) in sockets.into_iter().enumerate() {
         let group = index / size;
-        let sender = index % size == 0;
-        readers.push(run.read(stream, users[index].id, sender.then_some(planned)));
-        if !sender {
-            keep_open.push(tokio::spawn(async move { sink }));
-            continue;
-        }
         let group_id = groups[group];
         let offset = period.mul_f64(group as f64 / groups_n as f64);
-        senders.push(send_on_schedule(
-            &run,
-            sink,
-            group as u32,
+        let schedule = (index % size == 0).then(|| Schedule {
+            sender: group as u32,
             offset,
             period,
-            total,
-            move |n, content| {
+            count: Schedule::count_within(offset, period, total),
+            frame: Box::new(move |_, content| {
                 json!({
                     "event": "send_group_message",
                     "data": {"groupId": group_id, "content": content},
-                    "ref": n.to_string(),
                 })
-            },
-        ));
+            }),
+        });
+        let link = link(target, index, &users[index], "fanout");
+        devices.push(run.device(link, socket, users[index].id, schedule));
     }
-    let mut sent_counts = Vec::new();
-    let mut sinks = Vec::new();
-    for sender in senders {
-        let (sent, sink) = sender.await?;
-        sent_counts.push(sent);
-        sinks.push(sink);
-    }
+    tokio::time::sleep_until(clock.t0 + total).await;
     let drained = run
         .drain(
             (size - 1) as u64,
@@ -121,18 +104,17 @@ pub async fn run(target: &Target, args: &Fanout) -> anyhow::Result<Report> {
             DRAIN_CAP,
         )
         .await;
-    let logs = run.stop(readers).await?;
-    drop(sinks);
-    drop(keep_open);
+    let logs = run.stop(devices).await?;
 
     let mut sends = Vec::new();
-    for (group, &count) in sent_counts.iter().enumerate() {
-        let outcomes = &logs[group * size].outcomes;
+    for group in 0..groups_n {
+        let log = &logs[group * size];
         let recipients: Vec<usize> = (group * size + 1..(group + 1) * size).collect();
-        for number in 0..count {
+        for number in 0..log.sent {
             sends.push(Sent {
                 key: MessageKey::new(group as u32, number),
-                outcome: outcomes
+                outcome: log
+                    .outcomes
                     .get(number as usize)
                     .copied()
                     .unwrap_or(Outcome::Unanswered),

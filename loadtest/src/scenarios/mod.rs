@@ -5,25 +5,24 @@
 
 pub mod abuse;
 pub mod connections;
+pub mod device;
 pub mod fanout;
 pub mod steady;
 pub mod storm;
 
 use crate::accounting::{DeviceLog, MessageKey, Outcome, Sent, reconcile};
 use crate::cli::Target;
-use crate::client::{self, Incoming, Socket};
+use crate::client::{self, Socket};
 use crate::measure::Collector;
-use crate::report::Report;
+use crate::report::{Report, Stall};
 use crate::users::User;
-use futures::StreamExt;
-use futures::stream::SplitStream;
+use device::{Device, Link, Schedule};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 /// The run's time origin, as an `Instant` and as Unix microseconds, so a
@@ -87,6 +86,10 @@ pub struct Counters {
     /// Deliveries of another party's traffic (see [`Run::foreign`]), not
     /// counted in the books.
     pub foreign: AtomicU64,
+    /// Sends that went out more than once (see [`device`]).
+    pub retried: AtomicU64,
+    /// Connections made again after one dropped.
+    pub reconnects: AtomicU64,
 }
 
 /// What one socket's reader saw.
@@ -97,6 +100,12 @@ pub struct ReaderLog {
     pub outcomes: Vec<Outcome>,
     /// The last cursor delivered to this socket.
     pub cursor: u64,
+    /// For a sending socket: how many sends went out (retries not counted).
+    pub sent: u32,
+    /// The sends that went out more than once.
+    pub retried: std::collections::HashSet<u32>,
+    /// How many times the device connected again.
+    pub reconnects: u64,
 }
 
 /// Per message, how many members still wait for it; when the last one
@@ -150,6 +159,8 @@ pub struct Run {
     pub clock: Clock,
     scenario: &'static str,
     started_at: String,
+    /// Unique to the run: the prefix of its `clientMsgId`s.
+    id: String,
     stop: watch::Sender<bool>,
     progress: Option<JoinHandle<()>>,
 }
@@ -187,102 +198,33 @@ impl Run {
             clock: clock.clone(),
             scenario,
             started_at: chrono::Utc::now().to_rfc3339(),
+            id: Uuid::new_v4().simple().to_string()[..12].to_owned(),
             stop,
             progress,
         }
     }
 
-    /// Reads one socket until the run stops. `me` is the socket's user (its
-    /// own messages coming back for its other devices are not counted);
-    /// `planned` sizes the outcome table of a sending socket.
-    pub fn read(
+    /// Starts a device on `socket` (ready at `cursor`): it reads, sends on
+    /// `schedule` if given, acks and reconnects until the run stops. `me`
+    /// is the device's user (its own messages coming back for its other
+    /// devices are not counted).
+    pub fn device(
         &self,
-        mut stream: SplitStream<Socket>,
+        link: Link,
+        (socket, cursor): (Socket, u64),
         me: Uuid,
-        planned: Option<usize>,
+        schedule: Option<Schedule>,
     ) -> JoinHandle<ReaderLog> {
-        let mut stopped = self.stop.subscribe();
-        let collector = self.collector.clone();
-        let counters = self.counters.clone();
-        let clock = self.clock.clone();
-        let last_member = self.last_member.clone();
-        let foreign = self.foreign;
-        tokio::spawn(async move {
-            let me = me.to_string();
-            let mut log = ReaderLog {
-                outcomes: vec![Outcome::Unanswered; planned.unwrap_or(0)],
-                ..ReaderLog::default()
-            };
-            loop {
-                let frame = tokio::select! {
-                    _ = stopped.changed() => break,
-                    frame = stream.next() => frame,
-                };
-                let Some(Ok(Message::Text(text))) = frame else {
-                    match frame {
-                        Some(Ok(_)) => continue,
-                        _ => break,
-                    }
-                };
-                let now = Instant::now();
-                // Another party's traffic is counted without being parsed:
-                // the load generator shares the machine with natter, and
-                // parsing frames no one measures would slow what it does.
-                if let Some(prefix) = foreign
-                    && client::content_starts_with(text.as_str(), prefix)
-                {
-                    counters.foreign.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                match client::parse(text.as_str()) {
-                    Incoming::Sent { reference, content } => {
-                        let slot = reference.and_then(|r| log.outcomes.get_mut(r as usize));
-                        if let Some(slot) = slot {
-                            *slot = Outcome::Accepted;
-                            counters.answered.fetch_add(1, Ordering::Relaxed);
-                            counters.accepted.fetch_add(1, Ordering::Relaxed);
-                        }
-                        if let Some((_, scheduled)) = MessageKey::parse(&content) {
-                            collector.accepted(now, now - clock.instant(scheduled));
-                        }
-                    }
-                    Incoming::Refused { reference, .. } => {
-                        if let Some(slot) = reference.and_then(|r| log.outcomes.get_mut(r as usize))
-                        {
-                            *slot = Outcome::Refused;
-                            counters.answered.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    Incoming::Delivery {
-                        sender,
-                        conversation,
-                        seq,
-                        cursor,
-                        content,
-                    } => {
-                        log.cursor = log.cursor.max(cursor);
-                        if sender == me {
-                            continue;
-                        }
-                        let parsed = MessageKey::parse(&content);
-                        let first =
-                            parsed.is_some_and(|(key, _)| !log.device.received.contains_key(&key));
-                        log.device
-                            .record(parsed.map(|(key, _)| key), &conversation, seq);
-                        if let (true, Some((key, scheduled))) = (first, parsed) {
-                            let latency = now - clock.instant(scheduled);
-                            counters.delivered.fetch_add(1, Ordering::Relaxed);
-                            collector.delivered(now, latency);
-                            if let Some(tracker) = &last_member {
-                                tracker.arrived(key, latency);
-                            }
-                        }
-                    }
-                    Incoming::Ready { .. } | Incoming::Other => {}
-                }
-            }
-            log
-        })
+        let shared = device::Shared {
+            collector: self.collector.clone(),
+            counters: self.counters.clone(),
+            clock: self.clock.clone(),
+            last_member: self.last_member.clone(),
+            foreign: self.foreign,
+            run_id: self.id.clone(),
+            stop: self.stop.subscribe(),
+        };
+        tokio::spawn(Device::new(shared, link, me, schedule).run(socket, cursor))
     }
 
     /// Waits until every send is answered and every owed delivery arrived
@@ -354,6 +296,22 @@ impl Run {
             let foreign = self.counters.foreign.load(Ordering::Relaxed);
             extra.insert("foreign_deliveries".to_owned(), foreign as f64);
         }
+        for (name, counter) in [
+            ("retried_sends", &self.counters.retried),
+            ("reconnects", &self.counters.reconnects),
+        ] {
+            extra.insert(name.to_owned(), counter.load(Ordering::Relaxed) as f64);
+        }
+        let unix_ms = |at: Instant| self.clock.unix_us(at) / 1000;
+        let stalls = measured
+            .stalls
+            .iter()
+            .map(|stall| Stall {
+                kind: stall.kind.to_owned(),
+                from_unix_ms: unix_ms(stall.from),
+                to_unix_ms: unix_ms(stall.to),
+            })
+            .collect();
         Report {
             scenario: self.scenario.to_owned(),
             started_at: self.started_at.clone(),
@@ -367,53 +325,24 @@ impl Run {
             delivery_latency: measured.delivery,
             delivery_histogram: measured.histogram,
             timeline: measured.timeline,
+            t0_unix_ms: Some(unix_ms(self.collector.from())),
+            stalls,
             extra,
             ..Report::default()
         }
     }
 }
 
-/// The write half of a socket.
-pub type Sink = futures::stream::SplitSink<Socket, Message>;
-
-/// One open-loop sender: send `n` goes out at `t0 + offset + n × period`
-/// until `total` has passed, whether or not earlier sends were answered.
-/// `frame(n, content)` builds the send; returns how many went out, and the
-/// sink (dropping it would close the socket before the answers arrive).
-pub fn send_on_schedule(
-    run: &Run,
-    mut sink: Sink,
-    sender: u32,
-    offset: Duration,
-    period: Duration,
-    total: Duration,
-    frame: impl Fn(u32, String) -> serde_json::Value + Send + 'static,
-) -> JoinHandle<(u32, Sink)> {
-    let clock = run.clock.clone();
-    let counters = run.counters.clone();
-    let collector = run.collector.clone();
-    tokio::spawn(async move {
-        let mut sent = 0u32;
-        loop {
-            let scheduled = clock.t0 + offset + period.mul_f64(f64::from(sent));
-            if scheduled >= clock.t0 + total {
-                break;
-            }
-            tokio::time::sleep_until(scheduled).await;
-            let content = MessageKey::new(sender, sent).content(clock.unix_us(scheduled));
-            let text = frame(sent, content).to_string();
-            if futures::SinkExt::send(&mut sink, Message::Text(text.into()))
-                .await
-                .is_err()
-            {
-                break;
-            }
-            collector.sent(Instant::now());
-            counters.attempted.fetch_add(1, Ordering::Relaxed);
-            sent += 1;
-        }
-        (sent, sink)
-    })
+/// Where user `index`'s device `device` connects: its gateway first (see
+/// [`Target::gateway`]), the others when that one fails.
+pub fn link(target: &Target, index: usize, user: &User, device: &str) -> Link {
+    let gateways: Vec<String> = target.urls().into_iter().map(str::to_owned).collect();
+    Link {
+        home: index % gateways.len().max(1),
+        gateways: gateways.into(),
+        token: user.token.clone(),
+        device: device.to_owned(),
+    }
 }
 
 /// Connects every user's device `device`, at most `concurrency` at once,

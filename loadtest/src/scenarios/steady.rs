@@ -6,7 +6,8 @@
 use crate::accounting::{MessageKey, Outcome, Sent};
 use crate::cli::{Steady, Target};
 use crate::report::Report;
-use crate::scenarios::{Clock, DRAIN_CAP, Run, connect_all, send_on_schedule};
+use crate::scenarios::device::Schedule;
+use crate::scenarios::{Clock, DRAIN_CAP, Run, connect_all, link};
 use crate::users::{self, User};
 use serde_json::json;
 use std::time::Duration;
@@ -31,65 +32,46 @@ pub async fn drive(
     let sockets = connect_all(target, users, scenario, 200).await?;
     let total = Duration::from_secs(args.warmup + args.duration);
     let period = Duration::from_secs_f64(pairs as f64 / args.rate.max(1) as f64);
-    let planned = (total.as_secs_f64() / period.as_secs_f64()).ceil() as usize + 1;
 
     let clock = Clock::start(Duration::from_millis(200));
     let mut run = Run::new(target, &clock, args.warmup, scenario);
     run.foreign = foreign;
-    let mut sinks = Vec::new();
-    let mut readers = Vec::new();
-    for (index, (socket, _)) in sockets.into_iter().enumerate() {
-        let (sink, stream) = futures::StreamExt::split(socket);
-        let sender = index % 2 == 0;
-        readers.push(run.read(stream, users[index].id, sender.then_some(planned)));
-        sinks.push(sink);
-    }
-    // Senders start spread over one period so the load is even.
-    let mut senders = Vec::new();
-    for (pair, sink) in sinks
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| i % 2 == 0)
-        .map(|(i, s)| (i / 2, s))
-    {
-        let receiver = users[pair * 2 + 1].id;
+    let mut devices = Vec::new();
+    for (index, socket) in sockets.into_iter().enumerate() {
+        let pair = index / 2;
+        // Senders start spread over one period so the load is even.
         let offset = period.mul_f64(pair as f64 / pairs as f64);
-        senders.push(send_on_schedule(
-            &run,
-            sink,
-            pair as u32,
+        let receiver = users[pair * 2 + 1].id;
+        let schedule = (index % 2 == 0).then(|| Schedule {
+            sender: pair as u32,
             offset,
             period,
-            total,
-            move |n, content| {
+            count: Schedule::count_within(offset, period, total),
+            frame: Box::new(move |_, content| {
                 json!({
                     "event": "send_direct_message",
                     "data": {"receiverId": receiver, "content": content},
-                    "ref": n.to_string(),
                 })
-            },
-        ));
+            }),
+        });
+        let link = link(target, index, &users[index], scenario);
+        devices.push(run.device(link, socket, users[index].id, schedule));
     }
-    let mut sent_counts = Vec::new();
-    let mut keep_open = Vec::new();
-    for sender in senders {
-        let (sent, sink) = sender.await?;
-        sent_counts.push(sent);
-        keep_open.push(sink);
-    }
+    // Every device keeps going until the books are settled.
+    tokio::time::sleep_until(clock.t0 + total).await;
     let drained = run
         .drain(1, Duration::from_secs(args.drain), DRAIN_CAP)
         .await;
-    let logs = run.stop(readers).await?;
-    drop(keep_open);
+    let logs = run.stop(devices).await?;
 
     let mut sends = Vec::new();
-    for (pair, &count) in sent_counts.iter().enumerate() {
-        let outcomes = &logs[pair * 2].outcomes;
-        for number in 0..count {
+    for pair in 0..pairs {
+        let log = &logs[pair * 2];
+        for number in 0..log.sent {
             sends.push(Sent {
                 key: MessageKey::new(pair as u32, number),
-                outcome: outcomes
+                outcome: log
+                    .outcomes
                     .get(number as usize)
                     .copied()
                     .unwrap_or(Outcome::Unanswered),

@@ -7,9 +7,10 @@ use crate::accounting::{DeviceLog, MessageKey, Outcome, Sent};
 use crate::cli::{Storm, Target};
 use crate::client::{self, Incoming};
 use crate::report::Report;
-use crate::scenarios::{Clock, DRAIN_CAP, Drained, ReaderLog, Run, connect_all};
+use crate::scenarios::device::Schedule;
+use crate::scenarios::{Clock, DRAIN_CAP, Drained, ReaderLog, Run, connect_all, link};
 use crate::users;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,33 +46,35 @@ pub async fn run(target: &Target, args: &Storm) -> anyhow::Result<Report> {
     let mut run = Run::new(target, &clock, 0, "storm");
     let sockets = connect_all(target, senders, "storm-sender", senders_n).await?;
     let mut readers = Vec::new();
-    let mut writers = Vec::new();
-    for (s, (socket, _)) in sockets.into_iter().enumerate() {
-        let (mut sink, stream) = socket.split();
+    for (s, socket) in sockets.into_iter().enumerate() {
         let plan = plan(s, senders_n, args.devices, args.missed);
-        readers.push(run.read(stream, senders[s].id, Some(plan.len())));
         let receivers: Vec<uuid::Uuid> = plan.iter().map(|&d| devices[d].id).collect();
-        let counters = run.counters.clone();
-        let clock = clock.clone();
-        writers.push(tokio::spawn(async move {
-            for (number, receiver) in receivers.into_iter().enumerate() {
-                let key = MessageKey::new(s as u32, number as u32);
-                let frame = json!({
+        // As fast as the socket takes them.
+        let schedule = Schedule {
+            sender: s as u32,
+            offset: Duration::ZERO,
+            period: Duration::ZERO,
+            count: receivers.len() as u32,
+            frame: Box::new(move |n, content| {
+                json!({
                     "event": "send_direct_message",
-                    "data": {"receiverId": receiver, "content": key.content(clock.unix_us(Instant::now()))},
-                    "ref": number.to_string(),
-                });
-                if sink.send(Message::Text(frame.to_string().into())).await.is_err() {
-                    break;
-                }
-                counters.attempted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            sink
-        }));
+                    "data": {"receiverId": receivers[n as usize], "content": content},
+                })
+            }),
+        };
+        let link = link(target, s, &senders[s], "storm-sender");
+        readers.push(run.device(link, socket, senders[s].id, Some(schedule)));
     }
-    let mut keep_open = Vec::new();
-    for writer in writers {
-        keep_open.push(writer.await?);
+    let planned = (args.devices * args.missed) as u64;
+    let sending_deadline = Instant::now() + Duration::from_secs(args.deadline);
+    while run
+        .counters
+        .attempted
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < planned
+        && Instant::now() < sending_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let sending = clock.t0.elapsed();
     run.drain(0, Duration::from_secs(30), DRAIN_CAP).await;
@@ -185,7 +188,6 @@ pub async fn run(target: &Target, args: &Storm) -> anyhow::Result<Report> {
         });
     }
     let sender_logs = run.stop(readers).await?;
-    drop(keep_open);
 
     let mut sends = Vec::new();
     for (s, log) in sender_logs.iter().enumerate() {
