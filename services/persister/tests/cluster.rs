@@ -172,3 +172,54 @@ async fn a_paused_node_under_the_gateway_is_left_within_seconds() {
     talk.send_ten("after").await;
     talk.assert_all_delivered().await;
 }
+
+#[tokio::test]
+async fn a_lost_majority_answers_unavailable_and_acks_nothing_it_could_lose() {
+    let mut talk = Conversation::start().await;
+    talk.send_ten("before").await;
+    // The two nodes the gateway is not connected to stop (SIGSTOP: both
+    // come back at once, where a restarted node would wait alone for a
+    // quorum): its own connection stays up, but no write can reach one.
+    let gateway_node = (0..talk.app.nats.len())
+        .find(|i| {
+            natter_localinfra::http_body(talk.app.nats.node(*i).monitor_port(), "/connz")
+                .is_ok_and(|connz| connz.contains("\"natter-gateway\""))
+        })
+        .expect("the gateway is connected to a node");
+    let others: Vec<usize> = (0..talk.app.nats.len())
+        .filter(|i| *i != gateway_node)
+        .collect();
+    let pids: Vec<u32> = others
+        .iter()
+        .map(|&i| talk.app.nats.node(i).pid())
+        .collect();
+    for &pid in &pids {
+        natter_localinfra::send_signal(pid, Signal::Stop).unwrap();
+    }
+    // Every send is answered, and answered `unavailable`: never accepted,
+    // since nothing can be stored.
+    let outage: Vec<String> = (0..3).map(|i| format!("outage-{i}")).collect();
+    for content in &outage {
+        talk.a
+            .send_ref(
+                "send_direct_message",
+                json!({"receiverId": talk.bob.id.to_string(), "content": content, "clientMsgId": content}),
+                content,
+            )
+            .await;
+        let reply = talk.a.reply_to(content).await;
+        assert_eq!(reply["event"], "error", "{reply}");
+        assert_eq!(reply["data"]["code"], "unavailable", "{reply}");
+    }
+    for &pid in &pids {
+        natter_localinfra::send_signal(pid, Signal::Cont).unwrap();
+    }
+    // Retried with the same clientMsgId, as DESIGN §4 says: each is stored
+    // and delivered once, whether or not a first attempt got through.
+    for content in &outage {
+        let message = send_until_accepted(&mut talk.a, &talk.bob, content).await;
+        talk.sent.push(message);
+    }
+    talk.send_ten("after").await;
+    talk.assert_all_delivered().await;
+}
