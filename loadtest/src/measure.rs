@@ -26,6 +26,7 @@ fn histogram(significant: u8) -> Histogram<u64> {
 #[derive(Default)]
 struct Tick {
     sent: u64,
+    retried: u64,
     accepted: u64,
     delivered: u64,
     accept: Option<Histogram<u64>>,
@@ -123,6 +124,11 @@ impl Collector {
         self.with_tick(at, |inner, s| inner.ticks[s].sent += 1);
     }
 
+    /// A send went out again.
+    pub fn retried(&self, at: Instant) {
+        self.with_tick(at, |inner, s| inner.ticks[s].retried += 1);
+    }
+
     pub fn accepted(&self, at: Instant, latency: Duration) {
         let us = latency.as_micros() as u64;
         self.with_tick(at, |inner, s| {
@@ -171,6 +177,7 @@ impl Collector {
             .map(|(t, tick)| Second {
                 t: t as u32,
                 sent: tick.sent,
+                retried: tick.retried,
                 accepted: tick.accepted,
                 delivered: tick.delivered,
                 accept_p50_ms: tick.accept.as_ref().map(|h| ms(h.value_at_quantile(0.5))),

@@ -738,6 +738,7 @@ mod tests {
                 .map(|t| Second {
                     t,
                     sent: 20000,
+                    retried: u64::from(t == 31) * 7,
                     accepted: 19990 + u64::from(t % 3),
                     delivered: 19980 + u64::from(t % 5),
                     // A gap in the latencies, as when nothing completed.

@@ -88,6 +88,10 @@ pub struct Second {
     pub sent: u64,
     pub accepted: u64,
     pub delivered: u64,
+    /// Sends that went out again this second (after `unavailable`, or
+    /// unanswered when their socket dropped).
+    #[serde(default)]
+    pub retried: u64,
     /// Percentiles of the latencies that ended in this second (ms).
     pub accept_p50_ms: Option<f64>,
     pub accept_p99_ms: Option<f64>,

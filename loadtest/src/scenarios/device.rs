@@ -266,7 +266,11 @@ impl Device {
         frame["ref"] = serde_json::Value::String(n.to_string());
         frame["data"]["clientMsgId"] =
             serde_json::Value::String(format!("{}.{}.{n}", self.shared.run_id, schedule.sender));
-        self.pending.attempts.push_back((Instant::now(), n));
+        let now = Instant::now();
+        if self.log.retried.contains(&n) {
+            self.shared.collector.retried(now);
+        }
+        self.pending.attempts.push_back((now, n));
         socket
             .send(Message::Text(frame.to_string().into()))
             .await
@@ -504,8 +508,9 @@ mod tests {
         let clock = Clock::start(Duration::ZERO);
         let counters = Arc::new(Counters::default());
         let (stop, stopped) = watch::channel(false);
+        let collector = Arc::new(Collector::new(clock.t0));
         let shared = Shared {
-            collector: Arc::new(Collector::new(clock.t0)),
+            collector: collector.clone(),
             counters: counters.clone(),
             clock,
             last_member: None,
@@ -560,6 +565,9 @@ mod tests {
         assert_eq!(counters.attempted.load(Ordering::Relaxed), 1);
         assert_eq!(counters.accepted.load(Ordering::Relaxed), 1);
         assert_eq!(counters.retried.load(Ordering::Relaxed), 1);
+        let timeline = collector.finish(60).timeline;
+        let again: u64 = timeline.iter().map(|s| s.retried).sum();
+        assert_eq!(again, 2, "two attempts after the first: {timeline:?}");
     }
 
     #[test]
