@@ -8,7 +8,8 @@
 use crate::accounting::{MessageKey, Outcome};
 use crate::client::{self, Incoming, Socket};
 use crate::measure::Collector;
-use crate::scenarios::{Clock, Counters, LastMember, ReaderLog};
+use crate::scenarios::clock::Clock;
+use crate::scenarios::tally::{Counters, LastMember, ReaderLog};
 use futures::{SinkExt, StreamExt};
 use natter_runtime::backoff::Backoff;
 use std::collections::{BTreeSet, VecDeque};

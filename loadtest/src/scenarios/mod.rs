@@ -1,16 +1,22 @@
-//! The scenarios, and what they share: a clock that maps scheduled times to
-//! the timestamps carried in messages, one reader task per socket that
-//! keeps a device's log, live counters for progress and draining, and the
-//! report built from the accounting and the measurements.
+//! The scenarios, and what they share: a [`clock`] that maps scheduled
+//! times to the timestamps carried in messages, one [`device`] task per
+//! socket that behaves as a real client and keeps its log, the live
+//! [`tally`] for progress and draining, and the report built from the
+//! accounting and the measurements.
 
 pub mod abuse;
+pub mod clock;
 pub mod connections;
 pub mod device;
 pub mod fanout;
 pub mod steady;
 pub mod storm;
+pub mod tally;
 
-use crate::accounting::{DeviceLog, MessageKey, Outcome, Sent, reconcile};
+pub use clock::Clock;
+pub use tally::{Counters, LastMember, ReaderLog};
+
+use crate::accounting::{DeviceLog, Sent, reconcile};
 use crate::cli::Target;
 use crate::client::{self, Socket};
 use crate::measure::Collector;
@@ -18,48 +24,12 @@ use crate::report::{Report, Stall};
 use crate::users::User;
 use device::{Device, Link, Schedule};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use uuid::Uuid;
-
-/// The run's time origin, as an `Instant` and as Unix microseconds, so a
-/// timestamp written into a message maps back to an `Instant`.
-#[derive(Clone, Debug)]
-pub struct Clock {
-    pub t0: Instant,
-    unix0_us: i64,
-}
-
-impl Clock {
-    /// A clock whose origin is `delay` from now (time to get going).
-    pub fn start(delay: Duration) -> Self {
-        Self {
-            t0: Instant::now() + delay,
-            unix0_us: chrono::Utc::now().timestamp_micros() + delay.as_micros() as i64,
-        }
-    }
-
-    pub fn unix_us(&self, at: Instant) -> i64 {
-        match at.checked_duration_since(self.t0) {
-            Some(after) => self.unix0_us + after.as_micros() as i64,
-            None => self.unix0_us - self.t0.duration_since(at).as_micros() as i64,
-        }
-    }
-
-    pub fn instant(&self, unix_us: i64) -> Instant {
-        let delta = unix_us - self.unix0_us;
-        if delta >= 0 {
-            self.t0 + Duration::from_micros(delta as u64)
-        } else {
-            self.t0
-                .checked_sub(Duration::from_micros(delta.unsigned_abs()))
-                .unwrap_or(self.t0)
-        }
-    }
-}
 
 /// How waiting for the last answers and deliveries ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,78 +44,6 @@ pub enum Drained {
 
 /// How long draining may take in all, whatever the stall window.
 pub const DRAIN_CAP: Duration = Duration::from_secs(30);
-
-/// Live totals, for progress and for knowing when a run has drained.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub attempted: AtomicU64,
-    pub answered: AtomicU64,
-    pub accepted: AtomicU64,
-    /// First receipts of owed messages.
-    pub delivered: AtomicU64,
-    /// Deliveries of another party's traffic (see [`Run::foreign`]), not
-    /// counted in the books.
-    pub foreign: AtomicU64,
-    /// Sends that went out more than once (see [`device`]).
-    pub retried: AtomicU64,
-    /// Connections made again after one dropped.
-    pub reconnects: AtomicU64,
-}
-
-/// What one socket's reader saw.
-#[derive(Debug, Default)]
-pub struct ReaderLog {
-    pub device: DeviceLog,
-    /// For a sending socket: the outcome of each send, by number.
-    pub outcomes: Vec<Outcome>,
-    /// The last cursor delivered to this socket.
-    pub cursor: u64,
-    /// For a sending socket: how many sends went out (retries not counted).
-    pub sent: u32,
-    /// The sends that went out more than once.
-    pub retried: std::collections::HashSet<u32>,
-    /// How many times the device connected again.
-    pub reconnects: u64,
-}
-
-/// Per message, how many members still wait for it; when the last one
-/// has it, the latency to the last member is recorded.
-pub struct LastMember {
-    waiting: std::sync::Mutex<std::collections::HashMap<MessageKey, u32>>,
-    members: u32,
-    latency: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
-}
-
-impl LastMember {
-    pub fn new(members: u32) -> Self {
-        Self {
-            waiting: std::sync::Mutex::new(std::collections::HashMap::new()),
-            members,
-            latency: std::sync::Mutex::new(crate::measure::micros()),
-        }
-    }
-
-    fn arrived(&self, key: MessageKey, latency: Duration) {
-        let Ok(mut waiting) = self.waiting.lock() else {
-            return;
-        };
-        let left = waiting.entry(key).or_insert(self.members);
-        *left = left.saturating_sub(1);
-        if *left == 0 {
-            waiting.remove(&key);
-            if let Ok(mut h) = self.latency.lock() {
-                h.saturating_record(latency.as_micros() as u64);
-            }
-        }
-    }
-
-    pub fn summary(&self) -> Option<crate::report::LatencySummary> {
-        self.latency
-            .lock()
-            .ok()
-            .and_then(|h| crate::measure::summary(&h))
-    }
-}
 
 /// A run in progress.
 pub struct Run {
