@@ -116,6 +116,10 @@ pub fn summary(report: &Report) -> String {
         }
     }
 
+    for anomaly in report.anomalies.iter().take(10) {
+        line(&mut out, format!("anomaly     {anomaly}"));
+    }
+
     if report.problems.is_empty() {
         out.push_str(OK_VERDICT);
     } else {
@@ -750,6 +754,7 @@ mod tests {
                 })
                 .collect(),
             t0_unix_ms: Some(1_735_787_045_000),
+            anomalies: Vec::new(),
             stalls: vec![crate::report::Stall {
                 kind: "accept".to_owned(),
                 from_unix_ms: 1_735_787_075_000,

@@ -138,6 +138,9 @@ pub struct Report {
     /// Every stall of accepts or deliveries in the measured part.
     #[serde(default)]
     pub stalls: Vec<Stall>,
+    /// The first deliveries that broke the books, in words.
+    #[serde(default)]
+    pub anomalies: Vec<String>,
     /// Scenario-specific numbers, e.g. `connect_per_s`, `rss_kb_per_connection`,
     /// `storm_complete_s`.
     pub extra: BTreeMap<String, f64>,

@@ -35,6 +35,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 /// A send is given up (left unanswered, which the books allow but report)
 /// this long after it was scheduled.
 const PATIENCE: Duration = Duration::from_secs(90);
+/// Deliveries that broke the books, described per device.
+const ANOMALIES_KEPT: usize = 3;
 /// Acks are cumulative; one goes out at most this often.
 const ACK_EVERY: Duration = Duration::from_secs(1);
 
@@ -368,9 +370,28 @@ impl Device {
         }
         let parsed = MessageKey::parse(content);
         let first = parsed.is_some_and(|(key, _)| !self.log.device.received.contains_key(&key));
+        let (misordered, duplicated) = (self.log.device.out_of_order, self.log.device.duplicated);
         self.log
             .device
             .record(parsed.map(|(key, _)| key), conversation, seq);
+        let what = if self.log.device.out_of_order > misordered {
+            Some("out of order")
+        } else if self.log.device.duplicated > duplicated {
+            Some("duplicated")
+        } else {
+            None
+        };
+        if let Some(what) = what
+            && self.log.anomalies.len() < ANOMALIES_KEPT
+        {
+            self.log.anomalies.push(format!(
+                "{what}: {content:?} (seq {seq}, cursor {cursor}, conversation {conversation}) \
+                 to user {} at {} ms, connection {}",
+                self.me,
+                self.shared.clock.unix_us(now) / 1000,
+                self.log.reconnects + 1,
+            ));
+        }
         if let (true, Some((key, scheduled))) = (first, parsed) {
             let latency = now - self.shared.clock.instant(scheduled);
             self.shared

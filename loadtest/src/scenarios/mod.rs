@@ -42,6 +42,9 @@ pub enum Drained {
     StillMoving,
 }
 
+/// Deliveries that broke the books, described in the report.
+const ANOMALIES_REPORTED: usize = 50;
+
 /// How long draining may take in all, whatever the stall window.
 pub const DRAIN_CAP: Duration = Duration::from_secs(30);
 
@@ -181,6 +184,11 @@ impl Run {
         seconds: u64,
         drained: Drained,
     ) -> Report {
+        let anomalies: Vec<String> = logs
+            .iter()
+            .flat_map(|l| l.anomalies.iter().cloned())
+            .take(ANOMALIES_REPORTED)
+            .collect();
         let devices: Vec<DeviceLog> = logs.into_iter().map(|l| l.device).collect();
         let mut accounting = reconcile(sends, &devices);
         if drained == Drained::StillMoving {
@@ -224,6 +232,7 @@ impl Run {
             delivery_histogram: measured.histogram,
             timeline: measured.timeline,
             t0_unix_ms: Some(unix_ms(self.collector.from())),
+            anomalies,
             stalls,
             extra,
             ..Report::default()

@@ -37,6 +37,9 @@ pub struct ReaderLog {
     pub retried: std::collections::HashSet<u32>,
     /// How many times the device connected again.
     pub reconnects: u64,
+    /// The first few deliveries that broke the books, in words, to find
+    /// them in the services' logs.
+    pub anomalies: Vec<String>,
 }
 
 /// Per message, how many members still wait for it; when the last one
