@@ -12,15 +12,19 @@ use crate::error::ApiError;
 use crate::presence::Presence;
 use crate::throttle::PerUser;
 use crate::ws::protocol::{SendMessage, Target};
-use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
+use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
+use async_nats::jetstream::{self, message::PublishMessage, publish::PublishAck};
 use bytes::Bytes;
 use natter_core::{
     ChatEvent, ChatRecord, ConversationId, GroupId, Message, MessageId, MessageSent, MessagesRead,
     UserId, subjects,
 };
+use natter_runtime::backoff::Backoff;
 use sqlx::PgPool;
 use std::future::IntoFuture;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 /// What the chat commands need: the `CHAT` stream, the projection, who
@@ -110,6 +114,73 @@ struct Pending {
     publish_span: tracing::Span,
     /// Where a duplicate's original is read back from.
     stream: jetstream::stream::Stream,
+    /// To publish the record again when its ack is lost.
+    js: jetstream::Context,
+}
+
+/// How long a send may wait for JetStream to accept it, republished under
+/// the same message id (deduplicated) while a stream leader is elected or
+/// a node is lost, before it is answered `unavailable`: an election takes
+/// 4 to 9 s. Shorter than the web client's 15 s, so the answer comes first.
+const ACCEPT_PATIENCE: Duration = Duration::from_secs(12);
+
+/// Whether a publish may have been lost on its way rather than refused:
+/// no ack in time, no stream leader to answer, or the connection dropped.
+fn lost_on_the_way(error: &PublishError) -> bool {
+    matches!(
+        error.kind(),
+        PublishErrorKind::TimedOut
+            | PublishErrorKind::StreamNotFound
+            | PublishErrorKind::BrokenPipe
+    )
+}
+
+/// JetStream's ack of `sent`, whose record went out as `first`; the record
+/// is published again (same message id, so stored once) while it is lost on
+/// the way, up to [`ACCEPT_PATIENCE`].
+async fn acked(
+    js: &jetstream::Context,
+    sent: &MessageSent,
+    span: &tracing::Span,
+    first: PublishAckFuture,
+) -> Result<PublishAck, ApiError> {
+    let deadline = Instant::now() + ACCEPT_PATIENCE;
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+    let mut ack = first;
+    loop {
+        let error = match ack.into_future().instrument(span.clone()).await {
+            Ok(ack) => return Ok(ack),
+            Err(error) => error,
+        };
+        let delay = backoff.next_delay();
+        if !lost_on_the_way(&error) || Instant::now() + delay >= deadline {
+            return Err(not_accepted(error));
+        }
+        tracing::debug!(error = %error, "publish lost on the way; publishing again");
+        crate::metrics::publish_retried();
+        tokio::time::sleep(delay).await;
+        ack = publish_record(js, sent, span).await.map_err(not_accepted)?;
+    }
+}
+
+/// Hands `sent`'s `CHAT` record to JetStream under its message id, with
+/// `span`'s trace in its `traceparent` header.
+async fn publish_record(
+    js: &jetstream::Context,
+    sent: &MessageSent,
+    span: &tracing::Span,
+) -> Result<PublishAckFuture, PublishError> {
+    let payload = serde_json::to_vec(&ChatRecord::new(ChatEvent::MessageSent(sent.clone())))
+        .map_err(|e| PublishError::with_source(PublishErrorKind::Other, e))?;
+    let mut message = PublishMessage::build()
+        .payload(Bytes::from(payload))
+        .message_id(sent.id.to_string());
+    if let Some(traceparent) = natter_runtime::trace::traceparent(span) {
+        message = message.header(natter_runtime::trace::TRACEPARENT, traceparent.as_str());
+    }
+    js.send_publish(subjects::chat_message(sent.conversation_id), message)
+        .instrument(span.clone())
+        .await
 }
 
 impl Chat {
@@ -177,6 +248,7 @@ impl Chat {
             ack,
             publish_span,
             stream: self.stream.clone(),
+            js: self.js.clone(),
         }))))
     }
 
@@ -272,19 +344,8 @@ impl Chat {
         &self,
         sent: &MessageSent,
     ) -> Result<(PublishAckFuture, tracing::Span), ApiError> {
-        let payload = serde_json::to_vec(&ChatRecord::new(ChatEvent::MessageSent(sent.clone())))
-            .map_err(ApiError::internal)?;
         let span = tracing::info_span!("jetstream.publish", stream = subjects::CHAT_STREAM);
-        let mut message = PublishMessage::build()
-            .payload(Bytes::from(payload))
-            .message_id(sent.id.to_string());
-        if let Some(traceparent) = natter_runtime::trace::traceparent(&span) {
-            message = message.header(natter_runtime::trace::TRACEPARENT, traceparent.as_str());
-        }
-        let ack = self
-            .js
-            .send_publish(subjects::chat_message(sent.conversation_id), message)
-            .instrument(span.clone())
+        let ack = publish_record(&self.js, sent, &span)
             .await
             .map_err(not_accepted)?;
         Ok((ack, span))
@@ -433,12 +494,9 @@ impl Submitted {
                     ack,
                     publish_span,
                     stream,
+                    js,
                 } = *pending;
-                let ack = ack
-                    .into_future()
-                    .instrument(publish_span)
-                    .await
-                    .map_err(not_accepted)?;
+                let ack = acked(&js, &sent, &publish_span, ack).await?;
                 crate::metrics::accepted(if sent.group_id.is_some() {
                     "group"
                 } else {

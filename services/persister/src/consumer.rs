@@ -18,6 +18,12 @@ use sqlx::PgPool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// How often the consumer's leader says it still holds our pull request.
+const IDLE_HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long one pull request lasts. Missed heartbeats, not this, tell that
+/// one was lost.
+const PULL_EXPIRES: Duration = Duration::from_secs(60);
+
 /// Runs until `shutdown`: declare the streams, elect, consume, and on any
 /// loss of leadership or of the consumer start over.
 pub async fn run(
@@ -42,7 +48,19 @@ pub async fn run(
         };
         tracing::info!("elected active persister");
         metrics::leader(true);
-        let consumed = consume(config, &mut leader, &pool, &js, &hooks, &shutdown).await;
+        let consumed = loop {
+            match consume(config, &mut leader, &pool, &js, &hooks, &shutdown).await {
+                // Still the leader: pull again at once (rewound to the ack
+                // floor), rather than waiting out the request's expiry.
+                Err(ConsumeError::PullLost) => {
+                    tracing::warn!(
+                        "deliveries of the consumer lost on their way; pulling again from the ack floor"
+                    );
+                    metrics::pull_restarted();
+                }
+                other => break other,
+            }
+        };
         metrics::leader(false);
         match consumed {
             Ok(()) => return,
@@ -104,8 +122,10 @@ async fn subscribe(config: &Config, js: &jetstream::Context) -> Result<Source, C
     let messages = consumer
         .stream()
         .max_messages_per_batch(config.batch_max)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
+        // A consumer leader that stops answering (paused, killed, cut off)
+        // loses our pull request; two missed heartbeats tell in 2 s.
+        .heartbeat(IDLE_HEARTBEAT)
+        .expires(PULL_EXPIRES)
         .messages()
         .await
         .map_err(|e| ConsumeError::Stream(e.to_string()))?;

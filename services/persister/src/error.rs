@@ -7,6 +7,14 @@ pub enum ConsumeError {
     Consumer(String),
     #[error("the pull subscription failed: {0}")]
     Stream(String),
+    /// What the consumer delivers stopped reaching us: its leader stopped
+    /// answering our pull request (a node paused, killed or cut off: no new
+    /// leader knows the request, and the client would only send another
+    /// when it expires), or a delivery was lost on its way (it would come
+    /// back only after the ack wait, behind newer ones). Pulling again from
+    /// the ack floor brings everything back in order.
+    #[error("deliveries of the consumer were lost on their way")]
+    PullLost,
     #[error("another persister took over")]
     Deposed,
     #[error("fault injected")]

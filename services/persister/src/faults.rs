@@ -23,6 +23,10 @@ pub struct FaultHooks {
     /// sequence and recipient; `true` loses it: it is not stored and its
     /// ack fails as a timeout, as when a stream leader dies under it.
     pub lose_publish: Option<Arc<dyn Fn(u64, UserId) -> bool + Send + Sync>>,
+    /// Asked for each `CHAT` record pulled, with its stream sequence;
+    /// `true` loses it on its way: the persister never sees it, as when the
+    /// node delivering it dies.
+    pub lose_pulled: Option<Arc<dyn Fn(u64) -> bool + Send + Sync>>,
 }
 
 impl FaultHooks {
@@ -41,6 +45,13 @@ impl FaultHooks {
         self.lose_publish
             .as_ref()
             .is_some_and(|lose| lose(chat_seq, recipient))
+    }
+
+    /// Whether the pulled `CHAT` record at `stream_seq` is lost.
+    pub(crate) fn lose_pulled(&self, stream_seq: u64) -> bool {
+        self.lose_pulled
+            .as_ref()
+            .is_some_and(|lose| lose(stream_seq))
     }
 
     /// Whether to crash right after the batch `seqs` was fanned out.

@@ -17,6 +17,7 @@ pub const CONSUMER_ACK_PENDING: &str = "natter_persister_consumer_ack_pending";
 pub const REDELIVERIES: &str = "natter_persister_redeliveries_total";
 pub const DEAD_LETTERS: &str = "natter_persister_dead_letters_total";
 pub const LEADER: &str = "natter_persister_leader";
+pub const PULL_RESTARTS: &str = "natter_persister_pull_restarts_total";
 pub const LANE_BYTES: &str = "natter_persister_lane_bytes";
 pub const STREAM_BYTES: &str = "natter_stream_bytes";
 pub const STREAM_MAX_BYTES: &str = "natter_stream_max_bytes";
@@ -35,6 +36,10 @@ pub fn describe() {
         "from a record's acceptance to its commit in PostgreSQL"
     );
     describe_counter!(RECORDS, "CHAT records projected and fanned out, by kind");
+    describe_counter!(
+        PULL_RESTARTS,
+        "pull requests made again after the consumer's leader stopped answering"
+    );
     describe_counter!(FANOUT_PUBLISHED, "delivery records published");
     describe_gauge!(
         CONSUMER_PENDING,
@@ -98,6 +103,10 @@ pub fn dead_lettered() {
 
 pub fn lane(bytes: usize) {
     gauge!(LANE_BYTES).set(bytes as f64);
+}
+
+pub fn pull_restarted() {
+    counter!(PULL_RESTARTS).increment(1);
 }
 
 pub fn leader(active: bool) {

@@ -223,3 +223,96 @@ async fn a_lost_majority_answers_unavailable_and_acks_nothing_it_could_lose() {
     talk.send_ten("after").await;
     talk.assert_all_delivered().await;
 }
+
+/// The name of the node that leads the persister's consumer.
+async fn consumer_leader(app: &TestApp) -> String {
+    let js = app.jetstream().await;
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream("CHAT")
+        .await
+        .unwrap()
+        .get_consumer(natter_core::subjects::PERSISTER_CONSUMER)
+        .await
+        .unwrap();
+    let info = consumer.info().await.unwrap().clone();
+    info.cluster
+        .and_then(|c| c.leader)
+        .expect("a replicated consumer has a leader")
+}
+
+#[tokio::test]
+async fn a_paused_consumer_leader_holds_deliveries_for_seconds_not_until_the_pull_expires() {
+    let mut talk = Conversation::start().await;
+    talk.send_ten("before").await;
+    // The consumer's leader on a node neither service is connected to: its
+    // pause reaches the persister only through the pull request it holds.
+    let used: Vec<usize> = (0..talk.app.nats.len())
+        .filter(|i| {
+            natter_localinfra::http_body(talk.app.nats.node(*i).monitor_port(), "/connz")
+                .is_ok_and(|connz| connz.contains("\"natter-"))
+        })
+        .collect();
+    let js = talk.app.jetstream().await;
+    let stepdown = format!(
+        "CONSUMER.LEADER.STEPDOWN.CHAT.{}",
+        natter_core::subjects::PERSISTER_CONSUMER
+    );
+    let mut node = talk.node_named(&consumer_leader(&talk.app).await);
+    for _ in 0..30 {
+        if !used.contains(&node) {
+            break;
+        }
+        let _: Result<Value, _> = js.request(stepdown.clone(), &json!({})).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        node = talk.node_named(&consumer_leader(&talk.app).await);
+    }
+    assert!(
+        !used.contains(&node),
+        "the consumer's leader never left {used:?}"
+    );
+    let pid = talk.app.nats.node(node).pid();
+    natter_localinfra::send_signal(pid, Signal::Stop).unwrap();
+    let paused = tokio::time::Instant::now();
+    talk.send_ten("during").await;
+    // Delivered once a new consumer leader is elected and the persister has
+    // pulled again: seconds, where waiting for the lost request to expire
+    // would take a minute.
+    let mut got = 0;
+    while got < 20 {
+        assert!(
+            paused.elapsed() < Duration::from_secs(45),
+            "{got} of 20 delivered 45 s after the consumer's leader paused"
+        );
+        if let Some(frame) = talk.b.try_next(Duration::from_secs(1)).await
+            && frame["event"] == "receive_direct_message"
+        {
+            got += 1;
+        }
+    }
+    natter_localinfra::send_signal(pid, Signal::Cont).unwrap();
+}
+
+#[tokio::test]
+async fn a_send_during_a_chat_leader_election_is_accepted_not_refused() {
+    let mut talk = Conversation::start().await;
+    talk.send_ten("before").await;
+    let leader = leader_of(&talk.app, "CHAT").await;
+    let node = talk.node_named(&leader);
+    talk.app.nats.node_mut(node).kill().unwrap();
+    // The gateway publishes the record again (same message id) until the
+    // new leader acks it: the client waits an election, and is not asked
+    // to retry.
+    talk.a
+        .send_ref(
+            "send_direct_message",
+            json!({"receiverId": talk.bob.id.to_string(), "content": "elected", "clientMsgId": "elected"}),
+            "elected",
+        )
+        .await;
+    let reply = talk.a.reply_to("elected").await;
+    assert_eq!(reply["event"], "message_sent", "{reply}");
+    talk.sent.push(reply["data"]["message"].clone());
+    talk.app.nats.node_mut(node).restart().unwrap();
+    talk.send_ten("after").await;
+    talk.assert_all_delivered().await;
+}

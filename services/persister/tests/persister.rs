@@ -751,3 +751,51 @@ async fn a_delivery_record_lost_in_flight_does_not_fall_behind_the_next_ones() {
     assert_eq!(logged.len(), 5, "{logged:?}");
     assert_eq!(logged, in_order, "bob's log is out of CHAT order");
 }
+
+#[tokio::test]
+async fn a_chat_record_lost_on_its_way_to_the_persister_is_fanned_out_in_its_place() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // A node that dies while it delivers to the persister loses a record the
+    // consumer counts as delivered: it would come back only after the ack
+    // wait, behind the ones after it. Bob's log must stay in CHAT order
+    // (invariant 5), without waiting out the ack wait.
+    let mut app = TestApp::spawn_with(natter_testkit::TestOptions {
+        persister: false,
+        persister_args: vec!["--ack-wait-secs".into(), "120".into()],
+        ..natter_testkit::TestOptions::default()
+    })
+    .await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let mut a = app.connect(&alice, "a").await;
+    let mut seqs = Vec::new();
+    for i in 0..5 {
+        let reply = a
+            .send_direct(bob.id, &format!("m{i}"), &format!("r{i}"))
+            .await;
+        assert_eq!(reply["event"], "message_sent", "{reply}");
+        seqs.push(reply["data"]["message"]["seq"].as_u64().unwrap());
+    }
+    let lost_once = Arc::new(AtomicBool::new(false));
+    let lost = lost_once.clone();
+    let second = seqs[1];
+    app.start_persister(FaultHooks {
+        lose_pulled: Some(Arc::new(move |stream_seq| {
+            stream_seq == second && !lost.swap(true, Ordering::SeqCst)
+        })),
+        ..FaultHooks::default()
+    })
+    .await;
+    let js = app.jetstream().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let logged = loop {
+        let logged = logged_message_seqs(&js, &bob).await;
+        if logged.len() >= 5 || tokio::time::Instant::now() > deadline {
+            break logged;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(lost_once.load(Ordering::SeqCst), "a record was lost");
+    assert_eq!(logged, seqs, "bob's log is out of CHAT order or incomplete");
+}

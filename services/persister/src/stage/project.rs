@@ -53,6 +53,20 @@ pub struct Projector<'a> {
     members: Membership,
     /// The leader's term `members` was filled in.
     term: u64,
+    /// The consumer sequence of the last record pulled: each delivery of
+    /// the consumer counts one, so a jump means one was lost on the way.
+    delivered: Option<u64>,
+}
+
+/// What to make of a record just pulled.
+enum Delivery {
+    /// The next delivery: project it.
+    Next,
+    /// A fault hook lost it: as if it never arrived.
+    Lost,
+    /// A delivery before it never arrived: projecting it would put it
+    /// ahead of the lost one, which only comes back after the ack wait.
+    AfterAGap,
 }
 
 /// Why projecting a batch did not commit it.
@@ -80,7 +94,33 @@ impl<'a> Projector<'a> {
             to_fanout,
             members: Membership::default(),
             term: 0,
+            delivered: None,
         }
+    }
+
+    /// Checks that `message` is the consumer's next delivery after the last
+    /// one pulled, and counts it.
+    fn pulled(&mut self, message: &jetstream::Message) -> Delivery {
+        let Ok(info) = message.info() else {
+            return Delivery::Next;
+        };
+        let (delivery, stream_seq) = (info.consumer_sequence, info.stream_sequence);
+        if self.hooks.lose_pulled(stream_seq) {
+            return Delivery::Lost;
+        }
+        if let Some(last) = self.delivered
+            && delivery != last + 1
+        {
+            tracing::warn!(
+                last,
+                delivery,
+                stream_seq,
+                "a delivery of the consumer never arrived"
+            );
+            return Delivery::AfterAGap;
+        }
+        self.delivered = Some(delivery);
+        Delivery::Next
     }
 
     /// Pulls and settles batches. Returns on shutdown; dropping the
@@ -97,35 +137,48 @@ impl<'a> Projector<'a> {
                 next = source.messages.next() => next,
             };
             let first = match first {
-                Some(Ok(m)) => m,
+                Some(Ok(m)) => match self.pulled(&m) {
+                    Delivery::Next => m,
+                    Delivery::Lost => continue,
+                    Delivery::AfterAGap => return Err(ConsumeError::PullLost),
+                },
+                Some(Err(e)) if pull_lost(&e) => return Err(ConsumeError::PullLost),
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "pull consumer error");
                     continue;
                 }
                 None => return Err(ConsumeError::Stream("pull subscription ended".into())),
             };
-            let batch = self.fill(first, &mut source.messages).await;
+            let (batch, lost) = self.fill(first, &mut source.messages).await;
             self.process(batch).await?;
+            if lost {
+                return Err(ConsumeError::PullLost);
+            }
         }
     }
 
     /// The batch `first` opens: what else arrives within the batch wait, up
-    /// to the batch size.
+    /// to the batch size; and whether the pull request was lost meanwhile.
     async fn fill(
-        &self,
+        &mut self,
         first: jetstream::Message,
         messages: &mut pull::Stream,
-    ) -> Vec<jetstream::Message> {
+    ) -> (Vec<jetstream::Message>, bool) {
         let mut batch = vec![first];
         let deadline = Instant::now() + self.config.batch_wait();
         while batch.len() < self.config.batch_max {
             match timeout_at(deadline, messages.next()).await {
-                Ok(Some(Ok(m))) => batch.push(m),
+                Ok(Some(Ok(m))) => match self.pulled(&m) {
+                    Delivery::Next => batch.push(m),
+                    Delivery::Lost => {}
+                    Delivery::AfterAGap => return (batch, true),
+                },
+                Ok(Some(Err(e))) if pull_lost(&e) => return (batch, true),
                 Ok(Some(Err(e))) => tracing::warn!(error = %e, "pull consumer error"),
                 Ok(None) | Err(_) => break,
             }
         }
-        batch
+        (batch, false)
     }
 
     async fn process(&mut self, batch: Vec<jetstream::Message>) -> Result<(), ConsumeError> {
@@ -279,6 +332,12 @@ impl<'a> Projector<'a> {
 }
 
 /// Reads the consumer's backlog into the metrics.
+/// Missed idle heartbeats: the consumer's leader no longer holds our pull
+/// request, and only a new one gets records flowing again.
+fn pull_lost(error: &pull::MessagesError) -> bool {
+    error.kind() == pull::MessagesErrorKind::MissingHeartbeat
+}
+
 async fn report_backlog(consumer: &mut PullConsumer) {
     match consumer.info().await {
         Ok(info) => metrics::consumer_backlog(info.num_pending, info.num_ack_pending),
