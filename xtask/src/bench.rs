@@ -3,8 +3,8 @@
 //! writes the numbers into BENCHMARKS.md between its `bench` markers.
 
 mod lag;
-mod machine;
-mod results;
+pub(crate) mod machine;
+pub(crate) mod results;
 mod suite;
 
 use std::fs;
@@ -21,7 +21,9 @@ use natter_localinfra::{
 };
 
 use self::machine::Machine;
-use self::results::{HEADING, Outcome, Report, RunResult, render_results, replace_between_markers};
+use self::results::{
+    BENCH_MARKERS, HEADING, Markers, Outcome, Report, RunResult, render_results, replace_between,
+};
 use self::suite::{Entry, SUITE, Scenario};
 use crate::service::Service;
 use crate::signals::Stop;
@@ -575,14 +577,24 @@ fn publish(args: &BenchArgs, section: &str, out: &Path, stop: &Stop) -> anyhow::
     }
     let path = workspace_root().join("BENCHMARKS.md");
     let doc = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let updated = replace_between_markers(&doc, section)
+    write_between_markers(&path, &doc, section, &BENCH_MARKERS)?;
+    banner("wrote the results into BENCHMARKS.md");
+    Ok(())
+}
+
+/// Replaces the section between `markers` of `doc`, the text of `path`, and writes it back.
+pub(crate) fn write_between_markers(
+    path: &Path,
+    doc: &str,
+    section: &str,
+    markers: &Markers,
+) -> anyhow::Result<()> {
+    let updated = replace_between(doc, section, markers)
         .with_context(|| format!("updating {}", path.display()))?;
     // Written beside it and renamed over it, so an interruption never leaves half a file.
     let temporary = path.with_extension("md.tmp");
     fs::write(&temporary, updated).with_context(|| format!("writing {}", temporary.display()))?;
-    fs::rename(&temporary, &path).with_context(|| format!("replacing {}", path.display()))?;
-    banner("wrote the results into BENCHMARKS.md");
-    Ok(())
+    fs::rename(&temporary, path).with_context(|| format!("replacing {}", path.display()))
 }
 
 /// A path relative to the workspace root when it is inside it: how BENCHMARKS.md links it.
@@ -630,7 +642,7 @@ fn wait_until_idle(persister_port: u16, stop: &Stop) {
 }
 
 /// The sum of every sample of a metric family (all label sets).
-fn sum(text: &str, name: &str) -> f64 {
+pub(crate) fn sum(text: &str, name: &str) -> f64 {
     text.lines()
         .filter_map(|line| {
             let rest = line.strip_prefix(name)?;
@@ -660,7 +672,7 @@ fn scrape(port: u16) -> Option<String> {
 }
 
 /// The value of an unlabelled sample in a Prometheus exposition.
-fn gauge(text: &str, name: &str) -> Option<f64> {
+pub(crate) fn gauge(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|value| value.trim().parse().ok())

@@ -1,9 +1,11 @@
 //! `cargo xtask`: the README's commands. `up` builds natter and runs it locally with its own
 //! NATS and PostgreSQL; `test` runs every check CI runs; `bench` runs the load-test suite and
-//! records it in BENCHMARKS.md; `structure` checks the crates for module cycles. Orchestration
+//! records it in BENCHMARKS.md; `chaos` injects faults into a clustered natter under load and
+//! judges what it lost; `structure` checks the crates for module cycles. Orchestration
 //! only: finding and running the servers lives in natter-localinfra.
 
 mod bench;
+mod chaos;
 mod e2e;
 mod service;
 mod signals;
@@ -34,6 +36,10 @@ enum Task {
     /// Run the standard load-test suite against a fresh local natter and write the numbers into
     /// BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// Kill, pause and partition natter's parts on a 3-node NATS cluster under load, then give
+    /// a Jepsen-style verdict: lost, duplicated, misordered; recovery time per fault. A run of
+    /// --minutes 10 or more is recorded in RELIABILITY.md.
+    Chaos(chaos::ChaosArgs),
     /// Fail if a crate of the workspace has a module cycle, showing each cycle and the
     /// references that make it; optionally print a crate's module graph and the largest
     /// functions and files.
@@ -46,6 +52,7 @@ fn main() -> ExitCode {
         Task::Up(args) => up::run(&args, &stop),
         Task::Test(args) => test::run(&args, &stop),
         Task::Bench(args) => bench::run(&args, &stop),
+        Task::Chaos(args) => chaos::run(&args, &stop),
         Task::Structure(args) => structure::run(&args),
     });
     match outcome {

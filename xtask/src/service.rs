@@ -2,6 +2,7 @@
 //! group, awaited on its `/readyz`, stopped with SIGTERM and a deadline, killed if dropped
 //! running.
 
+use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus};
@@ -29,13 +30,43 @@ impl Service {
         port: u16,
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
+        Self::spawn_with(name, Command::new(binary), port, env)
+    }
+
+    /// Like [`Service::spawn`], with its output appended to `log` instead.
+    pub fn spawn_logged(
+        name: &'static str,
+        binary: &Path,
+        port: u16,
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> anyhow::Result<Self> {
+        let stdout = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let stderr = stdout
+            .try_clone()
+            .with_context(|| format!("duplicating the handle of {}", log.display()))?;
         let mut command = Command::new(binary);
+        command.stdout(stdout).stderr(stderr);
+        Self::spawn_with(name, command, port, env)
+    }
+
+    fn spawn_with(
+        name: &'static str,
+        mut command: Command,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let binary = command.get_program().to_owned();
         command.envs(env.iter().copied());
         // A terminal's Ctrl-C then reaches only xtask, which stops the services in order.
         command.process_group(0);
         let child = command
             .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
+            .with_context(|| format!("starting {}", Path::new(&binary).display()))?;
         Ok(Self { name, port, child })
     }
 

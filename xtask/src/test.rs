@@ -1,6 +1,6 @@
-//! `cargo xtask test`: fmt, the module-cycle check, clippy, doc tests, nextest and the browser
-//! tests, failing fast, with nats-server installed once and one PostgreSQL shared by every test
-//! process of the run.
+//! `cargo xtask test`: fmt, the module-cycle check, clippy, doc tests, nextest, a short chaos
+//! run and the browser tests, failing fast, with nats-server installed once and one PostgreSQL
+//! shared by every test process of the run.
 
 use std::fs;
 use std::path::PathBuf;
@@ -18,6 +18,9 @@ pub struct TestArgs {
     /// Leave out the browser tests in `e2e/` (for a quick run; CI runs them).
     #[arg(long)]
     skip_browser: bool,
+    /// Leave out the short fault-injection run (`cargo xtask chaos`, under 3 minutes).
+    #[arg(long)]
+    skip_chaos: bool,
     /// Passed on to `cargo nextest run`, e.g. `-- -E 'test(replays)'`.
     #[arg(last = true)]
     nextest_args: Vec<String>,
@@ -134,6 +137,16 @@ fn run_steps(args: &TestArgs, stop: &Stop) -> anyhow::Result<Option<String>> {
         stop,
     ) {
         return Ok(Some(failed));
+    }
+    if args.skip_chaos {
+        banner("chaos run skipped (--skip-chaos)");
+    } else {
+        banner("short chaos run (`cargo xtask chaos`)");
+        if !crate::chaos::check(&crate::chaos::ChaosArgs::default(), stop)? {
+            return Ok(Some(
+                "chaos (its verdict is above; `cargo xtask chaos` to run it again)".to_owned(),
+            ));
+        }
     }
     if args.skip_browser {
         banner("browser tests skipped (--skip-browser)");

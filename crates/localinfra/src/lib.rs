@@ -22,9 +22,12 @@ pub mod process;
 pub mod tools;
 
 pub use error::{InfraError, Result};
-pub use nats::{ClusterNode, Fsync, NatsCluster, NatsOptions, NatsServer};
+pub use nats::{ClusterNode, Fsync, NatsCluster, NatsOptions, NatsServer, NodePlacement};
 pub use postgres::{Postgres, PostgresOptions};
-pub use probe::{free_port, http_body, http_status, port_is_free, tcp_accepts, try_free_port};
+pub use probe::{
+    free_port, http_body, http_body_at, http_status, http_status_at, port_is_free, tcp_accepts,
+    tcp_accepts_at, try_free_port,
+};
 pub use process::{Signal, effective_uid, is_alive, send_signal};
 pub use tools::{nats_server_binary, nats_version, postgres_bin_dir, workspace_root};
 

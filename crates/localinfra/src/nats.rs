@@ -1,8 +1,11 @@
 //! A nats-server with JetStream on a loopback port, its store and log under a caller's
-//! directory, started and stopped by pid.
+//! directory, started and stopped by pid. A cluster's nodes may instead listen on another
+//! local address and start through a command prefix (`ip netns exec <ns>`), so a fault
+//! injector can cut one off from the others.
 
 use std::fmt;
 use std::fs::{self, File};
+use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,7 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::error::{InfraError, IoContext, Result};
-use crate::probe::{free_port, http_body, http_status, port_is_free, tcp_accepts};
+use crate::probe::{free_port, http_body_at, http_status_at, port_is_free, tcp_accepts_at};
 use crate::process::{
     Group, POLL, Watchdog, kill_child, log_len, log_tail, sh_quote, terminate_child,
 };
@@ -80,6 +83,30 @@ pub struct ClusterNode {
     pub routes: Vec<u16>,
 }
 
+/// Where a cluster node listens and how its process starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodePlacement {
+    /// The address its client, route and monitoring listeners bind to: a local address of
+    /// this host, or one reachable from it (a network namespace's end of a veth pair).
+    pub host: Ipv4Addr,
+    /// Words run before nats-server, e.g. `["ip", "netns", "exec", "<ns>"]`; the prefix must
+    /// exec nats-server, so the child's pid stays the server's.
+    pub prefix: Vec<String>,
+    /// In a process group of its own, as [`NatsServer::start_in_own_process_group`].
+    pub own_process_group: bool,
+}
+
+impl Default for NodePlacement {
+    /// Loopback, started directly.
+    fn default() -> Self {
+        Self {
+            host: Ipv4Addr::LOCALHOST,
+            prefix: Vec::new(),
+            own_process_group: false,
+        }
+    }
+}
+
 /// A running (or stopped, restartable) nats-server; killed on drop, its data left in place.
 #[derive(Debug)]
 pub struct NatsServer {
@@ -88,6 +115,9 @@ pub struct NatsServer {
     port: u16,
     fsync: Fsync,
     cluster: Option<ClusterNode>,
+    placement: NodePlacement,
+    /// The host of each of `cluster.routes`, in the same order; empty: all on loopback.
+    route_hosts: Vec<Ipv4Addr>,
     /// The monitoring port of the current run.
     http_port: u16,
     own_process_group: bool,
@@ -134,6 +164,8 @@ impl NatsServer {
                 port: opts.port.unwrap_or_else(free_port),
                 fsync: opts.fsync,
                 cluster: opts.cluster.clone(),
+                placement: NodePlacement::default(),
+                route_hosts: Vec::new(),
                 http_port: 0,
                 own_process_group,
                 child: None,
@@ -148,14 +180,19 @@ impl NatsServer {
         }
     }
 
-    /// The client port on 127.0.0.1.
+    /// The client port on [`NatsServer::host`].
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    /// `nats://127.0.0.1:<port>`.
+    /// The address the server listens on: 127.0.0.1 unless a cluster placed it elsewhere.
+    pub fn host(&self) -> Ipv4Addr {
+        self.placement.host
+    }
+
+    /// `nats://<host>:<port>`.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.placement.host, self.port)
     }
 
     /// The pid of the server process (the last one, once it has been killed or stopped).
@@ -253,7 +290,14 @@ impl NatsServer {
         let stderr = stdout
             .try_clone()
             .context(|| format!("duplicating the handle of {}", log.display()))?;
-        let mut command = Command::new(&self.binary);
+        let mut command = match self.placement.prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&self.binary);
+                command
+            }
+            None => Command::new(&self.binary),
+        };
         command
             .arg("-c")
             .arg(conf)
@@ -287,7 +331,7 @@ impl NatsServer {
     /// Polls until the server serves clients with JetStream, or fails with
     /// the tail of its log.
     fn wait_ready(&mut self, log_start: u64) -> Result<()> {
-        let port = self.port;
+        let (host, port) = (self.placement.host, self.port);
         let http_port = self.http_port;
         let log = &self.log_path();
         let deadline = Instant::now() + START_TIMEOUT;
@@ -310,7 +354,9 @@ impl NatsServer {
             }
             // A connect proves the client listener; /healthz answering 200 proves JetStream
             // is enabled and has recovered its streams, which clients need next.
-            if tcp_accepts(port) && matches!(http_status(http_port, "/healthz"), Ok(200)) {
+            if tcp_accepts_at(host, port)
+                && matches!(http_status_at(host, http_port, "/healthz"), Ok(200))
+            {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -336,8 +382,12 @@ impl NatsServer {
             let routes: Vec<String> = node
                 .routes
                 .iter()
-                .filter(|port| **port != node.route_port)
-                .map(|port| format!("\"nats-route://127.0.0.1:{port}\""))
+                .enumerate()
+                .filter(|(_, port)| **port != node.route_port)
+                .map(|(i, port)| {
+                    let host = self.route_hosts.get(i).unwrap_or(&Ipv4Addr::LOCALHOST);
+                    format!("\"nats-route://{host}:{port}\"")
+                })
                 .collect();
             // A peer that hangs (paused, its machine gone) is dropped after
             // two unanswered route pings a second apart, not two minutes:
@@ -345,9 +395,10 @@ impl NatsServer {
             format!(
                 "server_name: \"{server}\"\n\
                  ping_max: 2\n\
-                 cluster {{\n  name: \"{cluster}\"\n  listen: \"127.0.0.1:{route}\"\n  \
+                 cluster {{\n  name: \"{cluster}\"\n  listen: \"{host}:{route}\"\n  \
                  ping_interval: \"1s\"\n  routes: [{routes}]\n}}\n",
                 server = node.server_name,
+                host = self.placement.host,
                 cluster = node.cluster_name,
                 route = node.route_port,
                 routes = routes.join(", "),
@@ -355,13 +406,14 @@ impl NatsServer {
         });
         format!(
             "# Written by natter-localinfra at every start; edits are overwritten.\n\
-             listen: \"127.0.0.1:{port}\"\n\
-             http: \"127.0.0.1:{http_port}\"\n\
+             listen: \"{host}:{port}\"\n\
+             http: \"{host}:{http_port}\"\n\
              {cluster}\
              jetstream {{\n  store_dir: {store_dir}\n{sync}  \
              # 2.15 caps consumers per stream at 1,000 by default.\n  \
              limits {{ default_max_consumers: -1 }}\n}}\n",
             port = self.port,
+            host = self.placement.host,
         )
     }
 }
@@ -377,11 +429,22 @@ impl NatsCluster {
     /// Starts `size` nodes routed to each other and returns once every one
     /// serves clients with JetStream (a meta leader is elected).
     pub fn start(dir: &Path, size: usize, fsync: Fsync) -> Result<Self> {
+        let cluster = Self::start_placed(dir, &vec![NodePlacement::default(); size], fsync)?;
+        cluster.wait_for_meta_leader()?;
+        Ok(cluster)
+    }
+
+    /// Starts a node per placement, routed to each other at their hosts, and
+    /// returns once every one answers clients and `/healthz`, without waiting
+    /// for a meta leader ([`NatsCluster::wait_for_meta_leader`]): a caller
+    /// can start clients while the cluster still elects one.
+    pub fn start_placed(dir: &Path, placements: &[NodePlacement], fsync: Fsync) -> Result<Self> {
         let binary = nats_server_binary()?;
-        let routes: Vec<u16> = (0..size).map(|_| free_port()).collect();
-        let mut nodes = Vec::with_capacity(size);
-        let mut log_starts = Vec::with_capacity(size);
-        for (i, route_port) in routes.iter().enumerate() {
+        let routes: Vec<u16> = placements.iter().map(|_| free_port()).collect();
+        let route_hosts: Vec<Ipv4Addr> = placements.iter().map(|p| p.host).collect();
+        let mut nodes = Vec::with_capacity(placements.len());
+        let mut log_starts = Vec::with_capacity(placements.len());
+        for ((i, route_port), placement) in routes.iter().enumerate().zip(placements) {
             let data_dir = std::path::absolute(dir.join(format!("n{i}")))
                 .context(|| format!("resolving {}", dir.display()))?;
             fs::create_dir_all(&data_dir).context(|| format!("creating {}", data_dir.display()))?;
@@ -396,8 +459,10 @@ impl NatsCluster {
                     route_port: *route_port,
                     routes: routes.clone(),
                 }),
+                placement: placement.clone(),
+                route_hosts: route_hosts.clone(),
                 http_port: 0,
-                own_process_group: false,
+                own_process_group: placement.own_process_group,
                 child: None,
                 watchdog: None,
                 pid: 0,
@@ -408,18 +473,17 @@ impl NatsCluster {
         for (node, log_start) in nodes.iter_mut().zip(log_starts) {
             node.wait_ready(log_start)?;
         }
-        let cluster = Self { nodes };
-        cluster.wait_for_meta_leader()?;
-        Ok(cluster)
+        Ok(Self { nodes })
     }
 
-    /// Waits until every node knows the JetStream meta leader: before that,
-    /// creating a stream times out (`/healthz` says ready sooner).
-    fn wait_for_meta_leader(&self) -> Result<()> {
+    /// Waits until every node knows the JetStream meta leader (at most 15 s):
+    /// before that, creating a stream times out (`/healthz` says ready sooner).
+    pub fn wait_for_meta_leader(&self) -> Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let led = self.nodes.iter().all(|node| {
-                http_body(node.http_port, "/jsz").is_ok_and(|body| has_meta_leader(&body))
+                http_body_at(node.host(), node.http_port, "/jsz")
+                    .is_ok_and(|body| has_meta_leader(&body))
             });
             if led {
                 return Ok(());
@@ -496,6 +560,7 @@ mod tests {
     use std::net::TcpStream;
 
     use super::*;
+    use crate::probe::tcp_accepts;
     use crate::process::is_alive;
 
     fn options(dir: &Path) -> NatsOptions {
@@ -642,6 +707,66 @@ mod tests {
         assert!(!tcp_accepts(port));
         cluster.node_mut(1).restart().unwrap();
         assert_answers_ping(port);
+    }
+
+    #[test]
+    fn a_placed_node_listens_on_its_host_and_routes_to_its_peers_hosts() {
+        let host = Ipv4Addr::new(10, 1, 2, 2);
+        let node = NatsServer {
+            binary: PathBuf::from("nats-server"),
+            data_dir: PathBuf::from("/data"),
+            port: 4222,
+            fsync: Fsync::Interval,
+            cluster: Some(ClusterNode {
+                cluster_name: "natter".into(),
+                server_name: "n2".into(),
+                route_port: 6003,
+                routes: vec![6001, 6002, 6003],
+            }),
+            placement: NodePlacement {
+                host,
+                prefix: vec!["ip".into(), "netns".into(), "exec".into(), "ns".into()],
+                own_process_group: true,
+            },
+            route_hosts: vec![Ipv4Addr::new(10, 1, 2, 1), Ipv4Addr::new(10, 1, 2, 1), host],
+            http_port: 8222,
+            own_process_group: false,
+            child: None,
+            watchdog: None,
+            pid: 0,
+        };
+        let conf = node.config(8222);
+        assert!(conf.contains("listen: \"10.1.2.2:4222\""), "{conf}");
+        assert!(conf.contains("http: \"10.1.2.2:8222\""), "{conf}");
+        assert!(conf.contains("listen: \"10.1.2.2:6003\""), "{conf}");
+        assert!(
+            conf.contains(
+                "routes: [\"nats-route://10.1.2.1:6001\", \"nats-route://10.1.2.1:6002\"]"
+            ),
+            "{conf}"
+        );
+        assert_eq!(node.url(), "nats://10.1.2.2:4222");
+    }
+
+    #[test]
+    fn a_cluster_started_through_a_prefix_elects_a_leader() {
+        let dir = tempfile::tempdir().unwrap();
+        // `env` execs its command, as `ip netns exec` does.
+        let placement = NodePlacement {
+            prefix: vec!["env".into()],
+            ..NodePlacement::default()
+        };
+        let cluster =
+            NatsCluster::start_placed(dir.path(), &vec![placement; 3], Fsync::Interval).unwrap();
+        cluster.wait_for_meta_leader().unwrap();
+        for node in cluster.nodes() {
+            assert_answers_ping(node.port());
+            let cmdline = fs::read(format!("/proc/{}/cmdline", node.pid())).unwrap();
+            assert!(
+                !String::from_utf8_lossy(&cmdline).starts_with("env"),
+                "the pid is nats-server's"
+            );
+        }
     }
 
     #[test]

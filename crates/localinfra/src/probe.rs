@@ -44,27 +44,37 @@ pub fn port_is_free(port: u16) -> bool {
 
 /// Whether something accepts TCP connections on 127.0.0.1:`port`.
 pub fn tcp_accepts(port: u16) -> bool {
-    let addr = SocketAddr::from((LOOPBACK, port));
+    tcp_accepts_at(LOOPBACK, port)
+}
+
+/// Whether something accepts TCP connections on `host`:`port`.
+pub fn tcp_accepts_at(host: Ipv4Addr, port: u16) -> bool {
+    let addr = SocketAddr::from((host, port));
     TcpStream::connect_timeout(&addr, Duration::from_millis(250)).is_ok()
 }
 
-/// A connection that has sent `GET <path>` to 127.0.0.1:`port` over
+/// A connection that has sent `GET <path>` to `host`:`port` over
 /// HTTP/1.0, so the server closes it after answering and no client library
 /// is needed.
-fn get(port: u16, path: &str) -> std::io::Result<TcpStream> {
-    let addr = SocketAddr::from((LOOPBACK, port));
+fn get(host: Ipv4Addr, port: u16, path: &str) -> std::io::Result<TcpStream> {
+    let addr = SocketAddr::from((host, port));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(250))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
     // One write: some servers read a single segment and take a partial request as malformed.
-    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\n\r\n");
     stream.write_all(request.as_bytes())?;
     Ok(stream)
 }
 
 /// The status code of `GET <path>` on 127.0.0.1:`port`.
 pub fn http_status(port: u16, path: &str) -> std::io::Result<u16> {
-    let stream = get(port, path)?;
+    http_status_at(LOOPBACK, port, path)
+}
+
+/// The status code of `GET <path>` on `host`:`port`.
+pub fn http_status_at(host: Ipv4Addr, port: u16, path: &str) -> std::io::Result<u16> {
+    let stream = get(host, port, path)?;
     // The status line is all we need; 64 bytes hold it whatever the reason phrase.
     let mut head = Vec::with_capacity(64);
     stream.take(64).read_to_end(&mut head)?;
@@ -72,7 +82,7 @@ pub fn http_status(port: u16, path: &str) -> std::io::Result<u16> {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!(
-                "not an HTTP response from 127.0.0.1:{port}{path}: {:?}",
+                "not an HTTP response from {host}:{port}{path}: {:?}",
                 String::from_utf8_lossy(&head)
             ),
         )
@@ -82,7 +92,12 @@ pub fn http_status(port: u16, path: &str) -> std::io::Result<u16> {
 /// The body of `GET <path>` on 127.0.0.1:`port` (whatever the status), at
 /// most 1 MiB.
 pub fn http_body(port: u16, path: &str) -> std::io::Result<String> {
-    let stream = get(port, path)?;
+    http_body_at(LOOPBACK, port, path)
+}
+
+/// The body of `GET <path>` on `host`:`port` (whatever the status), at most 1 MiB.
+pub fn http_body_at(host: Ipv4Addr, port: u16, path: &str) -> std::io::Result<String> {
+    let stream = get(host, port, path)?;
     let mut response = Vec::new();
     stream.take(1 << 20).read_to_end(&mut response)?;
     let text = String::from_utf8_lossy(&response);

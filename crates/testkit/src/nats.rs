@@ -5,7 +5,7 @@ use natter_localinfra::{Fsync, NatsCluster, NatsOptions, NatsServer};
 use std::path::Path;
 
 pub enum TestNats {
-    Single(NatsServer),
+    Single(Box<NatsServer>),
     Cluster(NatsCluster),
 }
 
@@ -21,7 +21,7 @@ impl TestNats {
             fsync: Fsync::Interval,
             cluster: None,
         })
-        .map(Self::Single)
+        .map(|server| Self::Single(Box::new(server)))
     }
 
     /// `NATS_URL` for the services: every node's URL, comma-separated.

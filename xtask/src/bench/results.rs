@@ -338,29 +338,54 @@ fn number(value: f64) -> String {
     }
 }
 
+/// The markers of a generated section, and the heading put above them when they are absent.
+pub struct Markers {
+    pub begin: &'static str,
+    pub end: &'static str,
+    pub heading: &'static str,
+}
+
+/// BENCHMARKS.md's.
+pub const BENCH_MARKERS: Markers = Markers {
+    begin: BEGIN,
+    end: END,
+    heading: HEADING,
+};
+
 /// `doc` with the text between [`BEGIN`] and [`END`] replaced by `new_section`. Without the
 /// markers, they are inserted under [`HEADING`] at the end of the intro, i.e. before the first
 /// `## ` heading (or at the end of a document without one). Everything else is kept byte for
 /// byte. One marker without the other, or either twice, is an error: guessing could eat
 /// hand-written text.
+#[cfg(test)]
 pub fn replace_between_markers(doc: &str, new_section: &str) -> anyhow::Result<String> {
-    let block = format!("{BEGIN}\n{}\n{END}", new_section.trim_matches('\n'));
-    match (doc.matches(BEGIN).count(), doc.matches(END).count()) {
+    replace_between(doc, new_section, &BENCH_MARKERS)
+}
+
+/// [`replace_between_markers`] with other markers.
+pub fn replace_between(doc: &str, new_section: &str, markers: &Markers) -> anyhow::Result<String> {
+    let Markers {
+        begin,
+        end,
+        heading,
+    } = *markers;
+    let block = format!("{begin}\n{}\n{end}", new_section.trim_matches('\n'));
+    match (doc.matches(begin).count(), doc.matches(end).count()) {
         (1, 1) => {
-            let (Some(start), Some(end)) = (doc.find(BEGIN), doc.find(END)) else {
+            let (Some(start), Some(stop)) = (doc.find(begin), doc.find(end)) else {
                 unreachable!("both markers were counted once")
             };
-            if end < start {
-                bail!("{END} comes before {BEGIN}; put them in order by hand");
+            if stop < start {
+                bail!("{end} comes before {begin}; put them in order by hand");
             }
             Ok(format!(
                 "{}{block}{}",
                 &doc[..start],
-                &doc[end + END.len()..]
+                &doc[stop + end.len()..]
             ))
         }
         (0, 0) => {
-            let inserted = format!("{HEADING}\n\n{block}\n");
+            let inserted = format!("{heading}\n\n{block}\n");
             Ok(match first_section_heading(doc) {
                 Some(at) => format!("{}{inserted}\n{}", &doc[..at], &doc[at..]),
                 None if doc.is_empty() => inserted,
@@ -368,7 +393,7 @@ pub fn replace_between_markers(doc: &str, new_section: &str) -> anyhow::Result<S
             })
         }
         (begins, ends) => bail!(
-            "expected {BEGIN} and {END} once each, found {begins} and {ends}; fix them by hand"
+            "expected {begin} and {end} once each, found {begins} and {ends}; fix them by hand"
         ),
     }
 }
