@@ -124,6 +124,10 @@ struct Pending {
 /// 4 to 9 s. Shorter than the web client's 15 s, so the answer comes first.
 const ACCEPT_PATIENCE: Duration = Duration::from_secs(12);
 
+/// How long a send with a `clientMsgId` waits for PostgreSQL to say whether
+/// it was stored before (a point lookup takes a millisecond).
+const LOOKUP_PATIENCE: Duration = Duration::from_millis(500);
+
 /// Whether a publish may have been lost on its way rather than refused:
 /// no ack in time, no stream leader to answer, or the connection dropped.
 fn lost_on_the_way(error: &PublishError) -> bool {
@@ -228,7 +232,7 @@ impl Chat {
             tracing::field::display(sent.conversation_id),
         );
         if sent.client_msg_id.is_some()
-            && let Some(stored) = self.stored(sent.id).await?
+            && let Some(stored) = self.stored_if_reachable(sent.id).await
         {
             return Ok(Submitted(Outcome::Stored(same_message(&sent, stored)?)));
         }
@@ -268,6 +272,27 @@ impl Chat {
             .map_err(|wait| {
                 ApiError::rate_limited("too many group changes to too many people; slow down", wait)
             })
+    }
+
+    /// [`Chat::stored`], unless PostgreSQL does not answer within
+    /// [`LOOKUP_PATIENCE`]: sends must not wait for the projection, which
+    /// may be down for a while. Without the lookup a retry is still stored
+    /// once within JetStream's duplicate window (2 minutes); only a retry
+    /// older than that, during the outage, could go unchecked.
+    async fn stored_if_reachable(&self, id: MessageId) -> Option<Message> {
+        match tokio::time::timeout(LOOKUP_PATIENCE, self.stored(id)).await {
+            Ok(Ok(stored)) => stored,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cannot look up an earlier send; publishing");
+                crate::metrics::lookup_skipped();
+                None
+            }
+            Err(_) => {
+                tracing::debug!("no answer to the lookup of an earlier send; publishing");
+                crate::metrics::lookup_skipped();
+                None
+            }
+        }
     }
 
     /// The message stored under `id`, if the projection has it: a send

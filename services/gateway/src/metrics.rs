@@ -14,6 +14,7 @@ pub const FRAMES_SENT: &str = "natter_ws_frames_sent_total";
 pub const MESSAGES_ACCEPTED: &str = "natter_messages_accepted_total";
 pub const ERRORS: &str = "natter_errors_total";
 pub const PUBLISH_RETRIES: &str = "natter_publish_retries_total";
+pub const LOOKUPS_SKIPPED: &str = "natter_send_lookups_skipped_total";
 pub const HTTP_REQUESTS: &str = "natter_http_requests_total";
 pub const ACCEPT_LATENCY: &str = "natter_accept_latency_seconds";
 pub const DELIVERY_LATENCY: &str = "natter_delivery_latency_seconds";
@@ -33,6 +34,10 @@ pub fn describe() {
         "chat events acknowledged by JetStream, by kind"
     );
     describe_counter!(ERRORS, "errors answered to clients, by code");
+    describe_counter!(
+        LOOKUPS_SKIPPED,
+        "sends with a clientMsgId published without checking PostgreSQL for an earlier one (it did not answer)"
+    );
     describe_counter!(
         PUBLISH_RETRIES,
         "sends published again after their ack was lost (a stream leader election, a node lost)"
@@ -101,6 +106,10 @@ pub fn frame_sent(kind: &'static str) {
 
 pub fn accepted(kind: &'static str) {
     counter!(MESSAGES_ACCEPTED, "kind" => kind).increment(1);
+}
+
+pub fn lookup_skipped() {
+    counter!(LOOKUPS_SKIPPED).increment(1);
 }
 
 pub fn publish_retried() {

@@ -96,13 +96,32 @@ async fn messages_accepted_during_a_database_outage_are_delivered_once_it_is_bac
     let (status, _) = app.get("/readyz", None).await;
     assert_eq!(status, 503);
 
-    // Between users the gateway already knows, sends are still accepted.
+    // Between users the gateway already knows, sends are still accepted,
+    // with a clientMsgId too (as every web client sends), whose earlier
+    // send the gateway cannot look up now.
+    let mut ids = Vec::new();
     for i in 0..5 {
-        let reply = a
-            .send_direct(bob.id, &format!("during{i}"), &format!("r{i}"))
-            .await;
+        let reference = format!("r{i}");
+        a.send_ref(
+            "send_direct_message",
+            json!({"receiverId": bob.id.to_string(), "content": format!("during{i}"),
+                   "clientMsgId": format!("c{i}")}),
+            &reference,
+        )
+        .await;
+        let reply = a.reply_to(&reference).await;
         assert_eq!(reply["event"], "message_sent", "{reply}");
+        ids.push(reply["data"]["message"]["id"].clone());
     }
+    // A retry is still the same message, stored once (JetStream's dedupe).
+    a.send_ref(
+        "send_direct_message",
+        json!({"receiverId": bob.id.to_string(), "content": "during0", "clientMsgId": "c0"}),
+        "again",
+    )
+    .await;
+    let again = a.reply_to("again").await;
+    assert_eq!(again["data"]["message"]["id"], ids[0], "{again}");
     // A receiver it cannot check is refused, not accepted and lost.
     let unknown = a.send_direct(uuid::Uuid::now_v7(), "x", "unknown").await;
     assert_eq!(unknown["data"]["code"], "unavailable", "{unknown}");
@@ -115,6 +134,11 @@ async fn messages_accepted_during_a_database_outage_are_delivered_once_it_is_bac
     app.start_postgres();
     let received = b.receive_messages(5).await;
     assert_eq!(contents(&received), numbered("during", 5));
+    let late = b.drain(Duration::from_millis(500)).await;
+    assert!(
+        late.iter().all(|f| f["event"] != "receive_direct_message"),
+        "the retry was delivered again: {late:?}"
+    );
     let conversation = warm["data"]["message"]["conversationId"].as_str().unwrap();
     assert_eq!(app.history_eventually(&bob, conversation, 6).await.len(), 6);
 }
