@@ -22,7 +22,7 @@ use natter_core::{
 use natter_runtime::backoff::Backoff;
 use sqlx::PgPool;
 use std::future::IntoFuture;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -36,6 +36,10 @@ pub struct Chat {
     directory: Arc<Directory>,
     presence: Arc<Presence>,
     limits: ChatLimits,
+    /// Until when lookups of earlier sends are not tried: one that failed
+    /// says PostgreSQL is down, and trying each send again would hold every
+    /// session's sends [`LOOKUP_PATIENCE`] apart.
+    lookups_paused_until: std::sync::Mutex<Option<Instant>>,
 }
 
 /// Per-user limits on the commands that write to `CHAT`: every send and
@@ -127,6 +131,8 @@ const ACCEPT_PATIENCE: Duration = Duration::from_secs(12);
 /// How long a send with a `clientMsgId` waits for PostgreSQL to say whether
 /// it was stored before (a point lookup takes a millisecond).
 const LOOKUP_PATIENCE: Duration = Duration::from_millis(500);
+/// After a lookup failed, how long sends go without one before the next try.
+const LOOKUP_PAUSE: Duration = Duration::from_secs(1);
 
 /// Whether a publish may have been lost on its way rather than refused:
 /// no ack in time, no stream leader to answer, or the connection dropped.
@@ -203,6 +209,7 @@ impl Chat {
             directory,
             presence,
             limits,
+            lookups_paused_until: std::sync::Mutex::new(None),
         }
     }
 
@@ -275,24 +282,32 @@ impl Chat {
     }
 
     /// [`Chat::stored`], unless PostgreSQL does not answer within
-    /// [`LOOKUP_PATIENCE`]: sends must not wait for the projection, which
-    /// may be down for a while. Without the lookup a retry is still stored
+    /// [`LOOKUP_PATIENCE`], or failed to in the last [`LOOKUP_PAUSE`]: sends
+    /// must not wait for the projection, which may be down for a while. Without the lookup a retry is still stored
     /// once within JetStream's duplicate window (2 minutes); only a retry
     /// older than that, during the outage, could go unchecked.
     async fn stored_if_reachable(&self, id: MessageId) -> Option<Message> {
-        match tokio::time::timeout(LOOKUP_PATIENCE, self.stored(id)).await {
-            Ok(Ok(stored)) => stored,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "cannot look up an earlier send; publishing");
-                crate::metrics::lookup_skipped();
-                None
-            }
-            Err(_) => {
-                tracing::debug!("no answer to the lookup of an earlier send; publishing");
-                crate::metrics::lookup_skipped();
-                None
-            }
+        let paused_until = *self
+            .lookups_paused_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if paused_until.is_some_and(|until| Instant::now() < until) {
+            crate::metrics::lookup_skipped();
+            return None;
         }
+        let failure = match tokio::time::timeout(LOOKUP_PATIENCE, self.stored(id)).await {
+            Ok(Ok(stored)) => return stored,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer in time".to_owned(),
+        };
+        tracing::warn!(error = %failure, pause_ms = LOOKUP_PAUSE.as_millis() as u64,
+            "cannot look up earlier sends; publishing without for a while");
+        crate::metrics::lookup_skipped();
+        *self
+            .lookups_paused_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + LOOKUP_PAUSE);
+        None
     }
 
     /// The message stored under `id`, if the projection has it: a send
