@@ -704,6 +704,20 @@ async fn logged_message_seqs(js: &async_nats::jetstream::Context, user: &TestUse
         .collect()
 }
 
+/// `user`'s logged message seqs once there are `count`, or whatever is
+/// there after 20 s.
+async fn logged_message_seqs_eventually(app: &TestApp, user: &TestUser, count: usize) -> Vec<u64> {
+    let js = app.jetstream().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let logged = logged_message_seqs(&js, user).await;
+        if logged.len() >= count || tokio::time::Instant::now() > deadline {
+            return logged;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_delivery_record_lost_in_flight_does_not_fall_behind_the_next_ones() {
     use std::sync::Arc;
@@ -736,15 +750,7 @@ async fn a_delivery_record_lost_in_flight_does_not_fall_behind_the_next_ones() {
         ..FaultHooks::default()
     })
     .await;
-    let js = app.jetstream().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let logged = loop {
-        let logged = logged_message_seqs(&js, &bob).await;
-        if logged.len() >= 5 || tokio::time::Instant::now() > deadline {
-            break logged;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let logged = logged_message_seqs_eventually(&app, &bob, 5).await;
     assert!(lost_once.load(Ordering::SeqCst), "a record was lost");
     let mut in_order = logged.clone();
     in_order.sort_unstable();
@@ -787,15 +793,7 @@ async fn a_chat_record_lost_on_its_way_to_the_persister_is_fanned_out_in_its_pla
         ..FaultHooks::default()
     })
     .await;
-    let js = app.jetstream().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let logged = loop {
-        let logged = logged_message_seqs(&js, &bob).await;
-        if logged.len() >= 5 || tokio::time::Instant::now() > deadline {
-            break logged;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let logged = logged_message_seqs_eventually(&app, &bob, 5).await;
     assert!(lost_once.load(Ordering::SeqCst), "a record was lost");
     assert_eq!(logged, seqs, "bob's log is out of CHAT order or incomplete");
 }
