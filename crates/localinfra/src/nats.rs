@@ -107,6 +107,9 @@ impl Default for NodePlacement {
     }
 }
 
+/// How many times [`NatsCluster::start`] tries, when a node loses its ports to another process.
+const CLUSTER_START_ATTEMPTS: usize = 3;
+
 /// A running (or stopped, restartable) nats-server; killed on drop, its data left in place.
 #[derive(Debug)]
 pub struct NatsServer {
@@ -428,8 +431,24 @@ pub struct NatsCluster {
 impl NatsCluster {
     /// Starts `size` nodes routed to each other and returns once every one
     /// serves clients with JetStream (a meta leader is elected).
+    ///
+    /// Route ports are picked free before the nodes start, so another process
+    /// may take one first (tests run in parallel): a node that exits during
+    /// startup makes the whole cluster start again, on new ports and an empty
+    /// `dir`, up to [`CLUSTER_START_ATTEMPTS`] times.
     pub fn start(dir: &Path, size: usize, fsync: Fsync) -> Result<Self> {
-        let cluster = Self::start_placed(dir, &vec![NodePlacement::default(); size], fsync)?;
+        let placements = vec![NodePlacement::default(); size];
+        let mut attempt = 1;
+        let cluster = loop {
+            match Self::start_placed(dir, &placements, fsync) {
+                Ok(cluster) => break cluster,
+                Err(InfraError::ExitedEarly { .. }) if attempt < CLUSTER_START_ATTEMPTS => {
+                    attempt += 1;
+                    fs::remove_dir_all(dir).context(|| format!("emptying {}", dir.display()))?;
+                }
+                Err(error) => return Err(error),
+            }
+        };
         cluster.wait_for_meta_leader()?;
         Ok(cluster)
     }
