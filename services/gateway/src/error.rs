@@ -23,6 +23,12 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The path exists, not with this method (HTTP 405; code `bad_request`).
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// A body that is not `application/json` (HTTP 415; code `bad_request`).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// Too many requests; `retry_after` is when the next one would pass.
     #[error("{message}")]
     RateLimited {
@@ -53,7 +59,10 @@ impl ApiError {
 
     pub fn code(&self) -> &'static str {
         match self {
-            Self::BadRequest(_) | Self::Conflict(_) => "bad_request",
+            Self::BadRequest(_)
+            | Self::Conflict(_)
+            | Self::MethodNotAllowed(_)
+            | Self::UnsupportedMediaType(_) => "bad_request",
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
@@ -72,6 +81,8 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

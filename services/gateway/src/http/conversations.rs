@@ -1,11 +1,11 @@
 //! A conversation's history and read position. Members only: anyone else
 //! gets `not_found`, never data.
 
-use super::extract::AuthUser;
+use super::extract::{AuthUser, QueryParams};
 use crate::chat::Chat;
 use crate::error::ApiError;
 use crate::state::AppState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -89,7 +89,7 @@ struct ConversationPage {
 async fn list(
     State(pool): State<PgPool>,
     caller: AuthUser,
-    Query(page): Query<ConversationPage>,
+    QueryParams(page): QueryParams<ConversationPage>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = page.limit.unwrap_or(DEFAULT_CONVERSATIONS);
     if !(1..=MAX_CONVERSATIONS).contains(&limit) {
@@ -199,7 +199,7 @@ async fn history(
     State(chat): State<Arc<Chat>>,
     caller: AuthUser,
     Path(id): Path<String>,
-    Query(page): Query<Page>,
+    QueryParams(page): QueryParams<Page>,
 ) -> Result<Json<Value>, ApiError> {
     let conversation = conversation_id(&id)?;
     chat.ensure_member(caller.id, conversation).await?;

@@ -1,11 +1,13 @@
 //! Request extractors that answer bad input with the API's error shape:
-//! the caller's identity from a bearer token, its address, and a JSON body.
+//! the caller's identity from a bearer token, its address, a JSON body and
+//! a query string.
 
 use crate::access::Authenticator;
 use crate::auth::{Claims, bearer_token};
 use crate::config::Config;
 use crate::error::ApiError;
 use axum::extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
 use natter_core::UserId;
 use std::net::{IpAddr, SocketAddr};
@@ -47,8 +49,33 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        use axum::extract::rejection::JsonRejection;
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType(
+                "the body must be JSON, sent with Content-Type: application/json".into(),
+            )),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(
+                ApiError::PayloadTooLarge("the request body is too large".into()),
+            ),
+            Err(rejection) => Err(ApiError::bad_request(rejection.body_text())),
+        }
+    }
+}
+
+/// A query string that answers malformed input with our error shape.
+pub struct QueryParams<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for QueryParams<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Self(value)),
             Err(rejection) => Err(ApiError::bad_request(rejection.body_text())),
         }
     }

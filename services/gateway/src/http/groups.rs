@@ -1,12 +1,12 @@
 //! Groups over REST; members only. Members are read a page at a time
 //! (`{members, next?}`, like `GET /api/users`): a group is never sent whole.
 
-use super::extract::{AuthUser, JsonBody};
+use super::extract::{AuthUser, JsonBody, QueryParams};
 use crate::directory::Directory;
 use crate::error::ApiError;
 use crate::groups::{DEFAULT_MEMBERS_PAGE, Groups, MAX_MEMBERS_PAGE};
 use crate::state::AppState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -94,7 +94,7 @@ async fn members(
     State(groups): State<Arc<Groups>>,
     caller: AuthUser,
     Path(id): Path<String>,
-    Query(page): Query<MembersPage>,
+    QueryParams(page): QueryParams<MembersPage>,
 ) -> Result<Json<Value>, ApiError> {
     let group = group_id(&id)?;
     let limit = match page.limit.as_deref() {

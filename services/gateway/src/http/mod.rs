@@ -12,10 +12,11 @@ mod messages;
 mod users;
 mod web;
 
+use crate::error::ApiError;
 use crate::state::AppState;
 use axum::Router;
 use axum::extract::MatchedPath;
-use axum::http::{HeaderValue, Method, header};
+use axum::http::{HeaderValue, Method, Uri, header};
 use axum::response::Response;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
@@ -48,9 +49,21 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(web::router())
         .route("/ws", axum::routing::get(crate::ws::upgrade::upgrade))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(cors)
         .layer(axum::middleware::from_fn(observe))
         .with_state(state)
+}
+
+/// A path natter does not serve: the API's error shape, not an empty 404.
+async fn unknown_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {method} {}", uri.path()))
+}
+
+/// A path natter serves, with a method it does not take there.
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{} does not take {method}", uri.path()))
 }
 
 /// Every request gets a span (the root of a REST send's trace) and is

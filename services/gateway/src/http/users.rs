@@ -2,13 +2,13 @@
 
 use super::auth::user_json;
 use super::conversations::MESSAGE_JSON;
-use super::extract::{AuthUser, JsonBody};
+use super::extract::{AuthUser, JsonBody, QueryParams};
 use crate::control::{Control, ControlBus};
 use crate::directory::{Directory, UserRecord};
 use crate::error::ApiError;
 use crate::presence::Presence;
 use crate::state::AppState;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use natter_core::{ConversationId, DisplayName, Message, UserId};
@@ -135,7 +135,7 @@ async fn users(
     State(pool): State<PgPool>,
     State(presence): State<Arc<Presence>>,
     caller: AuthUser,
-    Query(page): Query<PeoplePage>,
+    QueryParams(page): QueryParams<PeoplePage>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = page.limit()?;
     let patterns = page.patterns()?;

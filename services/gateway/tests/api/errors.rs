@@ -260,3 +260,59 @@ async fn a_reader_that_stops_reading_is_disconnected() {
         assert_eq!(code, 1008, "{closed}");
     }
 }
+
+#[tokio::test]
+async fn every_rest_error_has_the_api_shape_and_its_status() {
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice").await;
+    let http = reqwest::Client::new();
+    let send = |request: reqwest::RequestBuilder| async move {
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let body: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{status} is not JSON: {text:?}"));
+        (status, body)
+    };
+    let cases = [
+        (http.get(app.url("/api/nothing-here")), 404, "not_found"),
+        (http.put(app.url("/api/auth/login")), 405, "bad_request"),
+        (
+            http.get(app.url("/api/conversations?limit=abc"))
+                .bearer_auth(&alice.token),
+            400,
+            "bad_request",
+        ),
+        (
+            http.post(app.url("/api/auth/login"))
+                .body(r#"{"username":"a","password":"b"}"#),
+            415,
+            "bad_request",
+        ),
+        (
+            http.post(app.url("/api/auth/login"))
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"username":"{}"}}"#, "a".repeat(3 << 20))),
+            413,
+            "payload_too_large",
+        ),
+        (
+            http.post(app.url("/api/auth/login"))
+                .header("content-type", "application/json")
+                .body("{not json"),
+            400,
+            "bad_request",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let (got, body) = send(request).await;
+        assert_eq!(got, status, "{body}");
+        assert_eq!(body["error"]["code"], code, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+    }
+}
