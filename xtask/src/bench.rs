@@ -312,15 +312,12 @@ fn start(
         ("BIND_ADDRESS", "127.0.0.1"),
         ("RUST_LOG", "warn"),
     ];
-    let lifted = [
-        ("PORT", gateway_port_text.as_str()),
-        // The suite's senders go well above the default per-user limit.
-        ("SEND_RATE_PER_SEC", "1000000"),
-        // And the group runs above the default fan-out budget per user.
-        ("FANOUT_BYTES_PER_SEC", "1000000000000"),
-        ("SESSION_QUEUE", "4096"),
-    ];
-    let env: Vec<(&str, &str)> = common.iter().chain(&lifted).copied().collect();
+    let env: Vec<(&str, &str)> = common
+        .iter()
+        .chain(&[("PORT", gateway_port_text.as_str())])
+        .chain(&crate::stack::LIFTED_LIMITS)
+        .copied()
+        .collect();
     let limited_port_text = limited_port.to_string();
     let limited_env: Vec<(&str, &str)> = common
         .iter()

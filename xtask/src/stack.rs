@@ -13,6 +13,14 @@ use natter_localinfra::{NatsServer, Postgres, workspace_root};
 use crate::service::Service;
 use crate::step::banner;
 
+/// The per-user limits lifted for load runs (`bench`, `chaos`), whose senders and groups go
+/// well above natter's defaults for one user.
+pub const LIFTED_LIMITS: [(&str, &str); 3] = [
+    ("SEND_RATE_PER_SEC", "1000000"),
+    ("FANOUT_BYTES_PER_SEC", "1000000000000"),
+    ("SESSION_QUEUE", "4096"),
+];
+
 /// Matches the services' own drain deadline.
 const SERVICE_GRACE: Duration = Duration::from_secs(10);
 

@@ -103,6 +103,19 @@ impl Conversation {
             .unwrap()
     }
 
+    /// The nodes with a client connection whose name starts with `name`
+    /// (quoted as in `/connz`), e.g. `"natter-gateway"`.
+    fn nodes_serving(&self, name: &str) -> Vec<usize> {
+        let nodes: Vec<usize> = (0..self.app.nats.len())
+            .filter(|i| {
+                natter_localinfra::http_body(self.app.nats.node(*i).monitor_port(), "/connz")
+                    .is_ok_and(|connz| connz.contains(name))
+            })
+            .collect();
+        assert!(!nodes.is_empty(), "no node serves {name}");
+        nodes
+    }
+
     /// Bob got every accepted message once, in send order, with rising seq.
     async fn assert_all_delivered(&mut self) {
         let mut got: Vec<Value> = Vec::new();
@@ -159,12 +172,7 @@ async fn a_paused_node_under_the_gateway_is_left_within_seconds() {
     // SIGSTOP of the node the gateway is connected to: its connection stays
     // open and silent, as with a hung machine. Only the client's pings tell;
     // until they do, every send waits on it.
-    let node = (0..talk.app.nats.len())
-        .find(|i| {
-            natter_localinfra::http_body(talk.app.nats.node(*i).monitor_port(), "/connz")
-                .is_ok_and(|connz| connz.contains("\"natter-gateway\""))
-        })
-        .expect("the gateway is connected to a node");
+    let node = talk.nodes_serving("\"natter-gateway\"")[0];
     let pid = talk.app.nats.node(node).pid();
     natter_localinfra::send_signal(pid, Signal::Stop).unwrap();
     talk.send_ten("during").await;
@@ -180,12 +188,7 @@ async fn a_lost_majority_answers_unavailable_and_acks_nothing_it_could_lose() {
     // The two nodes the gateway is not connected to stop (SIGSTOP: both
     // come back at once, where a restarted node would wait alone for a
     // quorum): its own connection stays up, but no write can reach one.
-    let gateway_node = (0..talk.app.nats.len())
-        .find(|i| {
-            natter_localinfra::http_body(talk.app.nats.node(*i).monitor_port(), "/connz")
-                .is_ok_and(|connz| connz.contains("\"natter-gateway\""))
-        })
-        .expect("the gateway is connected to a node");
+    let gateway_node = talk.nodes_serving("\"natter-gateway\"")[0];
     let others: Vec<usize> = (0..talk.app.nats.len())
         .filter(|i| *i != gateway_node)
         .collect();
@@ -246,12 +249,7 @@ async fn a_paused_consumer_leader_holds_deliveries_for_seconds_not_until_the_pul
     talk.send_ten("before").await;
     // The consumer's leader on a node neither service is connected to: its
     // pause reaches the persister only through the pull request it holds.
-    let used: Vec<usize> = (0..talk.app.nats.len())
-        .filter(|i| {
-            natter_localinfra::http_body(talk.app.nats.node(*i).monitor_port(), "/connz")
-                .is_ok_and(|connz| connz.contains("\"natter-"))
-        })
-        .collect();
+    let used = talk.nodes_serving("\"natter-");
     let js = talk.app.jetstream().await;
     let stepdown = format!(
         "CONSUMER.LEADER.STEPDOWN.CHAT.{}",

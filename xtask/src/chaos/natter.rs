@@ -243,19 +243,19 @@ impl Natter {
                 }
             };
             taken.push(port);
-            let env = [
+            let port_text = port.to_string();
+            let env: Vec<(&str, &str)> = [
                 ("NATS_URL", nats_url.as_str()),
                 ("DATABASE_URL", &self.database_url),
                 ("JWT_SECRET", &self.jwt_secret),
                 ("STREAM_REPLICAS", "3"),
-                (port_variable, &port.to_string()),
+                (port_variable, &port_text),
                 ("BIND_ADDRESS", "127.0.0.1"),
                 ("RUST_LOG", "warn"),
-                // The load's senders go well above the default per-user limits.
-                ("SEND_RATE_PER_SEC", "1000000"),
-                ("FANOUT_BYTES_PER_SEC", "1000000000000"),
-                ("SESSION_QUEUE", "4096"),
-            ];
+            ]
+            .into_iter()
+            .chain(crate::stack::LIFTED_LIMITS)
+            .collect();
             slots.push(Slot {
                 name,
                 binary: bin_dir.join(binary),
