@@ -230,9 +230,46 @@ pub async fn for_each_message<F, Fut>(
     }
 }
 
+/// The JetStream error code of a publish the stream refused (`Other`, with
+/// the server's error as its source), if it has one.
+pub fn publish_error_code(
+    error: &jetstream::context::PublishError,
+) -> Option<jetstream::ErrorCode> {
+    std::error::Error::source(error)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .map(|e| e.error_code())
+}
+
+/// A publish refused by the stream with JetStream error `code`, as the
+/// server's reply makes it (for tests of how publish errors are told apart).
+pub fn refused_publish(code: u64) -> jetstream::context::PublishError {
+    let error: jetstream::Error = serde_json::from_value(serde_json::json!({
+        "code": 400, "err_code": code, "description": "refused"
+    }))
+    .unwrap_or_else(|_| unreachable!("a JetStream error's JSON shape"));
+    jetstream::context::PublishError::with_source(
+        jetstream::context::PublishErrorKind::Other,
+        error,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_publish_tells_its_jetstream_error_code() {
+        assert_eq!(
+            publish_error_code(&refused_publish(10158)),
+            Some(jetstream::ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT)
+        );
+        assert_eq!(
+            publish_error_code(&jetstream::context::PublishError::new(
+                jetstream::context::PublishErrorKind::TimedOut
+            )),
+            None
+        );
+    }
 
     #[test]
     fn passwords_never_reach_an_error_message() {

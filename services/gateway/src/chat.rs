@@ -135,14 +135,20 @@ const LOOKUP_PATIENCE: Duration = Duration::from_millis(500);
 const LOOKUP_PAUSE: Duration = Duration::from_secs(1);
 
 /// Whether a publish may have been lost on its way rather than refused:
-/// no ack in time, no stream leader to answer, or the connection dropped.
+/// no ack in time, no stream leader to answer, the connection dropped, or
+/// an earlier publish of the same message id still waiting for its quorum
+/// (its outcome is unknown until that settles).
 fn lost_on_the_way(error: &PublishError) -> bool {
-    matches!(
-        error.kind(),
+    match error.kind() {
         PublishErrorKind::TimedOut
-            | PublishErrorKind::StreamNotFound
-            | PublishErrorKind::BrokenPipe
-    )
+        | PublishErrorKind::StreamNotFound
+        | PublishErrorKind::BrokenPipe => true,
+        PublishErrorKind::Other => {
+            natter_runtime::jetstream::publish_error_code(error)
+                == Some(jetstream::ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT)
+        }
+        _ => false,
+    }
 }
 
 /// JetStream's ack of `sent`, whose record went out as `first`; the record
@@ -640,5 +646,25 @@ mod tests {
             let json = serde_json::to_string(content).unwrap();
             assert_eq!(encoded_len(content), json.len() - 2, "{content:?}");
         }
+    }
+
+    #[test]
+    fn a_publish_whose_outcome_is_unknown_is_published_again_and_a_refusal_is_not() {
+        use natter_runtime::jetstream::refused_publish;
+        for kind in [
+            PublishErrorKind::TimedOut,
+            PublishErrorKind::StreamNotFound,
+            PublishErrorKind::BrokenPipe,
+        ] {
+            assert!(lost_on_the_way(&PublishError::new(kind)), "{kind:?}");
+        }
+        // "duplicate message id is in process": the first publish still
+        // waits for its quorum.
+        assert!(lost_on_the_way(&refused_publish(10158)));
+        // Too large, or refused outright: publishing again cannot help.
+        assert!(!lost_on_the_way(&refused_publish(10054)));
+        assert!(!lost_on_the_way(&PublishError::new(
+            PublishErrorKind::MaxPayloadExceeded
+        )));
     }
 }

@@ -368,6 +368,11 @@ fn spawn_background(
         state.hub.clone(),
         shutdown.child_token(),
     ));
+    tasks.spawn(delivery::watch::run(
+        state.connections.backend.log.clone(),
+        state.hub.clone(),
+        shutdown.child_token(),
+    ));
 }
 
 /// Reacts to NATS connection events until `shutdown`: after a reconnect or

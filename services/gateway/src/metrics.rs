@@ -14,6 +14,7 @@ pub const FRAMES_SENT: &str = "natter_ws_frames_sent_total";
 pub const MESSAGES_ACCEPTED: &str = "natter_messages_accepted_total";
 pub const ERRORS: &str = "natter_errors_total";
 pub const PUBLISH_RETRIES: &str = "natter_publish_retries_total";
+pub const LIVE_RESYNCS: &str = "natter_live_resyncs_total";
 pub const LOOKUPS_SKIPPED: &str = "natter_send_lookups_skipped_total";
 pub const HTTP_REQUESTS: &str = "natter_http_requests_total";
 pub const ACCEPT_LATENCY: &str = "natter_accept_latency_seconds";
@@ -41,6 +42,10 @@ pub fn describe() {
     describe_counter!(
         PUBLISH_RETRIES,
         "sends published again after their ack was lost (a stream leader election, a node lost)"
+    );
+    describe_counter!(
+        LIVE_RESYNCS,
+        "times every live session re-read its log because DELIVERY's leader was out of reach or changed, by cause"
     );
     describe_counter!(HTTP_REQUESTS, "REST requests answered, by status");
     describe_histogram!(
@@ -114,6 +119,10 @@ pub fn lookup_skipped() {
 
 pub fn publish_retried() {
     counter!(PUBLISH_RETRIES).increment(1);
+}
+
+pub fn live_resync(cause: &'static str) {
+    counter!(LIVE_RESYNCS, "cause" => cause).increment(1);
 }
 
 pub fn error(code: &'static str) {

@@ -56,11 +56,10 @@ pub struct Published {
 pub fn is_permanent(error: &PublishError) -> bool {
     match error.kind() {
         PublishErrorKind::MaxPayloadExceeded => true,
-        PublishErrorKind::Other => std::error::Error::source(error)
-            .and_then(|s| s.downcast_ref::<jetstream::Error>())
-            .is_some_and(|e| {
-                e.error_code() == jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM
-            }),
+        PublishErrorKind::Other => {
+            natter_runtime::jetstream::publish_error_code(error)
+                == Some(jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM)
+        }
         _ => false,
     }
 }
@@ -324,14 +323,6 @@ fn settle(
 mod tests {
     use super::*;
 
-    fn stream_error(code: u64) -> PublishError {
-        let error: jetstream::Error = serde_json::from_value(serde_json::json!({
-            "code": 400, "err_code": code, "description": "refused"
-        }))
-        .unwrap();
-        PublishError::with_source(PublishErrorKind::Other, error)
-    }
-
     /// A group message of `content_bytes` to `members` recipients.
     fn group_message(content_bytes: usize, members: usize) -> Fanout {
         let sender = UserId::generate();
@@ -408,7 +399,9 @@ mod tests {
         assert!(is_permanent(&PublishError::new(
             PublishErrorKind::MaxPayloadExceeded
         )));
-        assert!(is_permanent(&stream_error(10054)));
+        assert!(is_permanent(&natter_runtime::jetstream::refused_publish(
+            10054
+        )));
     }
 
     #[test]
@@ -423,6 +416,8 @@ mod tests {
             assert!(!is_permanent(&PublishError::new(kind)));
         }
         // "JetStream system temporarily unavailable" (no leader).
-        assert!(!is_permanent(&stream_error(10008)));
+        assert!(!is_permanent(&natter_runtime::jetstream::refused_publish(
+            10008
+        )));
     }
 }

@@ -102,6 +102,17 @@ impl DeliveryLog {
         Ok((info.state.first_sequence, info.state.last_sequence))
     }
 
+    /// The name of the stream's leader, as the leader itself answers (none
+    /// on a server without clustering).
+    pub async fn leader(&self) -> Result<Option<String>, DeliveryError> {
+        let info = self
+            .stream
+            .get_info()
+            .await
+            .map_err(|e| DeliveryError::Nats(e.to_string()))?;
+        Ok(info.cluster.and_then(|cluster| cluster.leader))
+    }
+
     /// Up to `limit` of `user`'s records with sequence ≥ `from`, in order.
     pub async fn read(
         &self,

@@ -9,6 +9,8 @@
 //! - [`cursors`]: the durable per-device cursors, written in batches.
 //! - [`contents`]: the contents of records stored by reference, read once
 //!   per message and filled in.
+//! - [`watch`]: the watch on `DELIVERY`'s leader: sessions re-read their
+//!   logs when it was out of reach or changed (live records may be lost).
 //! - [`record`]: what the parts share: a stored record, a push, a close.
 
 pub mod contents;
@@ -17,6 +19,7 @@ pub mod hub;
 pub mod log;
 pub mod record;
 pub mod registry;
+pub mod watch;
 
 pub use contents::Contents;
 pub use cursors::CursorStore;
