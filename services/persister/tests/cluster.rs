@@ -116,6 +116,26 @@ impl Conversation {
         nodes
     }
 
+    /// Steps a leader down (JetStream API `stepdown`, e.g.
+    /// `STREAM.LEADER.STEPDOWN.DELIVERY`) until `leader` names a node that
+    /// is none of `avoid`; returns that node.
+    async fn lead_elsewhere<F>(&self, stepdown: &str, avoid: &[usize], leader: F) -> usize
+    where
+        F: AsyncFn(&TestApp) -> String,
+    {
+        let js = self.app.jetstream().await;
+        let mut node = self.node_named(&leader(&self.app).await);
+        for _ in 0..30 {
+            if !avoid.contains(&node) {
+                return node;
+            }
+            let _: Result<Value, _> = js.request(stepdown.to_owned(), &json!({})).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            node = self.node_named(&leader(&self.app).await);
+        }
+        panic!("{stepdown}: the leader never left {avoid:?}");
+    }
+
     /// Bob got every accepted message once, in send order, with rising seq.
     /// Bob's device behaves as a client should: when the gateway closes
     /// its socket it reconnects, and skips what the replay from its cursor
@@ -207,6 +227,15 @@ async fn a_lost_majority_answers_unavailable_and_acks_nothing_it_could_lose() {
     // come back at once, where a restarted node would wait alone for a
     // quorum): its own connection stays up, but no write can reach one.
     let gateway_node = talk.nodes_serving("\"natter-gateway\"")[0];
+    // DELIVERY's leader among them: the live records it republishes once
+    // they are back cross a route to the gateway's node that is down until
+    // it reconnects (what the gateway's leader watch is for).
+    talk.lead_elsewhere(
+        "STREAM.LEADER.STEPDOWN.DELIVERY",
+        &[gateway_node],
+        async |app| leader_of(app, "DELIVERY").await,
+    )
+    .await;
     let others: Vec<usize> = (0..talk.app.nats.len())
         .filter(|i| *i != gateway_node)
         .collect();
@@ -289,24 +318,13 @@ async fn a_paused_consumer_leader_holds_deliveries_for_seconds_not_until_the_pul
     // The consumer's leader on a node neither service is connected to: its
     // pause reaches the persister only through the pull request it holds.
     let used = talk.nodes_serving("\"natter-");
-    let js = talk.app.jetstream().await;
     let stepdown = format!(
         "CONSUMER.LEADER.STEPDOWN.CHAT.{}",
         natter_core::subjects::PERSISTER_CONSUMER
     );
-    let mut node = talk.node_named(&consumer_leader(&talk.app).await);
-    for _ in 0..30 {
-        if !used.contains(&node) {
-            break;
-        }
-        let _: Result<Value, _> = js.request(stepdown.clone(), &json!({})).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        node = talk.node_named(&consumer_leader(&talk.app).await);
-    }
-    assert!(
-        !used.contains(&node),
-        "the consumer's leader never left {used:?}"
-    );
+    let node = talk
+        .lead_elsewhere(&stepdown, &used, async |app| consumer_leader(app).await)
+        .await;
     let pid = talk.app.nats.node(node).pid();
     natter_localinfra::send_signal(pid, Signal::Stop).unwrap();
     let paused = tokio::time::Instant::now();
