@@ -15,6 +15,8 @@ pub struct WsClient {
     stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// The `data` of the `ready` frame.
     pub ready: Value,
+    /// The subprotocol the server answered (`Sec-WebSocket-Protocol`).
+    pub protocol: Option<String>,
     /// Frames that arrived before `ready` was taken (none are expected).
     buffered: Vec<Value>,
 }
@@ -58,7 +60,7 @@ impl WsClient {
             })?;
             request.headers_mut().insert(name, value);
         }
-        let (stream, _) = tokio_tungstenite::connect_async(request)
+        let (stream, response) = tokio_tungstenite::connect_async(request)
             .await
             .map_err(|e| match e {
                 tokio_tungstenite::tungstenite::Error::Http(response) => HandshakeError {
@@ -73,9 +75,15 @@ impl WsClient {
                     message: other.to_string(),
                 },
             })?;
+        let protocol = response
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
         let mut client = Self {
             stream,
             ready: Value::Null,
+            protocol,
             buffered: Vec::new(),
         };
         let ready = client.next_event("ready").await;

@@ -17,7 +17,7 @@ const socket = new Socket(socketUrl, {
   authFailed: () => endSession('Your session has ended. Please log in again.'),
   replaced: () => show($('#reclaim-button'), true),
   handshakeFailed: tokenStillGood,
-});
+}, socketProtocols);
 pane.init({ socket, renderEntry, showView, onSent, dropGroup });
 
 let bootTimer = 0;
@@ -171,8 +171,13 @@ function holdLock(name) {
 
 function socketUrl() {
   const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-  const token = encodeURIComponent(session.token || '');
-  return `${scheme}://${location.host}/ws?token=${token}&device=${encodeURIComponent(state.device)}`;
+  return `${scheme}://${location.host}/ws?device=${encodeURIComponent(state.device)}`;
+}
+
+// The token rides in the subprotocol pair (DESIGN §4), not in the URL, so it
+// never lands in a proxy's access log. The gateway answers `natter.v1`.
+function socketProtocols() {
+  return ['natter.v1', `bearer.${session.token || ''}`];
 }
 
 // Who read how far is only ever pushed, never listed over REST: remember it.

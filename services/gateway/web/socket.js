@@ -19,12 +19,14 @@ function isAuthClose(code, reason) {
 
 export class Socket {
   /**
-   * url(): the URL to open (token and device change between sessions).
+   * url(): the URL to open (the device changes between sessions).
+   * protocols(): the subprotocols to offer, the token's among them.
    * handlers: frame(frame), state(state, text), authFailed(reason),
    * replaced(), handshakeFailed() → Promise<boolean> (is the token still good?).
    */
-  constructor(url, handlers) {
+  constructor(url, handlers, protocols = () => []) {
     this.url = url;
+    this.protocols = protocols;
     this.on = handlers;
     this.ws = null;
     this.ready = false;
@@ -118,7 +120,7 @@ export class Socket {
     }
     let ws;
     try {
-      ws = new WebSocket(this.url());
+      ws = new WebSocket(this.url(), this.protocols());
     } catch (e) {
       console.warn('natter: cannot open the socket', e);
       this.retry();

@@ -68,7 +68,27 @@ pub struct Params {
     device: Option<String>,
 }
 
-/// `GET /ws?token=&device=`: authenticate, check the origin, upgrade.
+/// The subprotocol the gateway speaks, answered to a client that offers it.
+pub const SUBPROTOCOL: &str = "natter.v1";
+/// The prefix of the subprotocol a browser carries its token in
+/// (`bearer.<JWT>`): a browser cannot set `Authorization` on a WebSocket, and
+/// a token in the query string lands in proxies' access logs.
+const BEARER_PROTOCOL: &str = "bearer.";
+
+/// The token offered as the subprotocol `bearer.<JWT>`, if any.
+fn protocol_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .find_map(|protocol| protocol.trim().strip_prefix(BEARER_PROTOCOL))
+        .filter(|token| !token.is_empty())
+}
+
+/// `GET /ws?token=&device=`: authenticate, check the origin, upgrade. The
+/// token comes from the query, `Authorization: Bearer`, or the subprotocol
+/// pair `natter.v1, bearer.<JWT>` (answered `natter.v1`, never the token).
 pub async fn upgrade(
     State(connections): State<Connections>,
     Query(params): Query<Params>,
@@ -81,6 +101,7 @@ pub async fn upgrade(
         .as_deref()
         .filter(|t| !t.is_empty())
         .or_else(|| bearer_token(&headers))
+        .or_else(|| protocol_token(&headers))
         .ok_or_else(|| ApiError::Unauthorized("missing token".into()))?;
     let claims = connections.auth.authenticate(token)?;
     let device = match params.device.as_deref() {
@@ -96,6 +117,7 @@ pub async fn upgrade(
     let max_frame = connections.max_frame_bytes;
     let user = user.id;
     Ok(ws
+        .protocols([SUBPROTOCOL])
         .read_buffer_size(SOCKET_BUFFER)
         .write_buffer_size(SOCKET_BUFFER)
         .max_write_buffer_size(MAX_WRITE_BUFFER)

@@ -162,6 +162,24 @@ async fn bad_tokens_are_refused_at_the_handshake_and_on_rest() {
         .unwrap();
     assert_eq!(client.ready["userId"], sub);
     assert_eq!(client.ready["deviceId"], "hdr");
+    assert_eq!(
+        client.protocol, None,
+        "no subprotocol offered, none answered"
+    );
+    // As browsers send it: the subprotocol pair, answered `natter.v1` and
+    // never with the token.
+    let url = format!("ws://127.0.0.1:{}/ws?device=proto", app.gateway_port);
+    let offered = format!("natter.v1, bearer.{}", alice.token);
+    let client = WsClient::connect_with(&url, &[("sec-websocket-protocol", &offered)])
+        .await
+        .unwrap();
+    assert_eq!(client.ready["userId"], sub);
+    assert_eq!(client.ready["deviceId"], "proto");
+    assert_eq!(client.protocol.as_deref(), Some("natter.v1"));
+    // A bad token there is refused like anywhere else.
+    let forged = format!("natter.v1, bearer.{}x", alice.token);
+    let refused = WsClient::connect_with(&url, &[("sec-websocket-protocol", &forged)]).await;
+    assert_eq!(refused.err().and_then(|e| e.status), Some(401));
 }
 
 #[tokio::test]
