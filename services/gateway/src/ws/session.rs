@@ -575,4 +575,6 @@ pub fn close(code: u16, reason: &'static str) -> WsMessage {
 }
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 /// A user's delivery log, cursor and acks, held in memory.
 #[derive(Default)]
-struct Fake {
+pub(super) struct Fake {
     cursor: Mutex<Option<u64>>,
     /// The user's records, in sequence order.
     log: Mutex<Vec<Stored>>,
@@ -25,7 +25,7 @@ struct Fake {
 }
 
 impl Fake {
-    fn with_log(cursor: Option<u64>, seqs: &[u64]) -> Arc<Self> {
+    pub(super) fn with_log(cursor: Option<u64>, seqs: &[u64]) -> Arc<Self> {
         let fake = Self::default();
         *fake.cursor.lock().unwrap() = cursor;
         *fake.first.lock().unwrap() = 1;
@@ -163,7 +163,7 @@ impl Backend for Fake {
     }
 }
 
-fn limits() -> Limits {
+pub(super) fn limits() -> Limits {
     Limits {
         max_message_bytes: 1024,
         max_inflight: 8,
@@ -201,17 +201,17 @@ fn attachment(user: UserId) -> (Attachment, Hub) {
 }
 
 /// A running session and the client's ends of its socket.
-struct Client {
-    to_server: socket::UnboundedSender<Result<WsMessage, axum::Error>>,
+pub(super) struct Client {
+    pub(super) to_server: socket::UnboundedSender<Result<WsMessage, axum::Error>>,
     from_server: socket::Receiver<WsMessage>,
     hub: Hub,
     shutdown: CancellationToken,
-    ended: JoinHandle<End>,
+    pub(super) ended: JoinHandle<End>,
 }
 
 impl Client {
     /// Starts a session over a socket whose outgoing side holds `window` frames.
-    fn start(backend: Arc<Fake>, limits: Limits, window: usize) -> Self {
+    pub(super) fn start(backend: Arc<Fake>, limits: Limits, window: usize) -> Self {
         Self::start_expiring(backend, limits, window, None)
     }
 
@@ -246,14 +246,14 @@ impl Client {
         }
     }
 
-    fn send(&self, frame: &str) {
+    pub(super) fn send(&self, frame: &str) {
         self.to_server
             .unbounded_send(Ok(WsMessage::Text(frame.to_owned().into())))
             .unwrap();
     }
 
     /// The next text frame the server wrote, as JSON.
-    async fn next(&mut self) -> Value {
+    pub(super) async fn next(&mut self) -> Value {
         loop {
             let frame = tokio::time::timeout(Duration::from_secs(5), self.from_server.next())
                 .await
@@ -265,7 +265,7 @@ impl Client {
         }
     }
 
-    async fn expect_event(&mut self, event: &str) -> Value {
+    pub(super) async fn expect_event(&mut self, event: &str) -> Value {
         let frame = self.next().await;
         assert_eq!(frame["event"], event, "unexpected frame {frame}");
         frame
@@ -288,7 +288,7 @@ impl Client {
         assert_eq!(pong["ref"], reference);
     }
 
-    async fn stop(self) -> End {
+    pub(super) async fn stop(self) -> End {
         self.shutdown.cancel();
         self.ended.await.unwrap()
     }
