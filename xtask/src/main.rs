@@ -6,6 +6,7 @@
 
 mod bench;
 mod chaos;
+mod contract;
 mod e2e;
 mod service;
 mod signals;

@@ -1,5 +1,5 @@
 //! `cargo xtask test`: fmt, the module-cycle check, clippy, doc tests, nextest, a short chaos
-//! run and the browser tests, failing fast, with nats-server installed once and one PostgreSQL
+//! run, schemathesis against the OpenAPI document and the browser tests, failing fast, with nats-server installed once and one PostgreSQL
 //! shared by every test process of the run.
 
 use std::fs;
@@ -21,6 +21,9 @@ pub struct TestArgs {
     /// Leave out the short fault-injection run (`cargo xtask chaos`, under 3 minutes).
     #[arg(long)]
     skip_chaos: bool,
+    /// Leave out schemathesis against the OpenAPI document (about 2 minutes).
+    #[arg(long)]
+    skip_contract: bool,
     /// Passed on to `cargo nextest run`, e.g. `-- -E 'test(replays)'`.
     #[arg(last = true)]
     nextest_args: Vec<String>,
@@ -147,6 +150,15 @@ fn run_steps(args: &TestArgs, stop: &Stop) -> anyhow::Result<Option<String>> {
                 "chaos (its verdict is above; `cargo xtask chaos` to run it again)".to_owned(),
             ));
         }
+    }
+    if args.skip_contract {
+        banner("API contract run skipped (--skip-contract)");
+    } else if let Some(failed) = check(
+        "API contract (schemathesis, above)",
+        crate::contract::run(postgres, stop)?,
+        stop,
+    ) {
+        return Ok(Some(failed));
     }
     if args.skip_browser {
         banner("browser tests skipped (--skip-browser)");

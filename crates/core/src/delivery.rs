@@ -57,6 +57,7 @@ pub enum DeliveryEvent {
 /// A group as clients see it: its members are read a page at a time over
 /// REST, so a group is the same few bytes however large it grows.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Group {
     pub id: GroupId,
@@ -67,6 +68,7 @@ pub struct Group {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Member {
     pub id: UserId,

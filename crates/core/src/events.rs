@@ -176,6 +176,7 @@ pub struct MessagesRead {
 
 /// A message as clients see it (DESIGN.md §4).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Message {
     pub id: MessageId,

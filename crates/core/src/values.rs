@@ -148,17 +148,19 @@ impl GroupName {
     }
 }
 
-/// A password as typed: 8–256 bytes. Never logged (no `Debug` of the value).
+/// A password as typed: 8–256 characters (as the API document says: JSON
+/// Schema counts characters). Never logged (no `Debug` of the value).
 #[derive(Clone)]
 pub struct Password(String);
 
 impl Password {
     pub fn parse(raw: &str) -> Result<Self, ValueError> {
-        if raw.len() < 8 {
+        let chars = raw.chars().count();
+        if chars < 8 {
             return Err(invalid("password must be at least 8 characters"));
         }
-        if raw.len() > 256 {
-            return Err(invalid("password must be at most 256 bytes"));
+        if chars > 256 {
+            return Err(invalid("password must be at most 256 characters"));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -380,6 +382,10 @@ mod tests {
         let p = Password::parse("correct horse").unwrap();
         assert!(!format!("{p:?}").contains("horse"));
         assert!(Password::parse("short").is_err());
+        // Characters, not bytes, as the API document's lengths count them.
+        assert!(Password::parse(&"é".repeat(7)).is_err());
+        assert!(Password::parse(&"é".repeat(256)).is_ok());
+        assert!(Password::parse(&"é".repeat(257)).is_err());
     }
 
     #[test]

@@ -151,3 +151,73 @@ impl From<natter_core::ValueError> for ApiError {
         }
     }
 }
+
+// The error shape as types, for the OpenAPI document.
+
+/// Every error: `{"error": {"code", "message"}}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    /// For people; clients act on `code`.
+    pub message: String,
+}
+
+/// The error codes of the API (DESIGN §4).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // a schema: `ApiError::code` writes the codes
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    Unavailable,
+    Internal,
+}
+
+/// The errors any operation may answer, each in [`ErrorBody`]'s shape.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // documents responses; `ApiError` makes them
+pub enum ErrorResponses {
+    /// Malformed input: a field, the query, the JSON, a path id.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// A missing, invalid, expired or revoked token.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// Not allowed for this user.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// No such thing, or not one the caller may see.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// The method is not taken on this path.
+    #[response(status = 405)]
+    MethodNotAllowed(ErrorBody),
+    /// The name is taken (sign-up).
+    #[response(status = 409)]
+    Conflict(ErrorBody),
+    /// The body or the message is too large.
+    #[response(status = 413)]
+    PayloadTooLarge(ErrorBody),
+    /// The body is not `application/json`.
+    #[response(status = 415)]
+    UnsupportedMediaType(ErrorBody),
+    /// Over a per-user or per-address limit; `Retry-After` says when to retry.
+    #[response(status = 429)]
+    RateLimited(ErrorBody),
+    /// A bug; the message carries a trace id to report.
+    #[response(status = 500)]
+    Internal(ErrorBody),
+    /// A dependency did not answer (in time); retry. A send answered so
+    /// may still be delivered: retry it with the same `clientMsgId`.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}

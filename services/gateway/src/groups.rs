@@ -93,9 +93,11 @@ impl Groups {
             .filter(|id| !known.contains(id))
             .map(Uuid::to_string)
             .collect();
+        // A field naming no one is bad input (400): a 404 would say the
+        // group at the path is missing.
         if !unknown.is_empty() {
-            return Err(ApiError::NotFound(format!(
-                "unknown users: {}",
+            return Err(ApiError::bad_request(format!(
+                "{field} names unknown users: {}",
                 unknown.join(", ")
             )));
         }

@@ -67,7 +67,7 @@ pub struct TooManyConnections {
 }
 
 /// A user's presence, for lists and the admin view.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ActiveUser {
     pub user_id: UserId,

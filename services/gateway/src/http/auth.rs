@@ -2,12 +2,14 @@
 //! username before any password is hashed.
 
 use super::extract::{AuthUser, ClientAddr, JsonBody};
+use super::schema::{Session, User};
 use crate::auth::TokenKeys;
 use crate::auth::attempts::{AttemptLimiter, RetryAfter};
 use crate::auth::hashing::PasswordHashing;
 use crate::delivery::Hub;
 use crate::directory::{Directory, UserRecord};
 use crate::error::ApiError;
+use crate::error::ErrorResponses;
 use crate::revocation::{REVOKED, Revocations};
 use crate::state::AppState;
 use axum::extract::{FromRef, State};
@@ -17,7 +19,6 @@ use axum::routing::post;
 use axum::{Json, Router};
 use natter_core::{DisplayName, Password, UserId, Username};
 use serde::Deserialize;
-use serde_json::{Value, json};
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,22 +54,27 @@ pub fn router() -> Router<AppState> {
         .route("/api/auth/logout", post(logout))
 }
 
-#[derive(Deserialize)]
+/// `POST /api/auth/signup`: a username, a password and an optional display
+/// name. The constraints are `natter_core`'s (`Username`, `Password`,
+/// `DisplayName`), which the handler applies.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Signup {
+    /// 3–32 letters, digits, `_`, `.` or `-` (surrounding spaces dropped);
+    /// stored in lowercase.
+    #[schema(pattern = r"^\s*[A-Za-z0-9_.\-]{3,32}\s*$")]
     username: String,
+    #[schema(min_length = 8, max_length = 256)]
     password: String,
+    /// 1–64 characters after trimming, none of them control, bidirectional
+    /// or invisible; the username when absent.
     display_name: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct Login {
     username: String,
     password: String,
-}
-
-pub fn user_json(user: &UserRecord) -> Value {
-    json!({"id": user.id, "username": user.username, "displayName": user.display_name})
 }
 
 /// Counts an attempt by `client` on `username` (if it is a valid name: an
@@ -107,6 +113,9 @@ fn answer(result: Result<impl IntoResponse, ApiError>) -> Response {
     }
 }
 
+/// Signs up: the new user and their first token.
+#[utoipa::path(post, path = "/api/auth/signup", tag = "auth", request_body = Signup,
+    responses((status = 201, description = "signed up", body = Session), ErrorResponses))]
 async fn signup(
     State(accounts): State<Accounts>,
     client: ClientAddr,
@@ -119,7 +128,7 @@ async fn signup(
 }
 
 impl Accounts {
-    async fn create_user(&self, body: Signup) -> Result<(StatusCode, Json<Value>), ApiError> {
+    async fn create_user(&self, body: Signup) -> Result<(StatusCode, Json<Session>), ApiError> {
         let Accounts {
             hashing,
             pool,
@@ -157,11 +166,14 @@ impl Accounts {
         let token = tokens.issue(id)?;
         Ok((
             StatusCode::CREATED,
-            Json(json!({"token": token, "user": user_json(&user)})),
+            Json(Session {
+                token,
+                user: User::from(user.as_ref()),
+            }),
         ))
     }
 
-    async fn check_password(&self, body: Login) -> Result<Json<Value>, ApiError> {
+    async fn check_password(&self, body: Login) -> Result<Json<Session>, ApiError> {
         let Accounts {
             hashing,
             pool,
@@ -192,10 +204,16 @@ impl Accounts {
             display_name,
         });
         let token = tokens.issue(user.id)?;
-        Ok(Json(json!({"token": token, "user": user_json(&user)})))
+        Ok(Json(Session {
+            token,
+            user: User::from(user.as_ref()),
+        }))
     }
 }
 
+/// Logs in: a new token for the user.
+#[utoipa::path(post, path = "/api/auth/login", tag = "auth", request_body = Login,
+    responses((status = 200, description = "logged in", body = Session), ErrorResponses))]
 async fn login(
     State(accounts): State<Accounts>,
     client: ClientAddr,
@@ -208,6 +226,8 @@ async fn login(
 }
 
 /// Revokes the caller's token everywhere and closes the sockets it opened.
+#[utoipa::path(post, path = "/api/auth/logout", tag = "auth", security(("bearer" = [])),
+    responses((status = 204, description = "the token is revoked"), ErrorResponses))]
 async fn logout(
     State(revocations): State<Arc<Revocations>>,
     State(hub): State<Arc<Hub>>,

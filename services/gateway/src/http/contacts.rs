@@ -3,7 +3,9 @@
 //! sees without sharing a conversation.
 
 use super::extract::AuthUser;
+use super::schema::{Contact, Contacts};
 use crate::error::ApiError;
+use crate::error::ErrorResponses;
 use crate::presence::Presence;
 use crate::state::AppState;
 use axum::extract::{Path, State};
@@ -11,7 +13,6 @@ use axum::http::StatusCode;
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use natter_core::UserId;
-use serde_json::{Value, json};
 use sqlx::PgPool;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -31,11 +32,14 @@ fn user_id(raw: &str) -> Result<UserId, ApiError> {
 }
 
 /// `{contacts: [{id, username, displayName, online}]}`, by display name.
+/// The caller's contacts (at most 1,000), by display name.
+#[utoipa::path(get, path = "/api/contacts", tag = "contacts", security(("bearer" = [])),
+    responses((status = 200, description = "the contacts", body = Contacts), ErrorResponses))]
 async fn list(
     State(pool): State<PgPool>,
     State(presence): State<Arc<Presence>>,
     caller: AuthUser,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Contacts>, ApiError> {
     let rows: Vec<(Uuid, String, String)> = sqlx::query_as(
         "SELECT u.id, u.username, u.display_name
          FROM contacts c JOIN users u ON u.id = c.contact_id
@@ -47,21 +51,23 @@ async fn list(
     .bind(MAX_CONTACTS)
     .fetch_all(&pool)
     .await?;
-    let contacts: Vec<Value> = rows
+    let contacts = rows
         .into_iter()
-        .map(|(id, username, display_name)| {
-            json!({
-                "id": id,
-                "username": username,
-                "displayName": display_name,
-                "online": presence.is_online(UserId(id)),
-            })
+        .map(|(id, username, display_name)| Contact {
+            id: UserId(id),
+            username,
+            display_name,
+            online: presence.is_online(UserId(id)),
         })
         .collect();
-    Ok(Json(json!({ "contacts": contacts })))
+    Ok(Json(Contacts { contacts }))
 }
 
 /// `PUT /api/contacts/{userId}`: adds a known user; adding one twice is fine.
+/// Adds a user to the caller's contacts (idempotent).
+#[utoipa::path(put, path = "/api/contacts/{user}", tag = "contacts", security(("bearer" = [])),
+    params(("user" = uuid::Uuid, Path, description = "the user's id")),
+    responses((status = 204, description = "a contact"), ErrorResponses))]
 async fn add(
     State(pool): State<PgPool>,
     caller: AuthUser,
@@ -101,6 +107,10 @@ async fn add(
 }
 
 /// `DELETE /api/contacts/{userId}`: removing someone who is not a contact is fine.
+/// Removes a user from the caller's contacts (idempotent).
+#[utoipa::path(delete, path = "/api/contacts/{user}", tag = "contacts", security(("bearer" = [])),
+    params(("user" = uuid::Uuid, Path, description = "the user's id")),
+    responses((status = 204, description = "not a contact"), ErrorResponses))]
 async fn remove(
     State(pool): State<PgPool>,
     caller: AuthUser,

@@ -2,8 +2,10 @@
 //! gets `not_found`, never data.
 
 use super::extract::{AuthUser, QueryParams};
+use super::schema::{ConversationEntry, History, Peer};
 use crate::chat::Chat;
 use crate::error::ApiError;
+use crate::error::ErrorResponses;
 use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -12,7 +14,6 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use natter_core::{ConversationId, GroupId, Message, MessageId, UserId};
 use serde::Deserialize;
-use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::types::Json as SqlJson;
 use std::sync::Arc;
@@ -28,10 +29,17 @@ pub fn router() -> Router<AppState> {
         .route("/api/conversations/{id}/read", post(read))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Page {
+    /// Only messages with a lower `seq` (the newest page before it).
+    #[param(minimum = 0)]
     before: Option<i64>,
+    /// Only messages with a higher `seq`, read forward.
+    #[param(minimum = 0)]
     after: Option<i64>,
+    /// Messages per page (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
 }
 
@@ -71,11 +79,14 @@ struct ConversationRow {
 const DEFAULT_CONVERSATIONS: i64 = 200;
 const MAX_CONVERSATIONS: i64 = 1000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ConversationPage {
     /// Only conversations whose last activity is older (the previous page's
     /// last `lastActivityAt`).
     before: Option<DateTime<Utc>>,
+    /// Conversations per page (default 200).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -86,11 +97,15 @@ struct ConversationPage {
 /// seen. The plan reads the caller's memberships with their conversations
 /// (a top-N sort over them), then at most one peer and one message per
 /// listed conversation.
+#[utoipa::path(get, path = "/api/conversations", tag = "conversations",
+    security(("bearer" = [])), params(ConversationPage),
+    responses((status = 200, description = "newest activity first", body = Vec<ConversationEntry>),
+        ErrorResponses))]
 async fn list(
     State(pool): State<PgPool>,
     caller: AuthUser,
     QueryParams(page): QueryParams<ConversationPage>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<ConversationEntry>>, ApiError> {
     let limit = page.limit.unwrap_or(DEFAULT_CONVERSATIONS);
     if !(1..=MAX_CONVERSATIONS).contains(&limit) {
         return Err(ApiError::bad_request(format!(
@@ -135,32 +150,25 @@ async fn list(
         .bind(limit)
         .fetch_all(&pool)
         .await?;
-    let conversations: Vec<Value> = rows
+    let conversations = rows
         .into_iter()
-        .map(|row| {
-            let mut entry = json!({
-                "id": row.id,
-                "kind": row.kind,
-                "unreadCount": row.unread_count,
-                "lastReadSeq": row.last_read_seq,
-                "lastActivityAt": row.last_activity_at,
-                "lastMessage": row.last_message.map(|SqlJson(m)| m),
-            });
-            if let Some(name) = row.name {
-                entry["name"] = json!(name);
-                entry["groupId"] = json!(row.id);
-            }
-            if let Some(peer) = row.peer_id {
-                entry["peer"] = json!({
-                    "id": peer,
-                    "username": row.peer_username,
-                    "displayName": row.peer_display_name,
-                });
-            }
-            entry
+        .map(|row| ConversationEntry {
+            id: ConversationId(row.id),
+            kind: row.kind,
+            unread_count: row.unread_count,
+            last_read_seq: row.last_read_seq,
+            last_activity_at: row.last_activity_at,
+            last_message: row.last_message.map(|SqlJson(m)| m),
+            group_id: row.name.is_some().then_some(GroupId(row.id)),
+            name: row.name,
+            peer: row.peer_id.map(|peer| Peer {
+                id: UserId(peer),
+                username: row.peer_username,
+                display_name: row.peer_display_name,
+            }),
         })
         .collect();
-    Ok(Json(Value::Array(conversations)))
+    Ok(Json(conversations))
 }
 
 #[derive(sqlx::FromRow)]
@@ -194,13 +202,18 @@ impl From<MessageRow> for Message {
     }
 }
 
+/// A page of the conversation's history, in `seq` order. Members only.
+#[utoipa::path(get, path = "/api/conversations/{id}/messages", tag = "conversations",
+    security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "the conversation's id"), Page),
+    responses((status = 200, description = "a page of messages", body = History), ErrorResponses))]
 async fn history(
     State(pool): State<PgPool>,
     State(chat): State<Arc<Chat>>,
     caller: AuthUser,
     Path(id): Path<String>,
     QueryParams(page): QueryParams<Page>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<History>, ApiError> {
     let conversation = conversation_id(&id)?;
     chat.ensure_member(caller.id, conversation).await?;
     let limit = page.limit.unwrap_or(DEFAULT_PAGE);
@@ -243,15 +256,23 @@ async fn history(
     if !forward {
         messages.reverse();
     }
-    Ok(Json(json!({"messages": messages, "hasMore": has_more})))
+    Ok(Json(History { messages, has_more }))
 }
 
-#[derive(Deserialize, Default)]
+/// `POST /api/conversations/{id}/read`: read up to `upToSeq`, or everything
+/// so far without it (or without a body).
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct ReadBody {
     up_to_seq: Option<u64>,
 }
 
+/// Marks the conversation read; members get a `messages_read` event.
+#[utoipa::path(post, path = "/api/conversations/{id}/read", tag = "conversations",
+    security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "the conversation's id")),
+    request_body(content = Option<ReadBody>, description = "optional"),
+    responses((status = 204, description = "read"), ErrorResponses))]
 async fn read(
     State(chat): State<Arc<Chat>>,
     caller: AuthUser,

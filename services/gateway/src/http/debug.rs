@@ -1,15 +1,16 @@
 //! Operator views, for the users named in `ADMIN_USERS` only.
 
 use super::extract::AuthUser;
+use super::schema::ActiveUsers;
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::error::ApiError;
+use crate::error::ErrorResponses;
 use crate::presence::Presence;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{Value, json};
 use std::sync::Arc;
 
 pub fn router() -> Router<AppState> {
@@ -18,12 +19,15 @@ pub fn router() -> Router<AppState> {
 
 /// Everyone connected to any gateway: user, connection count, gateways.
 /// Never socket ids or tokens.
+#[utoipa::path(get, path = "/debug/active-users", tag = "operations",
+    security(("bearer" = [])),
+    responses((status = 200, description = "who is connected", body = ActiveUsers), ErrorResponses))]
 async fn active_users(
     State(config): State<Arc<Config>>,
     State(directory): State<Arc<Directory>>,
     State(presence): State<Arc<Presence>>,
     caller: AuthUser,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ActiveUsers>, ApiError> {
     let user = directory
         .get(caller.id)
         .await?
@@ -37,9 +41,9 @@ async fn active_users(
     }
     let users = presence.active_users();
     let connections: usize = users.iter().map(|u| u.connections).sum();
-    Ok(Json(json!({
-        "activeUsers": users,
-        "count": users.len(),
-        "connections": connections,
-    })))
+    Ok(Json(ActiveUsers {
+        count: users.len(),
+        active_users: users,
+        connections,
+    }))
 }

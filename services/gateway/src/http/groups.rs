@@ -2,8 +2,10 @@
 //! (`{members, next?}`, like `GET /api/users`): a group is never sent whole.
 
 use super::extract::{AuthUser, JsonBody, QueryParams};
+use super::schema::{AddMembersRequest, CreateGroupRequest, GroupBody, Members};
 use crate::directory::Directory;
 use crate::error::ApiError;
+use crate::error::ErrorResponses;
 use crate::groups::{DEFAULT_MEMBERS_PAGE, Groups, MAX_MEMBERS_PAGE};
 use crate::state::AppState;
 use axum::extract::{Path, State};
@@ -12,7 +14,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use natter_core::{GroupId, UserId};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::sync::Arc;
 
 pub fn router() -> Router<AppState> {
@@ -28,39 +30,59 @@ fn group_id(raw: &str) -> Result<GroupId, ApiError> {
         .map_err(|_| ApiError::bad_request("group id must be a UUID"))
 }
 
+/// Creates a group with the caller and `memberIds` (at most 1,000 members).
+#[utoipa::path(post, path = "/api/groups", tag = "groups", security(("bearer" = [])),
+    request_body = CreateGroupRequest,
+    responses((status = 201, description = "created", body = GroupBody), ErrorResponses))]
 async fn create(
     State(groups): State<Arc<Groups>>,
     State(directory): State<Arc<Directory>>,
     caller: AuthUser,
     JsonBody(body): JsonBody<Value>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<GroupBody>), ApiError> {
     let creator = directory
         .get(caller.id)
         .await?
         .ok_or_else(|| ApiError::Unauthorized("unknown user".into()))?;
     let group = groups.create(&creator, &body).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "group": group }))))
+    Ok((StatusCode::CREATED, Json(GroupBody { group })))
 }
 
+/// A group the caller is a member of.
+#[utoipa::path(get, path = "/api/groups/{id}", tag = "groups", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "the group's id")),
+    responses((status = 200, description = "the group", body = GroupBody), ErrorResponses))]
 async fn show(
     State(groups): State<Arc<Groups>>,
     caller: AuthUser,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<GroupBody>, ApiError> {
     let group = groups.member_view(caller.id, group_id(&id)?).await?;
-    Ok(Json(json!({ "group": group })))
+    Ok(Json(GroupBody { group }))
 }
 
+/// Adds members (members may add others).
+#[utoipa::path(post, path = "/api/groups/{id}/members", tag = "groups",
+    security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "the group's id")),
+    request_body = AddMembersRequest,
+    responses((status = 200, description = "the group after the add", body = GroupBody), ErrorResponses))]
 async fn add(
     State(groups): State<Arc<Groups>>,
     caller: AuthUser,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<Value>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<GroupBody>, ApiError> {
     let group = groups.add(caller.id, group_id(&id)?, &body).await?;
-    Ok(Json(json!({ "group": group })))
+    Ok(Json(GroupBody { group }))
 }
 
+/// Removes a member: the creator may remove anyone, a member themselves.
+#[utoipa::path(delete, path = "/api/groups/{id}/members/{user}", tag = "groups",
+    security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "the group's id"),
+        ("user" = uuid::Uuid, Path, description = "the member's id")),
+    responses((status = 204, description = "removed"), ErrorResponses))]
 async fn remove(
     State(groups): State<Arc<Groups>>,
     caller: AuthUser,
@@ -73,6 +95,10 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Deletes the group (its creator only).
+#[utoipa::path(delete, path = "/api/groups/{id}", tag = "groups", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "the group's id")),
+    responses((status = 204, description = "deleted"), ErrorResponses))]
 async fn destroy(
     State(groups): State<Arc<Groups>>,
     caller: AuthUser,
@@ -84,18 +110,28 @@ async fn destroy(
 
 /// The query of a members page, as given: parsed below so a bad value is
 /// answered with the JSON error like every other.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct MembersPage {
+    /// Members per page (default 100).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     limit: Option<String>,
+    /// The last member id of the previous page (`next`).
+    #[param(value_type = Option<uuid::Uuid>)]
     after: Option<String>,
 }
 
+/// A page of the group's members, in id order.
+#[utoipa::path(get, path = "/api/groups/{id}/members", tag = "groups",
+    security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "the group's id"), MembersPage),
+    responses((status = 200, description = "a page of members", body = Members), ErrorResponses))]
 async fn members(
     State(groups): State<Arc<Groups>>,
     caller: AuthUser,
     Path(id): Path<String>,
     QueryParams(page): QueryParams<MembersPage>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Members>, ApiError> {
     let group = group_id(&id)?;
     let limit = match page.limit.as_deref() {
         None => DEFAULT_MEMBERS_PAGE,
@@ -115,9 +151,5 @@ async fn members(
         ),
     };
     let (members, next) = groups.members(caller.id, group, after, limit).await?;
-    let mut body = json!({ "members": members });
-    if let Some(next) = next {
-        body["next"] = json!(next);
-    }
-    Ok(Json(body))
+    Ok(Json(Members { members, next }))
 }

@@ -9,6 +9,8 @@ mod extract;
 mod groups;
 mod health;
 mod messages;
+mod openapi;
+mod schema;
 mod users;
 mod web;
 
@@ -45,7 +47,16 @@ pub fn router(state: AppState) -> Router {
             Method::DELETE,
         ])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]);
-    let routes = Router::new()
+    guarded(routes(), REQUEST_TIMEOUT)
+        .layer(cors)
+        .layer(axum::middleware::from_fn(observe))
+        .with_state(state)
+}
+
+/// Every route, without state or layers: what the OpenAPI document must
+/// describe, path for path and method for method.
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
         .merge(auth::router())
         .merge(users::router())
         .merge(contacts::router())
@@ -56,12 +67,16 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(web::router())
         .route("/ws", axum::routing::get(crate::ws::upgrade::upgrade))
+        .route(
+            "/api/openapi.json",
+            axum::routing::get(openapi::openapi_json),
+        )
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/api/docs")
+                .config(utoipa_swagger_ui::Config::from("/api/openapi.json")),
+        )
         .fallback(unknown_route)
-        .method_not_allowed_fallback(wrong_method);
-    guarded(routes, REQUEST_TIMEOUT)
-        .layer(cors)
-        .layer(axum::middleware::from_fn(observe))
-        .with_state(state)
+        .method_not_allowed_fallback(wrong_method)
 }
 
 /// Every request answered in the API's error shape even when its handler
@@ -151,6 +166,9 @@ async fn observe(request: axum::extract::Request, next: axum::middleware::Next) 
     crate::metrics::http_request(status);
     response
 }
+
+#[cfg(test)]
+mod document_tests;
 
 #[cfg(test)]
 mod tests {

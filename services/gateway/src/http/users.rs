@@ -1,18 +1,18 @@
 //! The caller and the people they can talk to.
 
-use super::auth::user_json;
 use super::conversations::MESSAGE_JSON;
 use super::extract::{AuthUser, JsonBody, QueryParams};
+use super::schema::{People, Person, User};
 use crate::control::{Control, ControlBus};
 use crate::directory::{Directory, UserRecord};
 use crate::error::ApiError;
+use crate::error::ErrorResponses;
 use crate::presence::Presence;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use natter_core::{ConversationId, DisplayName, Message, UserId};
-use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::types::Json as SqlJson;
 use std::sync::Arc;
@@ -24,18 +24,22 @@ pub fn router() -> Router<AppState> {
         .route("/api/users", get(users))
 }
 
+/// The caller's profile.
+#[utoipa::path(get, path = "/api/me", tag = "users", security(("bearer" = [])),
+    responses((status = 200, description = "the caller", body = User), ErrorResponses))]
 async fn me(
     State(directory): State<Arc<Directory>>,
     caller: AuthUser,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<User>, ApiError> {
     let user = directory
         .get(caller.id)
         .await?
         .ok_or_else(|| ApiError::Unauthorized("unknown user".into()))?;
-    Ok(Json(user_json(&user)))
+    Ok(Json(User::from(user.as_ref())))
 }
 
-#[derive(serde::Deserialize)]
+/// `PATCH /api/me`: a new display name (1–64 characters).
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct ProfileChange {
     display_name: String,
@@ -43,13 +47,16 @@ struct ProfileChange {
 
 /// `PATCH /api/me {displayName}`: others see the new name in the user list
 /// and on the caller's later messages.
+#[utoipa::path(patch, path = "/api/me", tag = "users", security(("bearer" = [])),
+    request_body = ProfileChange,
+    responses((status = 200, description = "the changed profile", body = User), ErrorResponses))]
 async fn update_me(
     State(pool): State<PgPool>,
     State(directory): State<Arc<Directory>>,
     State(control): State<ControlBus>,
     caller: AuthUser,
     JsonBody(change): JsonBody<ProfileChange>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<User>, ApiError> {
     let display_name = DisplayName::parse(&change.display_name)?;
     let username: Option<String> =
         sqlx::query_scalar("UPDATE users SET display_name = $2 WHERE id = $1 RETURNING username")
@@ -64,7 +71,7 @@ async fn update_me(
         display_name: display_name.into_string(),
     });
     control.announce(caller.id, &Control::ProfileChanged).await;
-    Ok(Json(user_json(&user)))
+    Ok(Json(User::from(user.as_ref())))
 }
 
 /// People one page lists by default, and at most (DESIGN §4).
@@ -73,10 +80,14 @@ const MAX_PAGE: i64 = 200;
 /// The longest search prefix: longer than any name.
 const MAX_QUERY_CHARS: usize = 64;
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PeoplePage {
     /// A prefix of the username or the display name.
+    #[param(max_length = 64)]
     q: Option<String>,
+    /// People per page (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     limit: Option<String>,
     /// The last username of the previous page.
     after: Option<String>,
@@ -131,12 +142,15 @@ struct PersonRow {
 
 /// Everyone else, a page at a time in username order, searched by prefix,
 /// with the direct conversation's unread count and last message.
+#[utoipa::path(get, path = "/api/users", tag = "users", security(("bearer" = [])),
+    params(PeoplePage),
+    responses((status = 200, description = "a page of people", body = People), ErrorResponses))]
 async fn users(
     State(pool): State<PgPool>,
     State(presence): State<Arc<Presence>>,
     caller: AuthUser,
     QueryParams(page): QueryParams<PeoplePage>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<People>, ApiError> {
     let limit = page.limit()?;
     let patterns = page.patterns()?;
     let rows: Vec<PersonRow> = sqlx::query_as(sqlx::AssertSqlSafe(people_sql()))
@@ -152,29 +166,25 @@ async fn users(
     let next = more
         .then(|| rows.last().map(|r| r.username.clone()))
         .flatten();
-    let people: Vec<Value> = rows
+    let users = rows
         .iter()
-        .map(|row| person_json(row, caller.id, &presence))
+        .map(|row| person(row, caller.id, &presence))
         .collect();
-    let mut body = json!({ "users": people });
-    if let Some(next) = next {
-        body["next"] = json!(next);
-    }
-    Ok(Json(body))
+    Ok(Json(People { users, next }))
 }
 
-fn person_json(row: &PersonRow, caller: UserId, presence: &Presence) -> Value {
+fn person(row: &PersonRow, caller: UserId, presence: &Presence) -> Person {
     let id = UserId(row.id);
-    json!({
-        "id": row.id,
-        "username": row.username,
-        "displayName": row.display_name,
-        "online": row.known && presence.is_online(id),
-        "isContact": row.is_contact,
-        "conversationId": ConversationId::direct(caller, id),
-        "unreadCount": row.unread_count.unwrap_or(0),
-        "lastMessage": row.last_message.as_ref().map(|SqlJson(m)| m),
-    })
+    Person {
+        id,
+        username: row.username.clone(),
+        display_name: row.display_name.clone(),
+        online: row.known && presence.is_online(id),
+        is_contact: row.is_contact,
+        conversation_id: ConversationId::direct(caller, id),
+        unread_count: row.unread_count.unwrap_or(0),
+        last_message: row.last_message.as_ref().map(|SqlJson(m)| m.clone()),
+    }
 }
 
 /// `$1` the caller, `$2`/`$3` the username/display-name patterns (or

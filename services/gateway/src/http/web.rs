@@ -50,10 +50,20 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/assets/{name}", get(asset))
 }
 
+/// The web client's page.
+#[utoipa::path(get, path = "/", tag = "web",
+    responses((status = 200, description = "the page", content_type = "text/html", body = String),
+        (status = 304, description = "unchanged since the ETag sent")))]
 async fn index(headers: HeaderMap) -> Response {
     serve("index.html", &headers).unwrap_or_else(IntoResponse::into_response)
 }
 
+/// One of the web client's scripts, styles or icons.
+#[utoipa::path(get, path = "/assets/{name}", tag = "web",
+    params(("name" = String, Path, description = "a file name", example = "app.js")),
+    responses((status = 200, description = "the file", content_type = "text/javascript", body = String),
+        (status = 304, description = "unchanged since the ETag sent"),
+        (status = 404, description = "no such file", body = crate::error::ErrorBody)))]
 async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Response {
     serve(&name, &headers).unwrap_or_else(IntoResponse::into_response)
 }

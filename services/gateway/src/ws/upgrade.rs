@@ -17,6 +17,8 @@ use crate::typing::TypingSignals;
 use crate::ws::protocol::SendMessage;
 use crate::ws::refusals::Refusals;
 use crate::ws::session::{Backend, Confirmation, End, Limits, Session, Unavailable, close};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -62,9 +64,15 @@ pub struct Connections {
     pub shutdown: CancellationToken,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Params {
+    /// The JWT, for clients that can set neither `Authorization` nor the
+    /// subprotocol (it lands in proxies' logs).
     token: Option<String>,
+    /// The device's id (default `default`): its cursor is where a
+    /// reconnect resumes.
+    #[param(pattern = r"^[A-Za-z0-9_.:\-]{1,64}$")]
     device: Option<String>,
 }
 
@@ -89,12 +97,24 @@ fn protocol_token(headers: &HeaderMap) -> Option<&str> {
 /// `GET /ws?token=&device=`: authenticate, check the origin, upgrade. The
 /// token comes from the query, `Authorization: Bearer`, or the subprotocol
 /// pair `natter.v1, bearer.<JWT>` (answered `natter.v1`, never the token).
+#[utoipa::path(get, path = "/ws", tag = "websocket",
+    description = "The WebSocket of the wire protocol (DESIGN §4): one JSON object per text frame, \
+        `{\"event\", \"data\", \"ref\"}`. The token comes from `?token=`, `Authorization: Bearer`, \
+        or the subprotocol pair `natter.v1, bearer.<JWT>` (answered `natter.v1`). The events are \
+        listed in this operation's `x-websocket` extension.",
+    params(Params,
+        ("Sec-WebSocket-Protocol" = Option<String>, Header,
+            description = "`natter.v1, bearer.<JWT>`: how browsers pass the token")),
+    security((), ("bearer" = [])),
+    responses((status = 101, description = "switched to the WebSocket protocol"), crate::error::ErrorResponses))]
 pub async fn upgrade(
     State(connections): State<Connections>,
-    Query(params): Query<Params>,
+    params: Result<Query<Params>, QueryRejection>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(params) =
+        params.map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?;
     check_origin(&connections.allowed_origins, &headers)?;
     let token = params
         .token
@@ -113,6 +133,10 @@ pub async fn upgrade(
         .get(UserId(claims.sub))
         .await?
         .ok_or_else(|| ApiError::Unauthorized("unknown user".into()))?;
+    // Authenticated first: a request that is no upgrade at all learns only
+    // that once its token is good.
+    let ws = ws
+        .map_err(|e| ApiError::bad_request(format!("a WebSocket upgrade is required here: {e}")))?;
     tracing::debug!(user = %user.id, username = %user.username, "handshake accepted");
     let max_frame = connections.max_frame_bytes;
     let user = user.id;

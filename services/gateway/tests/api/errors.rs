@@ -283,6 +283,25 @@ async fn every_rest_error_has_the_api_shape_and_its_status() {
             400,
             "bad_request",
         ),
+        // Found by schemathesis: a NUL reached PostgreSQL and came back 500.
+        (
+            http.get(app.url("/api/users?after=a%00b"))
+                .bearer_auth(&alice.token),
+            400,
+            "bad_request",
+        ),
+        (
+            http.get(app.url("/api/users?q=%00"))
+                .bearer_auth(&alice.token),
+            400,
+            "bad_request",
+        ),
+        // Not an upgrade: the API's shape, not axum's plain text.
+        (
+            http.get(app.url("/ws")).bearer_auth(&alice.token),
+            400,
+            "bad_request",
+        ),
         (
             http.post(app.url("/api/auth/login"))
                 .body(r#"{"username":"a","password":"b"}"#),

@@ -271,7 +271,7 @@ async fn group_changes_are_validated_and_all_or_nothing() {
         ),
         (
             json!({"name": "g", "memberIds": [two.id.to_string(), unknown.clone()]}),
-            404,
+            400,
         ),
     ] {
         let (got, reply) = app.post("/api/groups", t1, body.clone()).await;
@@ -302,7 +302,10 @@ async fn group_changes_are_validated_and_all_or_nothing() {
             json!({"userIds": [three.id.to_string(), unknown]}),
         )
         .await;
-    assert_eq!(status, 404);
+    assert_eq!(
+        status, 400,
+        "a body naming no one is bad input, not a missing group"
+    );
     let (status, _) = app
         .post(&path, t1, json!({"userIds": [two.id.to_string()]}))
         .await;

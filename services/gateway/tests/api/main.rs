@@ -17,6 +17,7 @@ mod group_lifecycle;
 mod groups;
 mod lifecycle;
 mod limits;
+mod openapi;
 mod people;
 mod presence;
 mod pruning;
