@@ -59,6 +59,12 @@ pub const REVOCATIONS_BUCKET: &str = "revocations";
 /// The JetStream KV bucket of live connections, a key per connection.
 pub const PRESENCE_BUCKET: &str = "presence";
 
+/// The gateway's and the persister's reply subjects (`<prefix>.…`): their
+/// own, so `deploy/nats/accounts.conf` can keep each from reading the
+/// other's replies (API answers, PubAcks, pulled records).
+pub const GATEWAY_INBOX: &str = "_INBOX_gateway";
+pub const PERSISTER_INBOX: &str = "_INBOX_persister";
+
 /// The `Nats-Msg-Id` of a message's delivery record for one recipient, so a
 /// re-run fan-out stores nothing twice.
 pub fn delivery_message_id(message: MessageId, recipient: UserId) -> String {

@@ -39,13 +39,17 @@ pub const PING_INTERVAL: Duration = Duration::from_millis(600);
 
 /// Connects with unlimited reconnects, so a NATS restart is ridden out.
 /// Connection events (reconnects, slow-consumer drops) go to `events`.
+/// Replies come to `<inbox_prefix>.…`, a prefix of the service's own that
+/// `deploy/nats/accounts.conf` lets no other user subscribe to.
 pub async fn connect(
     args: &NatsArgs,
     name: &str,
+    inbox_prefix: &str,
     events: Option<tokio::sync::mpsc::UnboundedSender<async_nats::Event>>,
 ) -> Result<async_nats::Client, JetStreamError> {
     let mut options = async_nats::ConnectOptions::new()
         .name(name)
+        .custom_inbox_prefix(inbox_prefix)
         .retry_on_initial_connect()
         .max_reconnects(None)
         .ping_interval(PING_INTERVAL)

@@ -52,6 +52,9 @@ pub struct TestOptions {
     pub persister_args: Vec<String>,
     /// NATS servers: 1, or a cluster (then every stream has 3 replicas).
     pub nats_nodes: usize,
+    /// One NATS server with `deploy/nats/accounts.conf`, each service
+    /// connecting as its own user (overrides `nats_nodes`).
+    pub nats_permissions: bool,
 }
 
 impl Default for TestOptions {
@@ -62,6 +65,7 @@ impl Default for TestOptions {
             gateway_args: Vec::new(),
             persister_args: vec!["--ack-wait-secs".into(), "5".into()],
             nats_nodes: 1,
+            nats_permissions: false,
         }
     }
 }
@@ -127,7 +131,11 @@ impl TestApp {
         let dir = tempfile::Builder::new().prefix("natter-test-").tempdir()?;
         let nats_dir = dir.path().join("nats");
         let nodes = options.nats_nodes;
-        let nats = tokio::task::spawn_blocking(move || TestNats::start(&nats_dir, nodes)).await??;
+        let nats = if options.nats_permissions {
+            tokio::task::spawn_blocking(TestNats::start_deploy).await??
+        } else {
+            tokio::task::spawn_blocking(move || TestNats::start(&nats_dir, nodes)).await??
+        };
         let db = TestDatabase::create(options.own_postgres).await?;
         let gateway_listener = TcpListener::bind("127.0.0.1:0").await?;
         let persister_listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -158,7 +166,7 @@ impl TestApp {
         let mut args: Vec<String> = vec![
             "natter-gateway".into(),
             "--nats-url".into(),
-            self.nats.url(),
+            self.nats.url_for("gateway"),
             "--database-url".into(),
             self.db.url.clone(),
             "--jwt-secret".into(),
@@ -194,7 +202,7 @@ impl TestApp {
         let mut args: Vec<String> = vec![
             "natter-persister".into(),
             "--nats-url".into(),
-            self.nats.url(),
+            self.nats.url_for("persister"),
             "--database-url".into(),
             self.db.url.clone(),
         ];
@@ -374,6 +382,14 @@ impl TestApp {
             request = request.bearer_auth(token);
         }
         response(request.send().await.expect("POST is answered")).await
+    }
+
+    pub async fn patch(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut request = self.http.patch(self.url(path)).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        response(request.send().await.expect("PATCH is answered")).await
     }
 
     pub async fn signup(&self, username: &str) -> TestUser {

@@ -590,10 +590,36 @@ impl DeployNats {
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
+
+    /// The URL a service connects with: `user`'s name and test password
+    /// (`gateway` or `persister`).
+    pub fn url_as(&self, user: &str) -> String {
+        let var = format!("NATS_{}_PASSWORD", user.to_ascii_uppercase());
+        format!(
+            "nats://{user}:{}@127.0.0.1:{}",
+            test_password(&var),
+            self.port
+        )
+    }
+
+    /// The permission violations the server has logged so far.
+    pub fn violations(&self) -> Vec<String> {
+        fs::read_to_string(self._dir.path().join("nats.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.to_ascii_lowercase().contains("violation"))
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 impl Drop for DeployNats {
     fn drop(&mut self) {
+        // What a failing test needs to see, before the log goes with the
+        // temporary directory.
+        for violation in self.violations() {
+            eprintln!("nats-server: {violation}");
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -500,10 +500,16 @@ async fn connect(
     password_var: &str,
 ) -> (async_nats::Client, Events) {
     let (tx, rx) = mpsc::unbounded_channel();
+    // Each service's replies come to its own inbox prefix.
+    let inbox = match user {
+        "persister" => subjects::PERSISTER_INBOX,
+        _ => subjects::GATEWAY_INBOX,
+    };
     let client = async_nats::ConnectOptions::with_user_and_password(
         user.to_owned(),
         deploy::test_password(password_var),
     )
+    .custom_inbox_prefix(inbox)
     .event_callback(move |event| {
         let tx = tx.clone();
         async move {
@@ -717,6 +723,55 @@ async fn nats_permissions_deny_each_service_the_others_subjects() {
     persister.flush().await.unwrap();
     expect_violation(&mut persister_events, "live.>").await;
 
+    // A compromised gateway cannot destroy history or revocations: no
+    // stream may be deleted or purged, the revocations bucket included.
+    let gjs = jetstream::new(gateway.clone());
+    ensure_streams(&gjs, &StreamSettings::default())
+        .await
+        .unwrap();
+    for (request, subject) in [
+        ("STREAM.DELETE.CHAT", "$JS.API.STREAM.DELETE.CHAT"),
+        ("STREAM.PURGE.CHAT", "$JS.API.STREAM.PURGE.CHAT"),
+        ("STREAM.DELETE.DELIVERY", "$JS.API.STREAM.DELETE.DELIVERY"),
+        (
+            "STREAM.PURGE.KV_revocations",
+            "$JS.API.STREAM.PURGE.KV_revocations",
+        ),
+        // Nor take over the persister's consumer.
+        (
+            "CONSUMER.DELETE.CHAT.persister",
+            "$JS.API.CONSUMER.DELETE.CHAT.persister",
+        ),
+    ] {
+        // A denied request is dropped by the server: no answer comes.
+        let answer: Result<Result<serde_json::Value, _>, _> =
+            tokio::time::timeout(Duration::from_secs(2), gjs.request(request, &())).await;
+        assert!(
+            !matches!(answer, Ok(Ok(_))),
+            "{request} was answered: {answer:?}"
+        );
+        expect_violation(&mut gateway_events, subject).await;
+    }
+    assert!(
+        gjs.get_stream(subjects::CHAT_STREAM).await.is_ok(),
+        "CHAT is still there"
+    );
+    // Nor read the persister's replies (pulled records, PubAcks).
+    let _sub = gateway
+        .subscribe(format!("{}.>", subjects::PERSISTER_INBOX))
+        .await
+        .unwrap();
+    gateway.flush().await.unwrap();
+    expect_violation(&mut gateway_events, subjects::PERSISTER_INBOX).await;
+    // The persister pushes nothing to sockets: live delivery is the
+    // stream's republish, not the persister's to fake.
+    persister
+        .publish(subjects::live_deliver(user), "x".into())
+        .await
+        .unwrap();
+    persister.flush().await.unwrap();
+    expect_violation(&mut persister_events, &subjects::live_deliver(user)).await;
+
     // A wrong password is refused outright.
     let refused =
         async_nats::ConnectOptions::with_user_and_password("gateway".into(), "wrong".into())
@@ -772,9 +827,14 @@ async fn runtime_connects_with_the_credentials_in_nats_url() {
     }
     let url = format!("nats://persister:{password}@127.0.0.1:{port}");
     let args = <Cli as clap::Parser>::parse_from(["deploy-test", "--nats-url", &url]).nats;
-    let client = natter_runtime::jetstream::connect(&args, "deploy-test", None)
-        .await
-        .unwrap();
+    let client = natter_runtime::jetstream::connect(
+        &args,
+        "deploy-test",
+        natter_core::subjects::PERSISTER_INBOX,
+        None,
+    )
+    .await
+    .unwrap();
     let connected = tokio::time::timeout(Duration::from_secs(5), async {
         while client.connection_state() != async_nats::connection::State::Connected {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -95,8 +95,13 @@ pub async fn serve(
         auth::TokenKeys::new(config.jwt_secret.as_deref(), config.dev, config.token_ttl())?;
     let pool = natter_runtime::database::pool(&config.database)?;
     let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
-    let nats =
-        natter_runtime::jetstream::connect(&config.nats, "natter-gateway", Some(events_tx)).await?;
+    let nats = natter_runtime::jetstream::connect(
+        &config.nats,
+        "natter-gateway",
+        natter_core::subjects::GATEWAY_INBOX,
+        Some(events_tx),
+    )
+    .await?;
     let result = match Box::pin(Dependencies::wait(&config, &nats, &pool, &shutdown)).await {
         Some(dependencies) => {
             let state = wire(

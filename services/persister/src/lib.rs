@@ -57,7 +57,13 @@ pub async fn run(
     metrics::describe();
     metrics::leader(false);
     let pool = natter_runtime::database::pool(&config.database)?;
-    let client = natter_runtime::jetstream::connect(&config.nats, "natter-persister", None).await?;
+    let client = natter_runtime::jetstream::connect(
+        &config.nats,
+        "natter-persister",
+        natter_core::subjects::PERSISTER_INBOX,
+        None,
+    )
+    .await?;
     let js = natter_runtime::jetstream::context(client.clone(), &config.nats);
 
     // Every task the persister spawns stops on `tasks_stop` and is awaited

@@ -19,6 +19,7 @@ mod lifecycle;
 mod limits;
 mod openapi;
 mod people;
+mod permissions;
 mod presence;
 mod pruning;
 mod replay;
