@@ -1,7 +1,8 @@
 //! `cargo xtask`: the README's commands. `up` builds natter and runs it locally with its own
 //! NATS and PostgreSQL; `test` runs every check CI runs; `bench` runs the load-test suite and
 //! records it in BENCHMARKS.md; `chaos` injects faults into a clustered natter under load and
-//! judges what it lost; `structure` checks the crates for module cycles. Orchestration
+//! judges what it lost; `structure` checks the crates for module cycles; `tls` makes
+//! certificates to try NATS over TLS. Orchestration
 //! only: finding and running the servers lives in natter-localinfra.
 
 mod bench;
@@ -14,6 +15,7 @@ mod stack;
 mod step;
 mod structure;
 mod test;
+mod tls;
 mod up;
 
 use std::process::ExitCode;
@@ -45,6 +47,9 @@ enum Task {
     /// references that make it; optionally print a crate's module graph and the largest
     /// functions and files.
     Structure(structure::StructureArgs),
+    /// Make a self-signed CA and a certificate for the NATS nodes under .local/tls, to try
+    /// TLS on client and route connections (deploy/README.md, "TLS").
+    Tls(tls::TlsArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +60,7 @@ fn main() -> ExitCode {
         Task::Bench(args) => bench::run(&args, &stop),
         Task::Chaos(args) => chaos::run(&args, &stop),
         Task::Structure(args) => structure::run(&args),
+        Task::Tls(args) => tls::run(&args),
     });
     match outcome {
         Ok(code) => code,

@@ -12,6 +12,7 @@
 //! - [`probe`] has free ports, TCP connects and a minimal HTTP GET for readiness endpoints.
 //! - [`process`] sends signals and reads liveness and the effective uid without libc
 //!   (`unsafe` is forbidden).
+//! - [`tls`] makes a self-signed CA and a certificate for NATS over TLS (with `openssl`).
 //! - [`error`] defines [`InfraError`].
 
 pub mod error;
@@ -19,6 +20,7 @@ pub mod nats;
 pub mod postgres;
 pub mod probe;
 pub mod process;
+pub mod tls;
 pub mod tools;
 
 pub use error::{InfraError, Result};
@@ -29,6 +31,7 @@ pub use probe::{
     tcp_accepts_at, try_free_port,
 };
 pub use process::{Signal, effective_uid, is_alive, send_signal};
+pub use tls::{TlsFiles, make_certificates};
 pub use tools::{nats_server_binary, nats_version, postgres_bin_dir, workspace_root};
 
 #[cfg(test)]

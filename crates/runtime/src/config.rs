@@ -19,6 +19,11 @@ pub struct NatsArgs {
     /// A NATS credentials file.
     #[arg(long, env = "NATS_CREDS", hide_env_values = true)]
     pub nats_creds: Option<PathBuf>,
+    /// The CA certificate (PEM) that signed the NATS servers' certificates:
+    /// with it, every connection to NATS uses TLS and checks the server
+    /// against it (`deploy/README.md`, "TLS").
+    #[arg(long, env = "NATS_CA_FILE")]
+    pub nats_ca_file: Option<PathBuf>,
     /// JetStream publishes one process may have awaiting their ack; a
     /// publish beyond it waits for an earlier ack.
     #[arg(long, env = "NATS_PUBLISH_WINDOW", default_value_t = 4096,

@@ -62,6 +62,9 @@ pub async fn connect(
             }
         });
     }
+    if let Some(ca) = &args.nats_ca_file {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
     if let Some(creds) = &args.nats_creds {
         options = options
             .credentials_file(creds)
