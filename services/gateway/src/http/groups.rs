@@ -116,8 +116,9 @@ struct MembersPage {
     /// Members per page (default 100).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     limit: Option<String>,
-    /// The last member id of the previous page (`next`).
-    #[param(value_type = Option<uuid::Uuid>)]
+    /// The last member id of the previous page (`next`); empty or absent
+    /// for the first page.
+    #[param(value_type = Option<String>, pattern = r"^$|^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     after: Option<String>,
 }
 
@@ -145,9 +146,12 @@ async fn members(
     };
     let after = match page.after.as_deref() {
         None | Some("") => None,
+        // The hyphenated form only, as the document's pattern says.
         Some(raw) => Some(
-            raw.parse::<UserId>()
-                .map_err(|_| ApiError::bad_request("after must be a user id"))?,
+            Some(raw)
+                .filter(|raw| raw.len() == 36)
+                .and_then(|raw| raw.parse::<UserId>().ok())
+                .ok_or_else(|| ApiError::bad_request("after must be a user id"))?,
         ),
     };
     let (members, next) = groups.members(caller.id, group, after, limit).await?;
