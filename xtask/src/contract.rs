@@ -13,7 +13,7 @@ use natter_localinfra::{Fsync, NatsOptions, NatsServer, Postgres, try_free_port,
 
 use crate::service::Service;
 use crate::signals::Stop;
-use crate::step::{banner, run_cargo, run_to_end};
+use crate::step::{banner, build_services, debug_dir, run_to_end};
 
 /// The schemathesis this step was written against.
 const SCHEMATHESIS: &str = "schemathesis==4.32.5";
@@ -32,15 +32,8 @@ const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_co
 
 pub fn run(postgres: &Postgres, stop: &Stop) -> anyhow::Result<ExitStatus> {
     let root = workspace_root();
-    let tools = ensure_schemathesis(&root, stop)?;
-    let build = [
-        "build",
-        "--bin",
-        "natter-gateway",
-        "--bin",
-        "natter-persister",
-    ];
-    let status = run_cargo(build, |_| {}, stop)?;
+    let tools = ensure_schemathesis(&root)?;
+    let status = build_services(stop)?;
     if !status.success() {
         return Ok(status);
     }
@@ -86,10 +79,7 @@ pub fn run(postgres: &Postgres, stop: &Stop) -> anyhow::Result<ExitStatus> {
         ("SEND_RATE_PER_SEC", "1000000"),
         ("ADMIN_USERS", username.as_str()),
     ];
-    let debug = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-        .join("debug");
+    let debug = debug_dir();
     let log = out.join("services.log");
     let mut persister = Service::spawn_logged(
         "natter-persister",
@@ -154,7 +144,7 @@ pub fn run(postgres: &Postgres, stop: &Stop) -> anyhow::Result<ExitStatus> {
 
 /// Installs schemathesis with pip into `.local/tools/schemathesis` unless it is there; returns
 /// the directory to put on `PYTHONPATH`.
-fn ensure_schemathesis(root: &Path, stop: &Stop) -> anyhow::Result<PathBuf> {
+fn ensure_schemathesis(root: &Path) -> anyhow::Result<PathBuf> {
     let target = root.join(".local").join("tools").join("schemathesis");
     let installed = || {
         Command::new("python3")
@@ -172,28 +162,9 @@ fn ensure_schemathesis(root: &Path, stop: &Stop) -> anyhow::Result<PathBuf> {
         "pip install {SCHEMATHESIS} (into {})",
         target.display()
     ));
-    if target.exists() {
-        std::fs::remove_dir_all(&target)
-            .with_context(|| format!("removing {}", target.display()))?;
-    }
-    let status = run_to_end(
-        Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .arg("--target")
-            .arg(&target)
-            .arg(SCHEMATHESIS)
-            .env("PIP_ROOT_USER_ACTION", "ignore"),
-        "pip install schemathesis",
-        stop,
-    )?;
-    if !status.success() || !installed() {
-        bail!("cannot install {SCHEMATHESIS} with pip ({status})");
+    natter_localinfra::pip_install(SCHEMATHESIS, &target)?;
+    if !installed() {
+        bail!("pip installed {SCHEMATHESIS}, but schemathesis does not run");
     }
     Ok(target)
 }

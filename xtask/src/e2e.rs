@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use natter_localinfra::{Fsync, NatsOptions, NatsServer, Postgres, workspace_root};
 
 use crate::signals::Stop;
-use crate::step::{banner, run_cargo, run_to_end};
+use crate::step::{banner, build_services, debug_dir, run_to_end};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const DATABASE: &str = "natter_e2e";
@@ -34,14 +34,7 @@ pub fn run(postgres: &Postgres, stop: &Stop) -> anyhow::Result<ExitStatus> {
             return Ok(status);
         }
     }
-    let build = [
-        "build",
-        "--bin",
-        "natter-gateway",
-        "--bin",
-        "natter-persister",
-    ];
-    let status = run_cargo(build, |_| {}, stop)?;
+    let status = build_services(stop)?;
     if !status.success() {
         return Ok(status);
     }
@@ -60,11 +53,7 @@ pub fn run(postgres: &Postgres, stop: &Stop) -> anyhow::Result<ExitStatus> {
     })?;
     postgres.ensure_database(DATABASE)?;
     let artifacts = root.join("target").join("e2e");
-    // Where cargo put the binaries it just built: CARGO_TARGET_DIR when set.
-    let debug = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-        .join("debug");
+    let debug = debug_dir();
 
     // One file at a time (they share the nats-server and the database), and
     // every file even after a failure, so one run reports them all.

