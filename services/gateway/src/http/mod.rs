@@ -71,12 +71,28 @@ pub(super) fn routes() -> Router<AppState> {
             "/api/openapi.json",
             axum::routing::get(openapi::openapi_json),
         )
-        .merge(
-            utoipa_swagger_ui::SwaggerUi::new("/api/docs")
-                .config(utoipa_swagger_ui::Config::from("/api/openapi.json")),
-        )
+        .merge(api_viewer())
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
+}
+
+/// Swagger UI at `/api/docs`, its assets built in; a file it does not have
+/// answers in the API's error shape, not with its bare 404.
+fn api_viewer() -> Router<AppState> {
+    Router::from(
+        utoipa_swagger_ui::SwaggerUi::new("/api/docs")
+            .config(utoipa_swagger_ui::Config::from("/api/openapi.json")),
+    )
+    .layer(axum::middleware::map_response(
+        |response: Response| async move {
+            if response.status() == axum::http::StatusCode::NOT_FOUND
+                && !response.headers().contains_key(header::CONTENT_TYPE)
+            {
+                return ApiError::NotFound("no such file in the API viewer".into()).into_response();
+            }
+            response
+        },
+    ))
 }
 
 /// Every request answered in the API's error shape even when its handler

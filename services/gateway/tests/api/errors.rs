@@ -296,6 +296,8 @@ async fn every_rest_error_has_the_api_shape_and_its_status() {
             400,
             "bad_request",
         ),
+        // A file the API viewer does not have: not Swagger UI's bare 404.
+        (http.get(app.url("/api/docs/nope.js")), 404, "not_found"),
         // Not an upgrade: the API's shape, not axum's plain text.
         (
             http.get(app.url("/ws")).bearer_auth(&alice.token),
