@@ -21,8 +21,11 @@ use tokio_util::sync::CancellationToken;
 /// How often the consumer's leader says it still holds our pull request.
 const IDLE_HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long one pull request lasts. Missed heartbeats, not this, tell that
-/// one was lost.
-const PULL_EXPIRES: Duration = Duration::from_secs(60);
+/// one was lost; but a request left behind by a pull restarted while its
+/// server still holds it is served until it expires, its deliveries read
+/// by no one (each one a gap the projector must pull again for), so it
+/// must not live long.
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
 
 /// Runs until `shutdown`: declare the streams, elect, consume, and on any
 /// loss of leadership or of the consumer start over.
@@ -115,7 +118,7 @@ async fn subscribe(config: &Config, js: &jetstream::Context) -> Result<Source, C
     // ones, and fan out out of order. Rewinding to the ack floor redelivers
     // them first; projection and fan-out are idempotent, so records above
     // the floor that were already done cost a no-op each.
-    stream
+    let rewound = stream
         .reset_consumer(subjects::PERSISTER_CONSUMER, None)
         .await
         .map_err(|e| ConsumeError::Consumer(format!("cannot rewind to the ack floor: {e}")))?;
@@ -129,5 +132,9 @@ async fn subscribe(config: &Config, js: &jetstream::Context) -> Result<Source, C
         .messages()
         .await
         .map_err(|e| ConsumeError::Stream(e.to_string()))?;
-    Ok(Source { consumer, messages })
+    Ok(Source {
+        consumer,
+        messages,
+        rewound_to: rewound.info.delivered.consumer_sequence,
+    })
 }

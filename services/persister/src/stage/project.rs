@@ -38,6 +38,11 @@ const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 pub struct Source {
     pub consumer: PullConsumer,
     pub messages: pull::Stream,
+    /// The consumer sequence the consumer was rewound to: the first record
+    /// pulled must be the delivery after it. A pull request left over from
+    /// before may still be served (and read by no one), so the first
+    /// record to arrive is not necessarily the first one delivered.
+    pub rewound_to: u64,
 }
 
 /// The projection stage of one consumer run.
@@ -126,6 +131,7 @@ impl<'a> Projector<'a> {
     /// Pulls and settles batches. Returns on shutdown; dropping the
     /// projector closes the hand-over.
     pub async fn run(mut self, mut source: Source) -> Result<(), ConsumeError> {
+        self.delivered = Some(source.rewound_to);
         let mut backlog = tokio::time::interval(BACKLOG_EVERY);
         loop {
             let first = tokio::select! {
