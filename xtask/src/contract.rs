@@ -30,6 +30,23 @@ const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_co
     response_schema_conformance,negative_data_rejection,ignored_auth,unsupported_method,\
     missing_required_header,use_after_free,ensure_resource_availability";
 
+/// What the step runs schemathesis against; stopped in reverse order when dropped.
+struct Target {
+    base: String,
+    username: String,
+    log: PathBuf,
+    gateway: Service,
+    persister: Service,
+    _nats: NatsServer,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.gateway.stop(Duration::from_secs(10));
+        let _ = self.persister.stop(Duration::from_secs(10));
+    }
+}
+
 pub fn run(postgres: &Postgres, stop: &Stop) -> anyhow::Result<ExitStatus> {
     let root = workspace_root();
     let tools = ensure_schemathesis(&root)?;
@@ -37,13 +54,54 @@ pub fn run(postgres: &Postgres, stop: &Stop) -> anyhow::Result<ExitStatus> {
     if !status.success() {
         return Ok(status);
     }
-
-    banner("nats-server, a database, the persister and a gateway for schemathesis");
     let out = root.join("target").join("contract");
     if out.exists() {
         std::fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
     }
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let target = start_natter(postgres, &out, stop)?;
+    let base = &target.base;
+    banner(&format!(
+        "schemathesis against {base}/api/openapi.json ({MAX_TIME_SECS} s at most)"
+    ));
+    let status = run_to_end(
+        Command::new("python3")
+            .args(["-m", "schemathesis.cli", "run"])
+            .arg(format!("{base}/api/openapi.json"))
+            .args(["--checks", CHECKS])
+            // The token comes from the hooks (logged in again after a logout revoked it).
+            .args(["--generation-with-security-parameters", "false"])
+            .args(["--max-time", MAX_TIME_SECS])
+            // One worker, a fixed seed and deterministic generation: the same cases in the
+            // same order every run (cut off by the time budget), so a red run is a change's
+            // doing, not chance.
+            .args(["--workers", "1"])
+            .args(["--request-timeout", "20"])
+            .args(["--seed", "1"])
+            .arg("--generation-deterministic")
+            .args(["--report", "junit", "--report-dir"])
+            .arg(&out)
+            .args(["--no-color"])
+            .env("PYTHONPATH", python_path(&tools, &root)?)
+            .env("SCHEMATHESIS_HOOKS", "natter_hooks")
+            .env("NATTER_CONTRACT_BASE", base)
+            .env("NATTER_CONTRACT_USER", &target.username)
+            .env("NATTER_CONTRACT_PASSWORD", PASSWORD)
+            .current_dir(&out),
+        "schemathesis run",
+        stop,
+    )?;
+    if !status.success() {
+        eprintln!("    the services' log: {}", target.log.display());
+    }
+    Ok(status)
+}
+
+/// nats-server, a database, the persister and a gateway (logging into `out`), with a user
+/// signed up for the run. Limits and the hashing cost are lifted: fuzzing signs up and logs
+/// in thousands of times from one address, and the handlers, not the limiter, should answer.
+fn start_natter(postgres: &Postgres, out: &Path, stop: &Stop) -> anyhow::Result<Target> {
+    banner("nats-server, a database, the persister and a gateway for schemathesis");
     let nats = NatsServer::start(NatsOptions {
         data_dir: out.join("nats"),
         port: None,
@@ -62,8 +120,7 @@ pub fn run(postgres: &Postgres, stop: &Stop) -> anyhow::Result<ExitStatus> {
     let username = format!("fuzz{}", std::process::id());
     let (gateway_port_text, persister_port_text) =
         (gateway_port.to_string(), persister_port.to_string());
-    let nats_url = nats.url();
-    let database_url = postgres.url(DATABASE);
+    let (nats_url, database_url) = (nats.url(), postgres.url(DATABASE));
     let env = [
         ("NATS_URL", nats_url.as_str()),
         ("DATABASE_URL", database_url.as_str()),
@@ -72,8 +129,6 @@ pub fn run(postgres: &Postgres, stop: &Stop) -> anyhow::Result<ExitStatus> {
         ("PERSISTER_PORT", persister_port_text.as_str()),
         ("BIND_ADDRESS", "127.0.0.1"),
         ("RUST_LOG", "warn"),
-        // Fuzzing signs up and logs in thousands of times from one address: the limits and
-        // the hashing cost are lifted so the handlers, not the limiter, answer.
         ("AUTH_RATE_PER_MIN", "1000000"),
         ("PASSWORD_HASH_MEMORY_MIB", "8"),
         ("SEND_RATE_PER_SEC", "1000000"),
@@ -81,65 +136,25 @@ pub fn run(postgres: &Postgres, stop: &Stop) -> anyhow::Result<ExitStatus> {
     ];
     let debug = debug_dir();
     let log = out.join("services.log");
-    let mut persister = Service::spawn_logged(
-        "natter-persister",
-        &debug.join("natter-persister"),
-        persister_port,
-        &env,
-        &log,
-    )?;
-    if !persister.wait_ready(READY_TIMEOUT, stop)? {
-        bail!("natter-persister not ready (see {})", log.display());
-    }
-    let mut gateway = Service::spawn_logged(
-        "natter-gateway",
-        &debug.join("natter-gateway"),
-        gateway_port,
-        &env,
-        &log,
-    )?;
-    if !gateway.wait_ready(READY_TIMEOUT, stop)? {
-        bail!("natter-gateway not ready (see {})", log.display());
-    }
+    let start = |name: &'static str, port: u16| -> anyhow::Result<Service> {
+        let mut service = Service::spawn_logged(name, &debug.join(name), port, &env, &log)?;
+        if !service.wait_ready(READY_TIMEOUT, stop)? {
+            bail!("{name} not ready (see {})", log.display());
+        }
+        Ok(service)
+    };
+    let persister = start("natter-persister", persister_port)?;
+    let gateway = start("natter-gateway", gateway_port)?;
     let base = format!("http://127.0.0.1:{gateway_port}");
     sign_up(&base, &username)?;
-
-    banner(&format!(
-        "schemathesis against {base}/api/openapi.json ({MAX_TIME_SECS} s at most)"
-    ));
-    let status = run_to_end(
-        Command::new("python3")
-            .args(["-m", "schemathesis.cli", "run"])
-            .arg(format!("{base}/api/openapi.json"))
-            .args(["--checks", CHECKS])
-            // The token comes from the hooks (logged in again after a logout revoked it).
-            .args(["--generation-with-security-parameters", "false"])
-            .args(["--max-time", MAX_TIME_SECS])
-            // One worker, a fixed seed and deterministic generation: the same
-            // cases every run, so a red run is a change's doing, not chance.
-            .args(["--workers", "1"])
-            .args(["--request-timeout", "20"])
-            .args(["--seed", "1"])
-            .arg("--generation-deterministic")
-            .args(["--report", "junit", "--report-dir"])
-            .arg(&out)
-            .args(["--no-color"])
-            .env("PYTHONPATH", python_path(&tools, &root)?)
-            .env("SCHEMATHESIS_HOOKS", "natter_hooks")
-            .env("NATTER_CONTRACT_BASE", &base)
-            .env("NATTER_CONTRACT_USER", &username)
-            .env("NATTER_CONTRACT_PASSWORD", PASSWORD)
-            .current_dir(&out),
-        "schemathesis run",
-        stop,
-    )?;
-    if !status.success() {
-        eprintln!("    the services' log: {}", log.display());
-    }
-    let _ = gateway.stop(Duration::from_secs(10));
-    let _ = persister.stop(Duration::from_secs(10));
-    drop(nats);
-    Ok(status)
+    Ok(Target {
+        base,
+        username,
+        log,
+        gateway,
+        persister,
+        _nats: nats,
+    })
 }
 
 /// Installs schemathesis with pip into `.local/tools/schemathesis` unless it is there; returns
