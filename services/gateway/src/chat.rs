@@ -425,6 +425,14 @@ impl Chat {
         conversation: ConversationId,
         up_to_seq: Option<u64>,
     ) -> Result<(), ApiError> {
+        // Sequences are PostgreSQL bigints: a larger one can name no message
+        // and would not survive the projection.
+        if up_to_seq.is_some_and(|seq| i64::try_from(seq).is_err()) {
+            return Err(ApiError::bad_request(format!(
+                "upToSeq must be at most {}",
+                i64::MAX
+            )));
+        }
         self.limits
             .reads
             .check(reader)

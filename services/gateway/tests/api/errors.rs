@@ -265,6 +265,20 @@ async fn a_reader_that_stops_reading_is_disconnected() {
 async fn every_rest_error_has_the_api_shape_and_its_status() {
     let app = TestApp::spawn().await;
     let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    // A conversation alice is in, for the read marker below.
+    let (status, sent) = app
+        .post(
+            "/api/messages",
+            Some(&alice.token),
+            serde_json::json!({"receiverId": bob.id.to_string(), "content": "hi"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{sent}");
+    let conversation = sent["message"]["conversationId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let http = reqwest::Client::new();
     let send = |request: reqwest::RequestBuilder| async move {
         let response = request.send().await.unwrap();
@@ -298,6 +312,15 @@ async fn every_rest_error_has_the_api_shape_and_its_status() {
         ),
         // A file the API viewer does not have: not Swagger UI's bare 404.
         (http.get(app.url("/api/docs/nope.js")), 404, "not_found"),
+        // Found by schemathesis: a read marker past a bigint was accepted
+        // and would have been stored as a negative sequence.
+        (
+            http.post(app.url(&format!("/api/conversations/{conversation}/read")))
+                .bearer_auth(&alice.token)
+                .json(&serde_json::json!({"upToSeq": 14922281529982437376u64})),
+            400,
+            "bad_request",
+        ),
         // Not an upgrade: the API's shape, not axum's plain text.
         (
             http.get(app.url("/ws")).bearer_auth(&alice.token),

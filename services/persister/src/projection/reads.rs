@@ -34,7 +34,7 @@ pub async fn project_read(
     )
     .bind(read.conversation_id.0)
     .bind(chat_seq as i64)
-    .bind(read.up_to_seq.map(|s| s as i64))
+    .bind(read.up_to_seq.map(|s| i64::try_from(s).unwrap_or(i64::MAX)))
     .bind(read.reader_id.0)
     .fetch_optional(&mut *tx)
     .await?;
