@@ -2,6 +2,8 @@
 //! in `.local/bench/`, wiped first), runs the standard `natter-loadtest` suite against it, and
 //! writes the numbers into BENCHMARKS.md between its `bench` markers.
 
+mod cost;
+mod history;
 mod lag;
 pub(crate) mod machine;
 pub(crate) mod results;
@@ -20,6 +22,7 @@ use natter_localinfra::{
     send_signal, try_free_port, workspace_root,
 };
 
+use self::cost::{Cost, Pids, Sampler};
 use self::machine::Machine;
 use self::results::{
     BENCH_MARKERS, HEADING, Markers, Outcome, Report, RunResult, render_results, replace_between,
@@ -28,7 +31,7 @@ use self::suite::{Entry, SUITE, Scenario};
 use crate::service::Service;
 use crate::signals::Stop;
 use crate::stack::{Stack, lock_single_instance, non_empty_env, random_secret, release_dir};
-use crate::step::{banner, run_cargo};
+use crate::step::{banner, debug_dir, run_cargo};
 
 const DATABASE: &str = "natter";
 /// Where a published suite's HTML reports are kept, next to the load generator.
@@ -49,6 +52,10 @@ pub struct BenchArgs {
     /// only, never to BENCHMARKS.md.
     #[arg(long, value_name = "RUN", value_parser = PossibleValuesParser::new(suite::names()))]
     only: Vec<String>,
+    /// With --quick: build and run the release binaries (the full suite and --only always do;
+    /// --quick alone uses the debug build that `cargo xtask test` has already made).
+    #[arg(long)]
+    release: bool,
     /// When JetStream fsyncs: "interval" (the server's default) or "always" (every write).
     /// Ignored with NATS_URL.
     #[arg(long, default_value_t = Fsync::Interval)]
@@ -56,6 +63,20 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
+    /// `cargo xtask bench --quick`, as `cargo xtask test` runs it.
+    pub fn quick() -> Self {
+        Self {
+            quick: true,
+            only: Vec::new(),
+            release: false,
+            fsync: Fsync::default(),
+        }
+    }
+
+    fn release(&self) -> bool {
+        self.release || !self.quick
+    }
+
     /// Only a complete, full-size suite replaces the published numbers.
     fn publishes(&self) -> bool {
         !self.quick && self.only.is_empty()
@@ -82,6 +103,9 @@ impl BenchArgs {
         if self.quick {
             line.push_str(" --quick");
         }
+        if self.quick && self.release {
+            line.push_str(" --release");
+        }
         for name in &self.only {
             line.push_str(&format!(" --only {name}"));
         }
@@ -105,39 +129,52 @@ struct Target {
 }
 
 pub fn run(args: &BenchArgs, stop: &Stop) -> anyhow::Result<ExitCode> {
+    Ok(if check(args, stop)? {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Builds, runs the suite and publishes it; `Ok(true)` when every run was right and natter
+/// stopped cleanly.
+pub fn check(args: &BenchArgs, stop: &Stop) -> anyhow::Result<bool> {
     let root = workspace_root();
     let local = root.join(".local");
     fs::create_dir_all(&local).with_context(|| format!("creating {}", local.display()))?;
     // Held until we return: a second bench would wipe this one's servers' data.
     let Some(_lock) = lock_single_instance(&local, "bench")? else {
-        return Ok(ExitCode::FAILURE);
+        return Ok(false);
     };
 
-    let build = [
-        "build",
-        "--release",
-        "--bin",
-        "natter-gateway",
-        "--bin",
-        "natter-persister",
-        "--bin",
-        "natter-loadtest",
-    ];
-    let status = run_cargo(build, |_| {}, stop)?;
+    let mut build = vec!["build"];
+    if args.release() {
+        build.push("--release");
+    }
+    build.extend(["--bin", "natter-gateway", "--bin", "natter-persister"]);
+    build.extend(["--bin", "natter-loadtest"]);
+    let status = run_cargo(&build, |_| {}, stop)?;
     if !status.success() {
-        eprintln!("the release build failed ({status})");
-        return Ok(ExitCode::FAILURE);
+        eprintln!("the build failed ({status})");
+        return Ok(false);
     }
     if stop.requested() {
-        return Ok(ExitCode::FAILURE);
+        return Ok(false);
     }
+    let bin_dir = if args.release() {
+        release_dir()
+    } else {
+        debug_dir()
+    };
 
     let mut machine = machine::probe();
     machine.command = args.command_line();
+    machine.profile = if args.release() { "release" } else { "debug" };
     let out = root.join("target").join("bench");
     let mut stack = Stack::default();
     let runs = start_and_run(
         args,
+        &bin_dir,
         &local.join("bench"),
         &out,
         &mut stack,
@@ -149,7 +186,7 @@ pub fn run(args: &BenchArgs, stop: &Stop) -> anyhow::Result<ExitCode> {
         Ok(runs) => runs,
         Err(error) => {
             eprintln!("error: {error:#}");
-            return Ok(ExitCode::FAILURE);
+            return Ok(false);
         }
     };
     if args.publishes() && !stop.requested() {
@@ -159,7 +196,7 @@ pub fn run(args: &BenchArgs, stop: &Stop) -> anyhow::Result<ExitCode> {
     let section = render_results(&machine, &runs);
     println!();
     println!("{section}");
-    publish(args, &section, &out, stop)?;
+    publish(args, &section, (&machine, &runs), &out, stop)?;
 
     let failed: Vec<_> = runs
         .iter()
@@ -169,32 +206,27 @@ pub fn run(args: &BenchArgs, stop: &Stop) -> anyhow::Result<ExitCode> {
     if !failed.is_empty() {
         eprintln!("==> FAILED: {}", failed.join(", "));
     }
-    Ok(
-        if failed.is_empty() && stopped_cleanly && !stop.requested() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        },
-    )
+    Ok(failed.is_empty() && stopped_cleanly && !stop.requested())
 }
 
 /// Starts the stack, then runs each entry in turn; every entry gets a result, run or not.
 fn start_and_run(
     args: &BenchArgs,
+    bin_dir: &Path,
     data: &Path,
     out: &Path,
     stack: &mut Stack,
     machine: &mut Machine,
     stop: &Stop,
 ) -> anyhow::Result<Vec<RunResult>> {
-    let Some(target) = start(args, data, stack, machine, stop)? else {
+    let Some(target) = start(args, bin_dir, data, stack, machine, stop)? else {
         return Ok(args
             .entries()
             .iter()
             .map(|entry| not_run(entry, "not run: interrupted"))
             .collect());
     };
-    let loadtest = release_dir().join("natter-loadtest");
+    let loadtest = bin_dir.join("natter-loadtest");
     let open_files = machine::open_files(machine);
     let mut runs = Vec::new();
     for entry in args.entries() {
@@ -232,6 +264,7 @@ fn start_and_run(
 /// stop was requested while they started.
 fn start(
     args: &BenchArgs,
+    bin_dir: &Path,
     data: &Path,
     stack: &mut Stack,
     machine: &mut Machine,
@@ -324,7 +357,6 @@ fn start(
         .copied()
         .chain([("PORT", limited_port_text.as_str())])
         .collect();
-    let bin_dir = release_dir();
 
     banner(&format!(
         "starting natter-persister on port {persister_port}"
@@ -420,11 +452,17 @@ fn run_entry(
     let child = command
         .spawn()
         .with_context(|| format!("starting {}", loadtest.display()))?;
+    let sampler = Sampler::start(pids(stack, child.id()));
     let (status, ended) = watch(child, entry.limit, stack, stop)?;
+    let samples = sampler.finish();
     let elapsed = started.elapsed().as_secs_f64();
 
     let json = dir.join(format!("{subcommand}.json"));
     let report = Report::load(&json);
+    let cost = report
+        .as_ref()
+        .ok()
+        .and_then(|report| Cost::of(&report.work(), &samples, cost::ticks_per_second()));
     let outcome = match ended {
         Ended::Interrupted => Outcome::Failed("interrupted".to_owned()),
         Ended::TimedOut => {
@@ -458,7 +496,23 @@ fn run_entry(
         report: report.ok(),
         html: html.is_file().then(|| shown(&html)),
         projection_lag: None,
+        cost,
     })
+}
+
+/// The processes a run's cost is split between; `load` is the load generator's.
+fn pids(stack: &Stack, load: u32) -> Pids {
+    Pids {
+        nats: stack.nats.as_ref().map(NatsServer::pid),
+        postmaster: stack.postgres.as_ref().and_then(Postgres::pid),
+        gateways: [&stack.gateway, &stack.limited_gateway]
+            .into_iter()
+            .flatten()
+            .map(Service::pid)
+            .collect(),
+        persister: stack.persister.as_ref().map(Service::pid),
+        load: Some(load),
+    }
 }
 
 enum Ended {
@@ -527,6 +581,7 @@ fn not_run(entry: &Entry, reason: &str) -> RunResult {
         report: None,
         html: None,
         projection_lag: None,
+        cost: None,
     }
 }
 
@@ -553,7 +608,13 @@ fn keep_reports(dir: &Path, runs: &mut [RunResult]) -> anyhow::Result<()> {
 
 /// Writes the section to `<out>/results.md`, and into BENCHMARKS.md when the run was the full
 /// suite, uninterrupted.
-fn publish(args: &BenchArgs, section: &str, out: &Path, stop: &Stop) -> anyhow::Result<()> {
+fn publish(
+    args: &BenchArgs,
+    section: &str,
+    (machine, runs): (&Machine, &[RunResult]),
+    out: &Path,
+    stop: &Stop,
+) -> anyhow::Result<()> {
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let results = out.join("results.md");
     fs::write(&results, format!("{HEADING}\n\n{section}"))
@@ -576,6 +637,14 @@ fn publish(args: &BenchArgs, section: &str, out: &Path, stop: &Stop) -> anyhow::
     let doc = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     write_between_markers(&path, &doc, section, &BENCH_MARKERS)?;
     banner("wrote the results into BENCHMARKS.md");
+    let doc = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    if let Some(rows) = history::appended(history::section_of(&doc), machine, runs) {
+        write_between_markers(&path, &doc, &rows, &history::HISTORY_MARKERS)?;
+        banner(&format!(
+            "appended the {} row to its history in BENCHMARKS.md",
+            history::HEADLINE
+        ));
+    }
     Ok(())
 }
 
@@ -762,6 +831,7 @@ mod tests {
             report: None,
             html: Some(source.display().to_string()),
             projection_lag: None,
+            cost: None,
         }];
         runs.push(not_run(&SUITE[1], "not run: interrupted"));
         keep_reports(&dir, &mut runs).unwrap();

@@ -1,5 +1,5 @@
 //! `cargo xtask test`: fmt, the module-cycle check, clippy, doc tests, nextest, a short chaos
-//! run, schemathesis against the OpenAPI document and the browser tests, failing fast, with nats-server installed once and one PostgreSQL
+//! run, the bench's smoke run, schemathesis against the OpenAPI document and the browser tests, failing fast, with nats-server installed once and one PostgreSQL
 //! shared by every test process of the run.
 
 use std::fs;
@@ -21,6 +21,10 @@ pub struct TestArgs {
     /// Leave out the short fault-injection run (`cargo xtask chaos`, under 3 minutes).
     #[arg(long)]
     skip_chaos: bool,
+    /// Leave out the bench's smoke run (`cargo xtask bench --quick`, about a minute): every
+    /// run of the suite, a tenth of its size, with no thresholds.
+    #[arg(long)]
+    skip_bench: bool,
     /// Leave out schemathesis against the OpenAPI document (about 2 minutes).
     #[arg(long)]
     skip_contract: bool,
@@ -148,6 +152,16 @@ fn run_steps(args: &TestArgs, stop: &Stop) -> anyhow::Result<Option<String>> {
         if !crate::chaos::check(&crate::chaos::ChaosArgs::default(), stop)? {
             return Ok(Some(
                 "chaos (its verdict is above; `cargo xtask chaos` to run it again)".to_owned(),
+            ));
+        }
+    }
+    if args.skip_bench {
+        banner("bench smoke run skipped (--skip-bench)");
+    } else {
+        banner("bench smoke run (`cargo xtask bench --quick`)");
+        if !crate::bench::check(&crate::bench::BenchArgs::quick(), stop)? {
+            return Ok(Some(
+                "bench smoke run (above; `cargo xtask bench --quick` to run it again)".to_owned(),
             ));
         }
     }

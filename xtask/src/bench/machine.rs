@@ -9,7 +9,7 @@ use natter_localinfra::workspace_root;
 
 /// What the results section says about a run's setting. Every field is display text; a fact
 /// that could not be read is "unknown" rather than an error, since the numbers stand anyway.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Machine {
     /// When the suite ran, UTC.
     pub date: String,
@@ -21,6 +21,8 @@ pub struct Machine {
     /// The soft limit on open files, which caps the connections one process can hold.
     pub open_files: String,
     pub rustc: String,
+    /// The cargo profile of natter's binaries: "release", or "debug" for a `--quick` smoke run.
+    pub profile: &'static str,
     pub nats_server: String,
     /// JetStream's fsync policy, or that it is not known (an external NATS).
     pub fsync: String,
@@ -49,6 +51,7 @@ pub fn probe() -> Machine {
         // In the workspace so rust-toolchain.toml picks the same rustc that built the binaries.
         rustc: command_output(Command::new("rustc").arg("--version").current_dir(&root))
             .unwrap_or_else(unknown),
+        profile: "release",
         nats_server: UNKNOWN.to_owned(),
         fsync: UNKNOWN.to_owned(),
         postgres: UNKNOWN.to_owned(),

@@ -9,6 +9,7 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
+use super::cost::{self, Cost, Work};
 use super::lag::Lag;
 use super::machine::Machine;
 
@@ -32,6 +33,9 @@ pub struct Report {
     pub extra: BTreeMap<String, f64>,
     #[serde(default)]
     pub problems: Vec<String>,
+    /// When the measured window began (Unix ms); absent for runs without one.
+    #[serde(default)]
+    pub t0_unix_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -64,6 +68,17 @@ pub struct Latency {
 }
 
 impl Report {
+    /// What the run did, for its cost.
+    pub fn work(&self) -> Work {
+        Work {
+            t0_unix_ms: self.t0_unix_ms,
+            duration_s: self.duration_s,
+            accepted_per_s: self.accepted_per_s,
+            delivered_per_s: self.delivered_per_s,
+            connections: self.extra.get("connections").copied(),
+        }
+    }
+
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text =
             fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -96,6 +111,8 @@ pub struct RunResult {
     pub html: Option<String>,
     /// Accept → committed in PostgreSQL, from the persister's histogram.
     pub projection_lag: Option<Lag>,
+    /// CPU per unit of work and peak memory, by process.
+    pub cost: Option<Cost>,
 }
 
 impl RunResult {
@@ -124,7 +141,11 @@ pub fn render_results(machine: &Machine, runs: &[RunResult]) -> String {
         "- Machine: {} cores ({}), {} memory; {}, kernel {}; open-files limit {}",
         machine.cores, machine.cpu, machine.memory, machine.os, machine.kernel, machine.open_files
     );
-    let _ = writeln!(out, "- Build: {}, release profile", machine.rustc);
+    let _ = writeln!(
+        out,
+        "- Build: {}, {} profile",
+        machine.rustc, machine.profile
+    );
     let _ = writeln!(
         out,
         "- NATS: {}; JetStream fsync: {}",
@@ -145,6 +166,15 @@ pub fn render_results(machine: &Machine, runs: &[RunResult]) -> String {
     out.push_str("|---|---|---|--:|--:|--:|--:|--:|--:|---|---|\n");
     for run in runs {
         let _ = writeln!(out, "| {} |", row(run).join(" | "));
+    }
+
+    let costs: Vec<_> = runs
+        .iter()
+        .filter_map(|run| Some((run.name.as_str(), run.cost.as_ref()?)))
+        .collect();
+    if !costs.is_empty() {
+        out.push_str("\n**Where the CPU went** (µs per message):\n\n");
+        out.push_str(&cost::render(costs));
     }
 
     let failures: Vec<_> = runs.iter().filter(|run| !run.passed()).collect();
@@ -299,7 +329,7 @@ fn escape(text: &str) -> String {
 }
 
 /// `12,345`: rounded to a whole number, thousands separated.
-fn thousands(value: f64) -> String {
+pub fn thousands(value: f64) -> String {
     if !value.is_finite() {
         return value.to_string();
     }
@@ -319,7 +349,7 @@ fn thousands(value: f64) -> String {
 }
 
 /// Milliseconds with about three significant digits.
-fn ms(value: f64) -> String {
+pub fn ms(value: f64) -> String {
     if value < 10.0 {
         format!("{value:.2}")
     } else if value < 100.0 {
@@ -427,6 +457,7 @@ mod tests {
             kernel: "6.1.0".into(),
             open_files: "20000".into(),
             rustc: "rustc 1.95.0 (abc 2026-01-01)".into(),
+            profile: "release",
             nats_server: "nats-server: v2.15.1".into(),
             fsync: "interval (the server's default)".into(),
             postgres: "PostgreSQL 15.18".into(),
@@ -467,6 +498,7 @@ mod tests {
                 ..Report::default()
             }),
             html: Some("target/bench/steady-1k/steady.html".into()),
+            cost: None,
             projection_lag: Some(Lag {
                 count: 20_000,
                 p50_ms: 12.5,
@@ -491,6 +523,7 @@ mod tests {
             report: None,
             html: None,
             projection_lag: None,
+            cost: None,
         };
         let mut storm = steady();
         storm.name = "storm".into();
