@@ -8,6 +8,7 @@
 //! so a socket can pipeline many sends while REST awaits each in turn.
 
 use crate::directory::{Directory, UserRecord};
+use crate::earlier::Earlier;
 use crate::error::ApiError;
 use crate::presence::Presence;
 use crate::throttle::PerUser;
@@ -40,6 +41,7 @@ pub struct Chat {
     /// says PostgreSQL is down, and trying each send again would hold every
     /// session's sends [`LOOKUP_PATIENCE`] apart.
     lookups_paused_until: std::sync::Mutex<Option<Instant>>,
+    earlier: Earlier,
 }
 
 /// Per-user limits on the commands that write to `CHAT`: every send and
@@ -209,6 +211,7 @@ impl Chat {
         limits: ChatLimits,
     ) -> Self {
         Self {
+            earlier: Earlier::start(pool.clone(), LOOKUP_PATIENCE),
             js,
             stream,
             pool,
@@ -287,7 +290,7 @@ impl Chat {
             })
     }
 
-    /// [`Chat::stored`], unless PostgreSQL does not answer within
+    /// The message stored under `id` ([`Earlier`]), unless PostgreSQL does not answer within
     /// [`LOOKUP_PATIENCE`], or failed to in the last [`LOOKUP_PAUSE`]: sends
     /// must not wait for the projection, which may be down for a while. Without the lookup a retry is still stored
     /// once within JetStream's duplicate window (2 minutes); only a retry
@@ -301,9 +304,9 @@ impl Chat {
             crate::metrics::lookup_skipped();
             return None;
         }
-        let failure = match tokio::time::timeout(LOOKUP_PATIENCE, self.stored(id)).await {
+        let failure = match tokio::time::timeout(LOOKUP_PATIENCE, self.earlier.stored(id)).await {
             Ok(Ok(stored)) => return stored,
-            Ok(Err(e)) => e.to_string(),
+            Ok(Err(e)) => e,
             Err(_) => "no answer in time".to_owned(),
         };
         tracing::warn!(error = %failure, pause_ms = LOOKUP_PAUSE.as_millis() as u64,
@@ -314,20 +317,6 @@ impl Chat {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + LOOKUP_PAUSE);
         None
-    }
-
-    /// The message stored under `id`, if the projection has it: a send
-    /// retried with its `clientMsgId` after the broker forgot the first.
-    async fn stored(&self, id: MessageId) -> Result<Option<Message>, ApiError> {
-        let row: Option<StoredRow> = sqlx::query_as(
-            "SELECT m.id, m.conversation_id, m.seq, m.sender_id, s.display_name AS sender_name,
-                    m.receiver_id, m.group_id, m.content, m.client_msg_id, m.created_at
-             FROM messages m JOIN users s ON s.id = m.sender_id WHERE m.id = $1",
-        )
-        .bind(id.0)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(StoredRow::into_message))
     }
 
     /// Checks a send and builds its record, with how many will receive it.
@@ -579,38 +568,6 @@ fn same_message(sent: &MessageSent, earlier: Message) -> Result<Message, ApiErro
         Err(ApiError::bad_request(
             "clientMsgId was already used for another message; use a new one",
         ))
-    }
-}
-
-/// A stored message's row, as [`Chat::stored`] reads it.
-#[derive(sqlx::FromRow)]
-struct StoredRow {
-    id: uuid::Uuid,
-    conversation_id: uuid::Uuid,
-    seq: i64,
-    sender_id: uuid::Uuid,
-    sender_name: String,
-    receiver_id: Option<uuid::Uuid>,
-    group_id: Option<uuid::Uuid>,
-    content: String,
-    client_msg_id: Option<String>,
-    created_at: chrono::DateTime<chrono::Utc>,
-}
-
-impl StoredRow {
-    fn into_message(self) -> Message {
-        Message {
-            id: MessageId(self.id),
-            conversation_id: ConversationId(self.conversation_id),
-            seq: self.seq.max(0) as u64,
-            sender_id: UserId(self.sender_id),
-            sender_name: self.sender_name,
-            receiver_id: self.receiver_id.map(UserId),
-            group_id: self.group_id.map(natter_core::GroupId),
-            content: self.content,
-            client_msg_id: self.client_msg_id,
-            created_at: self.created_at,
-        }
     }
 }
 

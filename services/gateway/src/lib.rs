@@ -42,6 +42,7 @@ pub mod config;
 pub mod control;
 pub mod delivery;
 pub mod directory;
+pub mod earlier;
 pub mod error;
 pub mod groups;
 pub mod http;
@@ -57,6 +58,7 @@ pub mod ws;
 pub use config::Config;
 
 use async_nats::jetstream;
+use axum::serve::ListenerExt as _;
 use natter_core::subjects;
 use natter_runtime::backoff::until_ready;
 use state::AppState;
@@ -319,6 +321,14 @@ async fn serve_until_shutdown(
     tracing::info!(address = %listener.local_addr()?, "natter-gateway listening");
     // The peer address is what login and signup limits key on.
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    // Frames are small and each session writes what it has in one go (it
+    // buffers and flushes when idle): Nagle's algorithm would only hold the
+    // last frame of a burst back until the client's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set on a connection");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await?;

@@ -143,6 +143,8 @@ pub struct Session<B, S> {
     /// When the token that opened the socket expires: the socket closes then.
     expires: Option<Instant>,
     refusals: Refusals,
+    /// Frames fed to the sink since it last flushed.
+    unflushed: bool,
 }
 
 impl<B, S> Session<B, S>
@@ -160,6 +162,7 @@ where
             last_sent: 0,
             expires: None,
             refusals: Refusals::default(),
+            unflushed: false,
         }
     }
 
@@ -192,13 +195,26 @@ where
         let expired = expiry(self.expires);
         tokio::pin!(expired);
         loop {
+            // In this order, and the flush only when nothing else is ready: frames written
+            // in the same tick leave in one write (the sink buffers what `send` feeds it).
             let step = tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => Err(End::Close(close_code::AWAY, "server shutting down")),
                 _ = &mut expired => {
                     tracing::info!(user = %self.user, device = %self.device, "token expired; connection closed");
                     Err(End::Close(close_code::POLICY, "token expired"))
                 }
+                Ok(()) = live.closed.changed() => match *live.closed.borrow() {
+                    Some(closing) => Err(End::Close(closing.code, closing.reason)),
+                    None => Ok(()),
+                },
+                _ = live.lagged.notified() => self.catch_up().await,
                 _ = keepalive.tick() => self.keepalive(last_heard).await,
+                Some(reply) = inflight.next(), if !inflight.is_empty() => self.on_reply(reply).await,
+                Some(push) = live.rx.recv() => match push {
+                    Push::Record(record) => self.on_live(record).await,
+                    Push::Frame(frame) => self.send_text(frame.to_string(), "signal").await,
+                },
                 frame = stream.next(), if inflight.len() < max_inflight => match frame {
                     Some(Ok(frame)) => {
                         last_heard = Instant::now();
@@ -207,16 +223,10 @@ where
                     Some(Err(e)) => Err(self.read_failed(e)),
                     None => Err(End::ClientGone),
                 },
-                Some(push) = live.rx.recv() => match push {
-                    Push::Record(record) => self.on_live(record).await,
-                    Push::Frame(frame) => self.send_text(frame.to_string(), "signal").await,
-                },
-                Ok(()) = live.closed.changed() => match *live.closed.borrow() {
-                    Some(closing) => Err(End::Close(closing.code, closing.reason)),
-                    None => Ok(()),
-                },
-                _ = live.lagged.notified() => self.catch_up().await,
-                Some(reply) = inflight.next(), if !inflight.is_empty() => self.on_reply(reply).await,
+                flushed = self.sink.flush(), if self.unflushed => {
+                    self.unflushed = false;
+                    flushed.map_err(|_| End::ClientGone)
+                }
             };
             if let Err(end) = step {
                 // Replies to accepted sends must not be lost to a close.
@@ -225,6 +235,7 @@ where
                         break;
                     }
                 }
+                self.flush().await;
                 return end;
             }
         }
@@ -255,6 +266,7 @@ where
                 self.last_sent = cursor;
                 self.send_text(protocol::ready(self.user, &self.device, cursor), "ready")
                     .await?;
+                self.flush().await;
                 let (first, _) = self
                     .backend
                     .log_bounds()
@@ -311,6 +323,8 @@ where
 
     async fn replay(&mut self, replayed: &mut usize) -> Result<(), End> {
         loop {
+            // What is written so far goes out before waiting on the log.
+            self.flush().await;
             let records = self
                 .backend
                 .read_log(self.user, self.last_sent + 1, REPLAY_BATCH)
@@ -527,15 +541,28 @@ where
         Ok(())
     }
 
+    /// Hands `message` to the sink, which writes it to the socket once its buffer fills or
+    /// the session flushes (when it has nothing else to do, or it ends).
     async fn send(&mut self, message: WsMessage) -> Result<(), End> {
-        let write = self.sink.send(message);
+        let write = self.sink.feed(message);
         match tokio::time::timeout(self.limits.slow_reader, write).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.unflushed = true;
+                Ok(())
+            }
             Ok(Err(_)) => Err(End::ClientGone),
             Err(_) => {
                 tracing::warn!(user = %self.user, device = %self.device, "slow reader disconnected");
                 Err(End::Close(close_code::POLICY, "slow reader"))
             }
+        }
+    }
+
+    /// Writes whatever the sink still holds, bounded in time like any write.
+    async fn flush(&mut self) {
+        if self.unflushed {
+            let _ = tokio::time::timeout(self.limits.slow_reader, self.sink.flush()).await;
+            self.unflushed = false;
         }
     }
 

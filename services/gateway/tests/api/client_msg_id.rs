@@ -117,3 +117,83 @@ async fn a_client_msg_id_of_a_stored_message_is_answered_from_the_store_at_any_a
     );
     assert_eq!(app.history(&bob, conversation).await.len(), 1);
 }
+
+/// Sends `count` messages from `socket` to `to`, each with its own
+/// `clientMsgId`, and returns the replies in order.
+async fn send_numbered(
+    socket: &mut WsClient,
+    to: &TestUser,
+    prefix: &str,
+    count: usize,
+) -> Vec<Value> {
+    let mut replies = Vec::new();
+    for n in 0..count {
+        let data = json!({"receiverId": to.id.to_string(), "content": format!("{prefix} {n}"),
+            "clientMsgId": format!("{prefix}-{n}")});
+        let reference = format!("{prefix}-{n}");
+        socket
+            .send_ref("send_direct_message", data, &reference)
+            .await;
+        replies.push(socket.reply_to(&reference).await);
+    }
+    replies
+}
+
+#[tokio::test]
+async fn retries_from_many_sessions_at_once_are_each_answered_with_their_own_message() {
+    // The gateway looks up many sends' ids in one query: each answer must
+    // still go to its own send, stored or not.
+    let app = TestApp::spawn().await;
+    let bob = app.signup("bob").await;
+    let mut senders = Vec::new();
+    for name in ["alice", "carol", "dave", "erin"] {
+        let user = app.signup(name).await;
+        let socket = app.connect(&user, "d").await;
+        senders.push((user, socket));
+    }
+    let mut firsts = Vec::new();
+    for (user, socket) in &mut senders {
+        firsts.push(send_numbered(socket, &bob, &user.username, 5).await);
+    }
+    for (first, (user, _)) in firsts.iter().zip(&senders) {
+        let conversation = first[0]["data"]["message"]["conversationId"]
+            .as_str()
+            .unwrap();
+        app.history_eventually(user, conversation, 5).await;
+    }
+    forget_duplicates(&app).await;
+
+    // Every session retries its five and sends five new ones, all at once.
+    let rounds = senders.iter_mut().map(|(user, socket)| {
+        let bob = &bob;
+        async move {
+            let retried = send_numbered(socket, bob, &user.username, 5).await;
+            let fresh = send_numbered(socket, bob, &format!("{}-new", user.username), 5).await;
+            (retried, fresh)
+        }
+    });
+    let answers = futures::future::join_all(rounds).await;
+    for (first, (retried, fresh)) in firsts.iter().zip(answers) {
+        for (original, again) in first.iter().zip(&retried) {
+            assert_eq!(again["event"], "message_sent", "{again}");
+            for field in ["id", "seq", "content", "conversationId"] {
+                assert_eq!(
+                    again["data"]["message"][field], original["data"]["message"][field],
+                    "{again}"
+                );
+            }
+        }
+        let mut seqs: Vec<_> = fresh
+            .iter()
+            .map(|reply| reply["data"]["message"]["seq"].as_u64().unwrap())
+            .collect();
+        assert!(
+            first
+                .iter()
+                .all(|reply| !seqs.contains(&reply["data"]["message"]["seq"].as_u64().unwrap())),
+            "a new send was answered with a stored message"
+        );
+        seqs.dedup();
+        assert_eq!(seqs.len(), 5, "{fresh:?}");
+    }
+}

@@ -1,0 +1,118 @@
+//! Earlier sends, looked up by message id: every send with a `clientMsgId` asks whether the
+//! projection already has its message (a retry the broker has forgotten). One task asks
+//! PostgreSQL for many sends at once: while one query is out, the ids asked for meanwhile wait
+//! and go together in the next, so an idle gateway answers in one round trip and a busy one
+//! makes one query per round trip instead of one per send.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use natter_core::{ConversationId, GroupId, Message, MessageId, UserId};
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+
+/// The most ids one query asks for.
+const BATCH: usize = 256;
+/// Lookups waiting for the task; beyond this a send goes without (JetStream's duplicate
+/// window still catches a retry within two minutes).
+const QUEUE: usize = 4 * BATCH;
+
+type Answer = Result<Option<Message>, String>;
+
+/// A handle on the lookup task; the task ends when every handle is dropped.
+pub struct Earlier {
+    requests: mpsc::Sender<(MessageId, oneshot::Sender<Answer>)>,
+}
+
+impl Earlier {
+    /// Starts the task (on the current Tokio runtime); each query may take `patience`.
+    pub fn start(pool: PgPool, patience: Duration) -> Self {
+        let (requests, queue) = mpsc::channel(QUEUE);
+        tokio::spawn(serve(pool, queue, patience));
+        Self { requests }
+    }
+
+    /// The message stored under `id`, if the projection has it.
+    pub async fn stored(&self, id: MessageId) -> Answer {
+        let (answer, answered) = oneshot::channel();
+        self.requests
+            .try_send((id, answer))
+            .map_err(|_| "too many lookups waiting".to_owned())?;
+        answered
+            .await
+            .unwrap_or_else(|_| Err("the lookup task stopped".to_owned()))
+    }
+}
+
+async fn serve(
+    pool: PgPool,
+    mut queue: mpsc::Receiver<(MessageId, oneshot::Sender<Answer>)>,
+    patience: Duration,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while queue.recv_many(&mut batch, BATCH).await > 0 {
+        let ids: Vec<uuid::Uuid> = batch.iter().map(|(id, _)| id.0).collect();
+        let answer = match tokio::time::timeout(patience, stored(&pool, &ids)).await {
+            Ok(Ok(found)) => Ok(found),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer in time".to_owned()),
+        };
+        for (id, reply) in batch.drain(..) {
+            let _ = reply.send(match &answer {
+                Ok(found) => Ok(found.get(&id.0).cloned()),
+                Err(e) => Err(e.clone()),
+            });
+        }
+    }
+}
+
+/// The stored messages among `ids`, by id.
+async fn stored(
+    pool: &PgPool,
+    ids: &[uuid::Uuid],
+) -> Result<HashMap<uuid::Uuid, Message>, sqlx::Error> {
+    let rows: Vec<StoredRow> = sqlx::query_as(
+        "SELECT m.id, m.conversation_id, m.seq, m.sender_id, s.display_name AS sender_name,
+                m.receiver_id, m.group_id, m.content, m.client_msg_id, m.created_at
+         FROM messages m JOIN users s ON s.id = m.sender_id WHERE m.id = ANY($1)",
+    )
+    .bind(ids)
+    // Planned for each batch: a plan cached while `messages` was small
+    // would scan it, comparing every row with every id.
+    .persistent(false)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|row| (row.id, row.into())).collect())
+}
+
+/// A stored message's row.
+#[derive(sqlx::FromRow)]
+struct StoredRow {
+    id: uuid::Uuid,
+    conversation_id: uuid::Uuid,
+    seq: i64,
+    sender_id: uuid::Uuid,
+    sender_name: String,
+    receiver_id: Option<uuid::Uuid>,
+    group_id: Option<uuid::Uuid>,
+    content: String,
+    client_msg_id: Option<String>,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<StoredRow> for Message {
+    fn from(row: StoredRow) -> Self {
+        Message {
+            id: MessageId(row.id),
+            conversation_id: ConversationId(row.conversation_id),
+            seq: row.seq.max(0) as u64,
+            sender_id: UserId(row.sender_id),
+            sender_name: row.sender_name,
+            receiver_id: row.receiver_id.map(UserId),
+            group_id: row.group_id.map(GroupId),
+            content: row.content,
+            client_msg_id: row.client_msg_id,
+            created_at: row.created_at,
+        }
+    }
+}
