@@ -104,7 +104,25 @@ pub async fn serve(
         Some(events_tx),
     )
     .await?;
-    let result = match Box::pin(Dependencies::wait(&config, &nats, &pool, &shutdown)).await {
+    // Replays read the delivery log on connections of their own: the server
+    // answers a batched direct get inside the asking connection's read loop,
+    // so a reconnection storm's replays would hold every publish, presence
+    // write and stream question of the gateway behind them, and on one
+    // connection they would be answered one at a time.
+    let mut reads = Vec::with_capacity(READ_CONNECTIONS);
+    for _ in 0..READ_CONNECTIONS {
+        reads.push(
+            natter_runtime::jetstream::connect(
+                &config.nats,
+                "natter-gateway-reads",
+                natter_core::subjects::GATEWAY_INBOX,
+                None,
+            )
+            .await?,
+        );
+    }
+    let waited = Dependencies::wait(&config, &nats, &reads, &pool, &shutdown);
+    let result = match Box::pin(waited).await {
         Some(dependencies) => {
             let state = wire(
                 config,
@@ -126,6 +144,7 @@ pub async fn serve(
     tasks.close();
     tasks.wait().await;
     nats.flush().await.ok();
+    drop(reads);
     pool.close().await;
     result
 }
@@ -137,6 +156,8 @@ struct Dependencies {
     delivery: jetstream::stream::Stream,
     revocations: revocation::Revocations,
     presence: presence::Presence,
+    /// The connections log reads go out on.
+    reads: Vec<async_nats::Client>,
 }
 
 impl Dependencies {
@@ -145,6 +166,7 @@ impl Dependencies {
     async fn wait(
         config: &Config,
         nats: &async_nats::Client,
+        reads: &[async_nats::Client],
         pool: &sqlx::PgPool,
         shutdown: &CancellationToken,
     ) -> Option<Self> {
@@ -182,6 +204,7 @@ impl Dependencies {
             delivery,
             revocations,
             presence,
+            reads: reads.to_vec(),
         })
     }
 }
@@ -225,7 +248,7 @@ fn wire(
     let typing = typing::TypingSignals::new(nats.clone(), pool.clone());
     let backend = Arc::new(ws::upgrade::Live {
         cursors: cursors.clone(),
-        log: delivery::DeliveryLog::new(nats.clone(), dependencies.delivery),
+        log: delivery::DeliveryLog::new(dependencies.reads, dependencies.delivery),
         contents: delivery::Contents::new(pool.clone()),
         chat: chat.clone(),
         typing,
@@ -334,6 +357,9 @@ async fn serve_until_shutdown(
         .await?;
     Ok(())
 }
+
+/// Connections for reading delivery logs (replays), beside the main one.
+const READ_CONNECTIONS: usize = 4;
 
 /// The gateway's own tasks, each stopping on a child of `shutdown`.
 fn spawn_background(

@@ -315,9 +315,12 @@ async fn consumer_leader(app: &TestApp) -> String {
 async fn a_paused_consumer_leader_holds_deliveries_for_seconds_not_until_the_pull_expires() {
     let mut talk = Conversation::start().await;
     talk.send_ten("before").await;
-    // The consumer's leader on a node neither service is connected to: its
-    // pause reaches the persister only through the pull request it holds.
-    let used = talk.nodes_serving("\"natter-");
+    // The consumer's leader on a node neither service's main connection
+    // uses: its pause reaches the persister only through the pull request
+    // it holds. (The gateway's log-read connections may sit anywhere; a
+    // read on a paused node is asked again on the next connection.)
+    let mut used = talk.nodes_serving("\"natter-gateway\"");
+    used.extend(talk.nodes_serving("\"natter-persister"));
     let stepdown = format!(
         "CONSUMER.LEADER.STEPDOWN.CHAT.{}",
         natter_core::subjects::PERSISTER_CONSUMER
