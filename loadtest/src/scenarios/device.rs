@@ -28,9 +28,12 @@ const RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// Waits between retries of a send answered `unavailable`, as the web client.
 const RETRY_MIN: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(4);
-/// A send unanswered this long means the connection is dead though the
-/// socket still looks open (the gateway answers every send, `unavailable`
-/// included, within its own publish timeout).
+/// A send unanswered this long, with nothing at all heard on the socket
+/// for as long, means the connection is dead though the socket still looks
+/// open (the gateway answers every send, `unavailable` included, within its
+/// own publish timeout). Frames still arriving mean a busy gateway, not a
+/// dead one: a client that reconnected then would replay its log and send
+/// everything again, adding to what made the gateway slow.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 /// A send is given up (left unanswered, which the books allow but report)
 /// this long after it was scheduled.
@@ -113,6 +116,8 @@ pub struct Device {
     next: u32,
     acked: u64,
     last_ack: Instant,
+    /// When a text frame last arrived on the current socket.
+    last_heard: Instant,
 }
 
 /// What woke the device up.
@@ -138,6 +143,7 @@ impl Device {
             next: 0,
             acked: 0,
             last_ack: Instant::now(),
+            last_heard: Instant::now(),
         }
     }
 
@@ -154,7 +160,11 @@ impl Device {
                 continue;
             };
             let wake = self.next_wake();
+            // What has arrived is read before anything more is sent, as a
+            // client must: one that floods without reading makes the gateway
+            // queue its deliveries, and then read them back from the log.
             let event = tokio::select! {
+                biased;
                 _ = self.shared.stop.changed() => Event::Stop,
                 frame = current.next() => Event::Frame(frame),
                 _ = sleep_until(wake) => Event::Due,
@@ -162,6 +172,7 @@ impl Device {
             let alive = match event {
                 Event::Stop => break,
                 Event::Frame(Some(Ok(Message::Text(text)))) => {
+                    self.last_heard = Instant::now();
                     self.on_frame(text.as_str());
                     true
                 }
@@ -188,7 +199,9 @@ impl Device {
             .map(|s| clock.t0 + s.offset + s.period.mul_f64(f64::from(self.next)));
         let retry = self.pending.retries.first().map(|(at, _)| *at);
         let ack = (self.log.cursor > self.acked).then_some(self.last_ack + ACK_EVERY);
-        let timeout = self.oldest_attempt().map(|at| at + ANSWER_TIMEOUT);
+        let timeout = self
+            .oldest_attempt()
+            .map(|at| at.max(self.last_heard) + ANSWER_TIMEOUT);
         [scheduled, retry, ack, timeout].into_iter().flatten().min()
     }
 
@@ -206,9 +219,10 @@ impl Device {
     /// Does what is due; `false` if the connection is dead.
     async fn on_due(&mut self, socket: &mut Socket) -> bool {
         let now = Instant::now();
+        let last_heard = self.last_heard;
         if self
             .oldest_attempt()
-            .is_some_and(|at| at + ANSWER_TIMEOUT <= now)
+            .is_some_and(|at| at.max(last_heard) + ANSWER_TIMEOUT <= now)
         {
             return false;
         }
@@ -433,6 +447,7 @@ impl Device {
             // Replay starts over from the server's cursor.
             self.log.device.reconnected();
             self.acked = cursor;
+            self.last_heard = Instant::now();
             self.pending.retries.clear();
             self.pending.attempts.clear();
             let again: Vec<u32> = self.pending.unanswered.iter().copied().collect();
