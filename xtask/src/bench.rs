@@ -30,8 +30,8 @@ use self::results::{
 use self::suite::{Entry, SUITE, Scenario};
 use crate::service::Service;
 use crate::signals::Stop;
-use crate::stack::{Stack, lock_single_instance, non_empty_env, random_secret, release_dir};
-use crate::step::{banner, debug_dir, run_cargo};
+use crate::stack::{Stack, lock_single_instance, non_empty_env, random_secret};
+use crate::step::{banner, build_load_binaries};
 
 const DATABASE: &str = "natter";
 /// Where a published suite's HTML reports are kept, next to the load generator.
@@ -147,24 +147,8 @@ pub fn check(args: &BenchArgs, stop: &Stop) -> anyhow::Result<bool> {
         return Ok(false);
     };
 
-    let mut build = vec!["build"];
-    if args.release() {
-        build.push("--release");
-    }
-    build.extend(["--bin", "natter-gateway", "--bin", "natter-persister"]);
-    build.extend(["--bin", "natter-loadtest"]);
-    let status = run_cargo(&build, |_| {}, stop)?;
-    if !status.success() {
-        eprintln!("the build failed ({status})");
+    let Some(bin_dir) = build_load_binaries(args.release(), stop)? else {
         return Ok(false);
-    }
-    if stop.requested() {
-        return Ok(false);
-    }
-    let bin_dir = if args.release() {
-        release_dir()
-    } else {
-        debug_dir()
     };
 
     let mut machine = machine::probe();

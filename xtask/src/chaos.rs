@@ -13,7 +13,6 @@ mod schedule;
 mod verdict;
 
 use std::fs;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -26,7 +25,7 @@ use self::netns::Partition;
 use self::schedule::Schedule;
 use crate::signals::Stop;
 use crate::stack::lock_single_instance;
-use crate::step::{banner, run_cargo};
+use crate::step::{banner, binaries_dir, build_load_binaries};
 
 /// What a debug build holds on this 2-core machine with everything else running beside it
 /// (measured: see the report of the change that added this task).
@@ -136,18 +135,7 @@ fn build_and_run(args: &ChaosArgs, stop: &Stop) -> anyhow::Result<bool> {
     let Some(_lock) = lock_single_instance(&local, "chaos")? else {
         return Ok(false);
     };
-    let mut build = vec!["build"];
-    if args.release() {
-        build.push("--release");
-    }
-    build.extend(["--bin", "natter-gateway", "--bin", "natter-persister"]);
-    build.extend(["--bin", "natter-loadtest"]);
-    let status = run_cargo(&build, |_| {}, stop)?;
-    if !status.success() {
-        eprintln!("the build failed ({status})");
-        return Ok(false);
-    }
-    if stop.requested() {
+    if build_load_binaries(args.release(), stop)?.is_none() {
         return Ok(false);
     }
     let data = local.join("chaos");
@@ -211,16 +199,6 @@ fn start_and_load(
         natter,
         stop,
     )
-}
-
-/// Where cargo puts the binaries of that profile.
-fn binaries_dir(release: bool) -> PathBuf {
-    let release_dir = crate::stack::release_dir();
-    if release {
-        release_dir
-    } else {
-        release_dir.with_file_name("debug")
-    }
 }
 
 #[cfg(test)]

@@ -4,11 +4,11 @@
 use std::env;
 use std::fs::{self, File};
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use natter_localinfra::{NatsServer, Postgres, workspace_root};
+use natter_localinfra::{NatsServer, Postgres};
 
 use crate::service::Service;
 use crate::step::banner;
@@ -139,12 +139,7 @@ pub fn non_empty_env(name: &str) -> Option<String> {
     env::var(name).ok().filter(|value| !value.is_empty())
 }
 
-/// Where `cargo build --release` puts the binaries.
-pub fn release_dir() -> PathBuf {
-    non_empty_env("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
-        .join("release")
-}
+pub use crate::step::release_dir;
 
 /// A new JWT secret: 48 random bytes from `/dev/urandom`, as 96 hex digits.
 pub fn random_secret() -> anyhow::Result<String> {

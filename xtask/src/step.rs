@@ -64,12 +64,46 @@ pub fn build_services(stop: &Stop) -> anyhow::Result<ExitStatus> {
     run_cargo(build, |_| {}, stop)
 }
 
-/// Where cargo puts the debug binaries: under CARGO_TARGET_DIR when set.
-pub fn debug_dir() -> PathBuf {
+/// Builds the gateway, the persister and the load generator, in release or debug; the
+/// directory they are in, or `None` if the build failed (said on stderr) or a stop came.
+pub fn build_load_binaries(release: bool, stop: &Stop) -> anyhow::Result<Option<PathBuf>> {
+    let mut build = vec!["build"];
+    if release {
+        build.push("--release");
+    }
+    build.extend(["--bin", "natter-gateway", "--bin", "natter-persister"]);
+    build.extend(["--bin", "natter-loadtest"]);
+    let status = run_cargo(&build, |_| {}, stop)?;
+    if !status.success() {
+        eprintln!("the build failed ({status})");
+        return Ok(None);
+    }
+    if stop.requested() {
+        return Ok(None);
+    }
+    Ok(Some(binaries_dir(release)))
+}
+
+/// Where cargo puts the binaries of that profile.
+pub fn binaries_dir(release: bool) -> PathBuf {
+    if release { release_dir() } else { debug_dir() }
+}
+
+/// Where cargo puts the release binaries: under CARGO_TARGET_DIR when set.
+pub fn release_dir() -> PathBuf {
+    target_dir().join("release")
+}
+
+fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|dir| !dir.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| natter_localinfra::workspace_root().join("target"))
-        .join("debug")
+}
+
+/// Where cargo puts the debug binaries: under CARGO_TARGET_DIR when set.
+pub fn debug_dir() -> PathBuf {
+    target_dir().join("debug")
 }
 
 pub fn run_to_end(command: &mut Command, shown: &str, stop: &Stop) -> anyhow::Result<ExitStatus> {

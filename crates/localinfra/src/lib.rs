@@ -30,7 +30,7 @@ pub use probe::{
     free_port, http_body, http_body_at, http_status, http_status_at, port_is_free, tcp_accepts,
     tcp_accepts_at, try_free_port,
 };
-pub use process::{Signal, effective_uid, is_alive, send_signal};
+pub use process::{Signal, children_of, effective_uid, is_alive, send_signal};
 pub use tls::{TlsFiles, make_certificates};
 pub use tools::{nats_server_binary, nats_version, pip_install, postgres_bin_dir, workspace_root};
 

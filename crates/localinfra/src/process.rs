@@ -82,7 +82,7 @@ pub(crate) fn wait_gone(pid: u32, timeout: Duration) -> bool {
 }
 
 /// The pids whose parent is `parent` (Linux: scans /proc).
-pub(crate) fn children_of(parent: u32) -> Vec<u32> {
+pub fn children_of(parent: u32) -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };

@@ -71,7 +71,7 @@ async fn stored(
     pool: &PgPool,
     ids: &[uuid::Uuid],
 ) -> Result<HashMap<uuid::Uuid, Message>, sqlx::Error> {
-    let rows: Vec<StoredRow> = sqlx::query_as(
+    let rows: Vec<MessageRow> = sqlx::query_as(
         "SELECT m.id, m.conversation_id, m.seq, m.sender_id, s.display_name AS sender_name,
                 m.receiver_id, m.group_id, m.content, m.client_msg_id, m.created_at
          FROM messages m JOIN users s ON s.id = m.sender_id WHERE m.id = ANY($1)",
@@ -85,9 +85,10 @@ async fn stored(
     Ok(rows.into_iter().map(|row| (row.id, row.into())).collect())
 }
 
-/// A stored message's row.
+/// A stored message's row, as every query of `messages` joined with its
+/// sender's name reads it.
 #[derive(sqlx::FromRow)]
-struct StoredRow {
+pub(crate) struct MessageRow {
     id: uuid::Uuid,
     conversation_id: uuid::Uuid,
     seq: i64,
@@ -100,8 +101,8 @@ struct StoredRow {
     created_at: chrono::DateTime<chrono::Utc>,
 }
 
-impl From<StoredRow> for Message {
-    fn from(row: StoredRow) -> Self {
+impl From<MessageRow> for Message {
+    fn from(row: MessageRow) -> Self {
         Message {
             id: MessageId(row.id),
             conversation_id: ConversationId(row.conversation_id),

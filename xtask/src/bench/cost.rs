@@ -137,7 +137,7 @@ fn postgres(postmaster: u32) -> (u64, u64) {
     let mut ticks = 0;
     let mut private_kb = 0;
     let mut shared_kb = 0;
-    for pid in std::iter::once(postmaster).chain(children_of(postmaster)) {
+    for pid in std::iter::once(postmaster).chain(natter_localinfra::children_of(postmaster)) {
         if let Some(process) = process(pid) {
             ticks += process.ticks;
             private_kb += process.anon_kb;
@@ -172,26 +172,6 @@ fn ticks_of(stat: &str) -> Option<u64> {
     (11..15)
         .map(|index| fields.get(index)?.parse::<u64>().ok())
         .sum()
-}
-
-fn ppid_of(stat: &str) -> Option<u32> {
-    let (_, rest) = stat.rsplit_once(") ")?;
-    rest.split_ascii_whitespace().nth(1)?.parse().ok()
-}
-
-fn children_of(parent: u32) -> Vec<u32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| ppid_of(&stat))
-                == Some(parent)
-        })
-        .collect()
 }
 
 /// A `Name:   123 kB` line of `/proc/<pid>/status`.
@@ -425,7 +405,6 @@ mod tests {
         // utime stime cutime cstime ...
         let stat = "42 (a) b) c) S 7 42 42 0 -1 4194560 100 0 0 0 250 50 7 3 20 0 4 0 99";
         assert_eq!(ticks_of(stat), Some(310));
-        assert_eq!(ppid_of(stat), Some(7));
         assert_eq!(ticks_of("42 (short) S 1 2"), None);
     }
 

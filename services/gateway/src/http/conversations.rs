@@ -4,6 +4,7 @@
 use super::extract::{AuthUser, QueryParams};
 use super::schema::{ConversationEntry, History, Peer};
 use crate::chat::Chat;
+use crate::earlier::MessageRow;
 use crate::error::ApiError;
 use crate::error::ErrorResponses;
 use crate::state::AppState;
@@ -12,7 +13,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use natter_core::{ConversationId, GroupId, Message, MessageId, UserId};
+use natter_core::{ConversationId, GroupId, Message, UserId};
 use serde::Deserialize;
 use sqlx::PgPool;
 use sqlx::types::Json as SqlJson;
@@ -169,37 +170,6 @@ async fn list(
         })
         .collect();
     Ok(Json(conversations))
-}
-
-#[derive(sqlx::FromRow)]
-pub(crate) struct MessageRow {
-    id: Uuid,
-    conversation_id: Uuid,
-    seq: i64,
-    sender_id: Uuid,
-    sender_name: String,
-    receiver_id: Option<Uuid>,
-    group_id: Option<Uuid>,
-    content: String,
-    client_msg_id: Option<String>,
-    created_at: DateTime<Utc>,
-}
-
-impl From<MessageRow> for Message {
-    fn from(row: MessageRow) -> Self {
-        Message {
-            id: MessageId(row.id),
-            conversation_id: ConversationId(row.conversation_id),
-            seq: row.seq.max(0) as u64,
-            sender_id: UserId(row.sender_id),
-            sender_name: row.sender_name,
-            receiver_id: row.receiver_id.map(UserId),
-            group_id: row.group_id.map(GroupId),
-            content: row.content,
-            client_msg_id: row.client_msg_id,
-            created_at: row.created_at,
-        }
-    }
 }
 
 /// A page of the conversation's history, in `seq` order. Members only.
