@@ -197,6 +197,10 @@ where
         loop {
             // In this order, and the flush only when nothing else is ready: frames written
             // in the same tick leave in one write (the sink buffers what `send` feeds it).
+            // The client's frames come before its deliveries, so a session busy with a
+            // long stream of deliveries still hears the client's pongs (and does not take
+            // it for silent); its sends are bounded by `max_inflight`, and their replies
+            // come first once it is reached.
             let step = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Err(End::Close(close_code::AWAY, "server shutting down")),
@@ -210,11 +214,6 @@ where
                 },
                 _ = live.lagged.notified() => self.catch_up().await,
                 _ = keepalive.tick() => self.keepalive(last_heard).await,
-                Some(reply) = inflight.next(), if !inflight.is_empty() => self.on_reply(reply).await,
-                Some(push) = live.rx.recv() => match push {
-                    Push::Record(record) => self.on_live(record).await,
-                    Push::Frame(frame) => self.send_text(frame.to_string(), "signal").await,
-                },
                 frame = stream.next(), if inflight.len() < max_inflight => match frame {
                     Some(Ok(frame)) => {
                         last_heard = Instant::now();
@@ -222,6 +221,11 @@ where
                     }
                     Some(Err(e)) => Err(self.read_failed(e)),
                     None => Err(End::ClientGone),
+                },
+                Some(reply) = inflight.next(), if !inflight.is_empty() => self.on_reply(reply).await,
+                Some(push) = live.rx.recv() => match push {
+                    Push::Record(record) => self.on_live(record).await,
+                    Push::Frame(frame) => self.send_text(frame.to_string(), "signal").await,
                 },
                 flushed = self.sink.flush(), if self.unflushed => {
                     self.unflushed = false;
