@@ -24,6 +24,15 @@ pub const ACCEPTED_AT_HEADER: &str = "Natter-Accepted-At";
 /// the frame reaches a socket, once per message.
 pub const CONTENT_OF_HEADER: &str = "Natter-Content-Of";
 
+/// The header of a delivery record that names the sequence of its user's
+/// record before it (0: the first). The persister publishes each record
+/// with JetStream's own expectation header set to the user's last record,
+/// so the stream stores it only if that claim is true, and keeps the header
+/// with the record: a user's records are a chain the gateway walks back
+/// from the newest, reading a replay without scanning the stream. A record
+/// without it (stored by an older natter) ends the walk.
+pub const PREVIOUS_HEADER: &str = "Nats-Expected-Last-Subject-Sequence";
+
 /// The largest delivery record (DESIGN.md §4). The limits on what a record
 /// holds keep every record within it (the tests below build the worst
 /// case); the fan-out refuses anything larger rather than let it block a log.

@@ -40,6 +40,11 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 const PATIENCE: Duration = Duration::from_secs(90);
 /// Deliveries that broke the books, described per device.
 const ANOMALIES_KEPT: usize = 3;
+/// Sends a device leaves unanswered before it waits for answers: the
+/// gateway's default `SESSION_MAX_INFLIGHT`. With more, the gateway stops
+/// reading the socket, the device's next write blocks, it stops reading
+/// too, and the gateway drops it as a slow reader.
+const MAX_UNANSWERED: usize = 256;
 /// Acks are cumulative; one goes out at most this often.
 const ACK_EVERY: Duration = Duration::from_secs(1);
 
@@ -55,7 +60,9 @@ pub struct Link {
 }
 
 /// What a sending device sends: send `n` is due at `t0 + offset + n × period`,
-/// for `n` below `count`, whether or not the earlier ones were answered.
+/// for `n` below `count`, whether or not the earlier ones were answered
+/// (up to [`MAX_UNANSWERED`] of them; its latency still counts from when
+/// it was due).
 pub struct Schedule {
     pub sender: u32,
     pub offset: Duration,
@@ -192,10 +199,11 @@ impl Device {
     /// ack, and the answer timeout of the oldest attempt.
     fn next_wake(&mut self) -> Option<Instant> {
         let clock = &self.shared.clock;
+        let room = self.pending.unanswered.len() < MAX_UNANSWERED;
         let scheduled = self
             .schedule
             .as_ref()
-            .filter(|s| self.next < s.count)
+            .filter(|s| room && self.next < s.count)
             .map(|s| clock.t0 + s.offset + s.period.mul_f64(f64::from(self.next)));
         let retry = self.pending.retries.first().map(|(at, _)| *at);
         let ack = (self.log.cursor > self.acked).then_some(self.last_ack + ACK_EVERY);
@@ -247,8 +255,9 @@ impl Device {
                 return false;
             }
         }
+        let room = self.pending.unanswered.len() < MAX_UNANSWERED;
         let due = self.schedule.as_ref().is_some_and(|s| {
-            self.next < s.count
+            room && self.next < s.count
                 && self.shared.clock.t0 + s.offset + s.period.mul_f64(f64::from(self.next)) <= now
         });
         if due {

@@ -21,6 +21,7 @@ pub const ACCEPT_LATENCY: &str = "natter_accept_latency_seconds";
 pub const DELIVERY_LATENCY: &str = "natter_delivery_latency_seconds";
 pub const REPLAYED_EVENTS: &str = "natter_replayed_events_total";
 pub const REPLAY_DURATION: &str = "natter_replay_duration_seconds";
+pub const LOG_READS: &str = "natter_log_reads_total";
 pub const ACTIVE_USERS: &str = "natter_active_users";
 
 /// Gives every metric its help text; called once at start.
@@ -66,6 +67,10 @@ pub fn describe() {
         REPLAY_DURATION,
         metrics::Unit::Seconds,
         "time to replay a device's backlog"
+    );
+    describe_counter!(
+        LOG_READS,
+        "reads of a user's delivery log, by how: walked back record by record, or scanned for (a long or broken chain)"
     );
     describe_gauge!(ACTIVE_USERS, "users with a connection to this gateway");
     // Series that exist from the start, so a dashboard shows 0 rather than
@@ -160,6 +165,10 @@ pub fn delivered(path: Path, seconds_since_accept: f64) {
 pub fn replayed(events: usize, elapsed: Duration) {
     counter!(REPLAYED_EVENTS).increment(events as u64);
     histogram!(REPLAY_DURATION).record(elapsed.as_secs_f64());
+}
+
+pub fn log_read(how: &'static str) {
+    counter!(LOG_READS, "how" => how).increment(1);
 }
 
 pub fn active_users(users: usize) {

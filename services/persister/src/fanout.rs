@@ -12,6 +12,7 @@
 
 use crate::faults::FaultHooks;
 use crate::projection::Fanout;
+use crate::tails::{TailError, Tails};
 use async_nats::jetstream::{
     self,
     context::{PublishAckFuture, PublishError, PublishErrorKind},
@@ -21,7 +22,9 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use natter_core::delivery::{ACCEPTED_AT_HEADER, CONTENT_OF_HEADER, MAX_RECORD_BYTES};
+use natter_core::delivery::{
+    ACCEPTED_AT_HEADER, CONTENT_OF_HEADER, MAX_RECORD_BYTES, PREVIOUS_HEADER,
+};
 use natter_core::{DeliveryEvent, UserId, subjects};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -39,8 +42,16 @@ pub struct Provenance {
 /// A failure worth retrying: JetStream did not answer, had no leader, or
 /// the connection dropped.
 #[derive(Debug, thiserror::Error)]
-#[error("publishing a delivery record failed: {0}")]
-pub struct FanoutError(#[from] PublishError);
+pub enum FanoutError {
+    #[error("publishing a delivery record failed: {0}")]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    Tail(#[from] TailError),
+}
+
+/// Times one copy is sent again after the stream refused its user's tail
+/// (each time asked again) before the fan-out fails and is retried whole.
+const TAIL_ATTEMPTS: u32 = 4;
 
 /// What a fan-out stored, and the `CHAT` records whose delivery records
 /// could not be stored by any retry, with why (by `CHAT` sequence).
@@ -191,16 +202,23 @@ pub fn copies(
 /// a failure: when a publish is lost (its stream's leader died under it),
 /// nothing after it in that log was sent, so the retry stores it in its
 /// place. Pipelined, the copies after it would have been stored first.
+/// It is also what lets each copy name the one before it: the recipient's
+/// tail is known when the next copy goes ([`crate::tails`]).
 pub async fn publish(
     js: &jetstream::Context,
     window: usize,
     copies: &[Copy],
+    tails: &mut Tails,
     hooks: &FaultHooks,
 ) -> Result<Published, FanoutError> {
     let window = window.max(1);
+    tails
+        .learn_all(js, copies.iter().map(|c| c.recipient))
+        .await?;
     let mut chains = Chains::of(copies);
     let mut acks = FuturesUnordered::new();
     let mut published = Published::default();
+    let mut refusals: HashMap<UserId, u32> = HashMap::new();
     loop {
         while acks.len() < window
             && let Some((recipient, copy)) = chains.next_ready()
@@ -209,15 +227,16 @@ pub async fn publish(
                 chains.settled(recipient);
                 continue;
             }
-            match send(js, copy, hooks).await {
+            // Known: learnt above, or set by the ack of the copy before.
+            let previous = tails.get(recipient).unwrap_or_default();
+            match send(js, copy, previous, hooks).await {
                 Ok(ack) => {
-                    let seq = copy.chat_seq;
                     acks.push(async move {
                         let stored = match ack {
                             Some(ack) => ack.await,
                             None => Err(PublishError::new(PublishErrorKind::TimedOut)),
                         };
-                        (recipient, seq, stored)
+                        (recipient, copy, stored)
                     });
                 }
                 Err(e) if is_permanent(&e) => {
@@ -227,19 +246,53 @@ pub async fn publish(
                 Err(e) => return Err(e.into()),
             }
         }
-        let Some((recipient, seq, stored)) = acks.next().await else {
+        let Some((recipient, copy, stored)) = acks.next().await else {
             return Ok(published);
         };
-        settle(&mut published, seq, stored)?;
-        chains.settled(recipient);
+        match stored {
+            Err(e) if refuses_tail(&e) => {
+                // Another writer, expired records, or the stream still
+                // storing the copy before: ask where the log ends, and
+                // send this copy again.
+                let refused = refusals.entry(recipient).or_default();
+                *refused += 1;
+                if *refused > TAIL_ATTEMPTS {
+                    return Err(e.into());
+                }
+                tails.forget(recipient);
+                tails.learn_all(js, [recipient]).await?;
+                chains.again(recipient, copy);
+            }
+            stored => {
+                if let Ok(ack) = &stored {
+                    tails.stored(recipient, ack.sequence);
+                    refusals.remove(&recipient);
+                }
+                settle(&mut published, copy.chat_seq, stored)?;
+                chains.settled(recipient);
+            }
+        }
     }
 }
 
-/// Sends one copy; its ack comes later. `None` for a copy a fault hook
-/// lost: it is not sent, and its ack fails as a timeout.
+/// Whether the stream refused a copy because its user's log does not end
+/// where the copy says: JetStream's "wrong last sequence" (with the real
+/// one, or without while the stream still stores the record before).
+fn refuses_tail(error: &PublishError) -> bool {
+    matches!(
+        natter_runtime::jetstream::publish_error_code(error),
+        Some(jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE)
+            | Some(jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT)
+    )
+}
+
+/// Sends one copy, claiming its recipient's log ends at `previous`; its ack
+/// comes later. `None` for a copy a fault hook lost: it is not sent, and
+/// its ack fails as a timeout.
 async fn send(
     js: &jetstream::Context,
     copy: &Copy,
+    previous: u64,
     hooks: &FaultHooks,
 ) -> Result<Option<PublishAckFuture>, PublishError> {
     if hooks.lose_publish(copy.chat_seq, copy.recipient) {
@@ -247,7 +300,8 @@ async fn send(
     }
     let mut message = PublishMessage::build()
         .payload(copy.payload.clone())
-        .message_id(copy.message_id.as_str());
+        .message_id(copy.message_id.as_str())
+        .header(PREVIOUS_HEADER, previous.to_string());
     if let Some(traceparent) = &copy.traceparent {
         message = message.header(natter_runtime::trace::TRACEPARENT, &**traceparent);
     }
@@ -289,6 +343,12 @@ impl<'a> Chains<'a> {
         let recipient = self.ready.pop_front()?;
         let copy = self.queues.get_mut(&recipient)?.pop_front()?;
         Some((recipient, copy))
+    }
+
+    /// `recipient`'s copy in flight must be sent again, before the rest.
+    fn again(&mut self, recipient: UserId, copy: &'a Copy) {
+        self.queues.entry(recipient).or_default().push_front(copy);
+        self.ready.push_back(recipient);
     }
 
     /// `recipient`'s copy in flight is done with: its next may go.

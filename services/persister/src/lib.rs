@@ -9,6 +9,7 @@
 //! - `stage`: the two overlapping pipeline stages, projection and fan-out; dead letters, acks.
 //! - [`projection`]: one transaction per batch; idempotent SQL for messages, reads, groups.
 //! - [`fanout`]: publishing `deliver.<user>` records in `CHAT` order.
+//! - [`tails`]: where each user's log ends, so each record names the one before it.
 //! - `error`: why a consumer run stops.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics` on `PERSISTER_PORT`.
 //! - [`metrics`]: the Prometheus metrics.
@@ -32,6 +33,7 @@ mod leader;
 pub mod metrics;
 pub mod projection;
 mod stage;
+pub mod tails;
 
 pub use config::Config;
 pub use faults::{FaultHook, FaultHooks};

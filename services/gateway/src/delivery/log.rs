@@ -1,8 +1,19 @@
-//! Replay of a user's delivery log: records by subject from a sequence, with
-//! one batched JetStream direct get and no consumer created.
+//! Replay of a user's delivery log: records by subject from a sequence,
+//! read with JetStream direct gets and no consumer created.
+//!
+//! Each record names the one of its user's before it
+//! ([`natter_core::delivery::PREVIOUS_HEADER`], checked by the stream when
+//! the persister stored it), so a replay walks back from the user's newest
+//! record, one direct get by sequence per record: its cost is the records
+//! read, whatever else the stream holds. A chain longer than one read, or
+//! broken (a record stored before the chain existed), is read the other way:
+//! one batched direct get by subject, which the server answers by scanning
+//! the stream from the given sequence, in the asking connection's read
+//! loop. A reconnection storm of thousands of devices, each scanning the
+//! range it missed, held every other request of that connection behind it.
 
 use super::record::{DeliveryError, Stored, header_u64};
-use async_nats::jetstream;
+use async_nats::{StatusCode, jetstream};
 use bytes::Bytes;
 use futures::StreamExt;
 use natter_core::{UserId, subjects};
@@ -198,7 +209,9 @@ impl DeliveryLog {
             .map_err(|e| DeliveryError::Nats(e.to_string()))
     }
 
-    /// Up to `limit` of `user`'s records with sequence ≥ `from`, in order.
+    /// Up to `limit` of `user`'s records with sequence ≥ `from`, in order:
+    /// walked back from the newest when there are at most `limit`, else
+    /// scanned for.
     pub async fn read(
         &self,
         user: UserId,
@@ -214,7 +227,18 @@ impl DeliveryLog {
             let Some(nats) = self.readers.get(turn % self.readers.len().max(1)) else {
                 return Err(DeliveryError::Nats("no connection to read on".into()));
             };
-            match read_log_within(nats, user, from, limit, patience).await {
+            let read = match walk(nats, user, from, limit, patience).await {
+                Ok(Some(records)) => {
+                    crate::metrics::log_read("walk");
+                    Ok(records)
+                }
+                Ok(None) => {
+                    crate::metrics::log_read("scan");
+                    read_log_within(nats, user, from, limit, patience).await
+                }
+                Err(e) => Err(e),
+            };
+            match read {
                 Err(DeliveryError::Timeout) if attempt < READ_ATTEMPTS => {
                     tracing::debug!(%user, attempt, "delivery log read timed out; asking again");
                     attempt += 1;
@@ -223,6 +247,89 @@ impl DeliveryLog {
             }
         }
     }
+}
+
+/// `user`'s records with sequence ≥ `from`, in order, read by walking back
+/// from the newest along each record's previous one; `None` when there
+/// are more than `limit` of them or the chain is broken (a record without
+/// its previous one named, or one not found where named), so they must be
+/// scanned for.
+async fn walk(
+    nats: &async_nats::Client,
+    user: UserId,
+    from: u64,
+    limit: usize,
+    patience: Duration,
+) -> Result<Option<Vec<Stored>>, DeliveryError> {
+    let subject = subjects::deliver(user);
+    let newest = get(nats, Some(&subject), serde_json::Value::Null, patience).await?;
+    let Some((mut record, _)) = newest else {
+        return Ok(Some(Vec::new()));
+    };
+    let mut newest_first = Vec::new();
+    while record.seq >= from {
+        let previous = record.last_seq;
+        newest_first.push(record);
+        let previous = match previous {
+            Some(previous) if previous < from => break,
+            Some(previous) if newest_first.len() < limit => previous,
+            _ => return Ok(None),
+        };
+        let request = serde_json::json!({ "seq": previous });
+        match get(nats, None, request, patience).await? {
+            Some((found, of)) if found.seq == previous && of == subject => record = found,
+            _ => return Ok(None),
+        }
+    }
+    newest_first.reverse();
+    Ok(Some(newest_first))
+}
+
+/// One direct get from `DELIVERY`: the last record on `last_of`, or what
+/// `request` asks; the record and its subject, `None` if there is none.
+async fn get(
+    nats: &async_nats::Client,
+    last_of: Option<&str>,
+    request: serde_json::Value,
+    patience: Duration,
+) -> Result<Option<(Stored, String)>, DeliveryError> {
+    let api = format!("$JS.API.DIRECT.GET.{}", subjects::DELIVERY_STREAM);
+    let (api, payload) = match last_of {
+        Some(subject) => (format!("{api}.{subject}"), Bytes::new()),
+        None => (api, Bytes::from(request.to_string())),
+    };
+    let request = async_nats::Request::new()
+        .payload(payload)
+        .timeout(Some(patience));
+    let reply = nats
+        .send_request(api, request)
+        .await
+        .map_err(|e| match e.kind() {
+            async_nats::RequestErrorKind::TimedOut => DeliveryError::Timeout,
+            _ => DeliveryError::Nats(e.to_string()),
+        })?;
+    match reply.status {
+        None => {}
+        Some(StatusCode::NOT_FOUND) => return Ok(None),
+        Some(other) => {
+            return Err(DeliveryError::Protocol(format!(
+                "status {other} {}",
+                reply.description.unwrap_or_default()
+            )));
+        }
+    }
+    let headers = reply.headers.as_ref();
+    let seq = headers.and_then(|h| header_u64(h, "Nats-Sequence"));
+    let subject = headers
+        .and_then(|h| h.get("Nats-Subject"))
+        .map(|v| v.to_string());
+    let (Some(seq), Some(subject)) = (seq, subject) else {
+        return Err(DeliveryError::Protocol(
+            "record without Nats-Sequence".into(),
+        ));
+    };
+    let record = Stored::new(seq, None, headers, reply.payload);
+    Ok(Some((record, subject)))
 }
 
 #[cfg(test)]

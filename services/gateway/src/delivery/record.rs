@@ -5,7 +5,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use natter_core::MessageId;
-use natter_core::delivery::{ACCEPTED_AT_HEADER, CONTENT_OF_HEADER};
+use natter_core::delivery::{ACCEPTED_AT_HEADER, CONTENT_OF_HEADER, PREVIOUS_HEADER};
 use std::sync::Arc;
 
 /// A record of a user's delivery log.
@@ -15,7 +15,9 @@ pub struct Stored {
     pub seq: u64,
     /// The sequence of the user's previous record (0 for the first), when
     /// known: a live record whose `last_seq` is not the last one a session
-    /// sent reveals a gap.
+    /// sent reveals a gap, and a replay walks back along them. The server
+    /// adds it to a live record; a stored one carries it from the
+    /// persister.
     pub last_seq: Option<u64>,
     pub payload: Bytes,
     /// The `traceparent` of the fan-out that stored it: delivery continues
@@ -37,7 +39,7 @@ impl Stored {
     ) -> Self {
         Self {
             seq,
-            last_seq,
+            last_seq: last_seq.or_else(|| header_u64(headers?, PREVIOUS_HEADER)),
             payload,
             traceparent: natter_runtime::trace::from_headers(headers).map(str::to_owned),
             accepted_at: headers

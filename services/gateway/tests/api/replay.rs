@@ -248,3 +248,93 @@ async fn a_connected_session_keeps_receiving_across_a_broker_crash() {
         ["after0", "after1", "after2"]
     );
 }
+
+/// `natter_log_reads_total{how}` on the gateway's `/metrics`.
+async fn log_reads(app: &TestApp, how: &str) -> f64 {
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    natter_testkit::scrape::Scrape::parse(&text).value("natter_log_reads_total", &[("how", how)])
+}
+
+#[tokio::test]
+async fn a_replay_walks_back_along_the_users_records_and_scans_past_a_broken_chain() {
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let mut a = app.connect(&alice, "a").await;
+    let b = app.connect(&bob, "phone").await;
+    b.drop_connection();
+    send_n(&mut a, &bob, "m", 5).await;
+
+    // Each record names the one before it: the replay reads them by
+    // sequence, walking back from bob's newest.
+    let (walks, scans) = (log_reads(&app, "walk").await, log_reads(&app, "scan").await);
+    let mut b = app.connect(&bob, "phone").await;
+    let first = b.receive_messages(5).await;
+    assert_eq!(contents(&first), numbered("m", 5));
+    assert!(log_reads(&app, "walk").await > walks, "the replay walked");
+    assert_eq!(log_reads(&app, "scan").await, scans, "and scanned nothing");
+    b.ack(first[4]["cursor"].as_u64().unwrap()).await;
+    b.close().await;
+
+    // A record that names nothing (stored by an older natter, or by hand)
+    // breaks the chain: the replay scans instead, and misses nothing.
+    let js = app.jetstream().await;
+    js.publish(
+        natter_core::subjects::deliver(bob.id),
+        r#"{"event":"presence","data":{"userId":"x","online":true}}"#.into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    send_n(&mut a, &bob, "n", 3).await;
+    let scans = log_reads(&app, "scan").await;
+    let mut b = app.connect(&bob, "phone").await;
+    assert_eq!(contents(&b.receive_messages(3).await), numbered("n", 3));
+    assert!(log_reads(&app, "scan").await > scans, "the replay scanned");
+}
+
+#[tokio::test]
+async fn a_chain_longer_than_one_read_is_scanned_from_its_start() {
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let mut a = app.connect(&alice, "a").await;
+    send_n(&mut a, &bob, "m", 5).await;
+    let js = app.jetstream().await;
+    let stream = js.get_stream("DELIVERY").await.unwrap();
+    let log = natter_gateway::delivery::DeliveryLog::new(vec![js.client()], stream);
+    let text = |records: &[natter_gateway::delivery::Stored]| -> Vec<String> {
+        records
+            .iter()
+            .map(|r| {
+                let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+                v["data"]["message"]["content"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    };
+    let all = app
+        .eventually(Duration::from_secs(10), || async {
+            log.read(bob.id, 1, 10).await.unwrap().len() == 5
+        })
+        .await;
+    assert!(all, "bob's five records are logged");
+    // Walked back: all five fit in one read.
+    let five = log.read(bob.id, 1, 10).await.unwrap();
+    assert_eq!(text(&five), numbered("m", 5));
+    // Five do not fit in a read of two: the first two, scanned for.
+    let two = log.read(bob.id, 1, 2).await.unwrap();
+    assert_eq!(text(&two), ["m0", "m1"]);
+    // From the third on, walked or not, in order.
+    let rest = log.read(bob.id, two[1].seq + 1, 3).await.unwrap();
+    assert_eq!(text(&rest), ["m2", "m3", "m4"]);
+    assert_eq!(log.read(bob.id, five[4].seq + 1, 3).await.unwrap().len(), 0);
+}

@@ -11,6 +11,7 @@ use crate::fanout::{self, Provenance, Published};
 use crate::faults::FaultHooks;
 use crate::metrics;
 use crate::projection::{Fanout, dead_letter};
+use crate::tails::Tails;
 use async_nats::jetstream::{self, AckKind};
 use natter_runtime::backoff::Backoff;
 use sqlx::PgPool;
@@ -63,11 +64,13 @@ const LANE_MAX_BYTES: usize = 256 * 1024 * 1024;
 const LANE_HELD_POLL: Duration = Duration::from_millis(20);
 
 /// The lane, when its held messages were last marked in progress, and
-/// when its pace lets the next chunk go.
+/// when its pace lets the next chunk go; and the recipients' tails.
 struct LaneState {
     lane: Lane<jetstream::Message>,
     progress_at: Instant,
     next_chunk_at: Instant,
+    /// Where each recipient's log ends, for the copies that follow.
+    tails: Tails,
 }
 
 impl<'a> FanOut<'a> {
@@ -100,6 +103,7 @@ impl<'a> FanOut<'a> {
             lane: Lane::default(),
             progress_at: Instant::now(),
             next_chunk_at: Instant::now(),
+            tails: Tails::default(),
         };
         loop {
             self.keep_held(&mut state).await;
@@ -136,7 +140,9 @@ impl<'a> FanOut<'a> {
                 }
             };
             if let Some(batch) = next
-                && !self.fan_out(batch, &mut state.lane).await?
+                && !self
+                    .fan_out(batch, &mut state.lane, &mut state.tails)
+                    .await?
             {
                 return Ok(());
             }
@@ -158,9 +164,10 @@ impl<'a> FanOut<'a> {
         &self,
         batch: Committed,
         lane: &mut Lane<jetstream::Message>,
+        tails: &mut Tails,
     ) -> Result<bool, ConsumeError> {
         let (now, mut undeliverable) = self.split(&batch, lane);
-        let Some(published) = self.publish(&batch, &now, lane).await else {
+        let Some(published) = self.publish(&batch, &now, lane, tails).await else {
             return Ok(false);
         };
         metrics::fanned_out(published.records);
@@ -287,7 +294,9 @@ impl<'a> FanOut<'a> {
             + Duration::from_secs_f64(bytes as f64 / self.lane_rate);
         let mut backoff = Backoff::default();
         let published = loop {
-            match fanout::publish(self.js, self.window, &chunk, self.hooks).await {
+            let published =
+                fanout::publish(self.js, self.window, &chunk, &mut state.tails, self.hooks);
+            match published.await {
                 Ok(published) => break published,
                 Err(e) => {
                     tracing::warn!(error = %e, copies = chunk.len(), "fan-out of the large lane failed; retrying");
@@ -329,12 +338,13 @@ impl<'a> FanOut<'a> {
         batch: &Committed,
         copies: &[fanout::Copy],
         lane: &Lane<jetstream::Message>,
+        tails: &mut Tails,
     ) -> Option<Published> {
         let mut backoff = Backoff::default();
         loop {
             let span = tracing::info_span!(parent: &batch.span, "fanout.publish",
                 records = batch.fanouts.len());
-            match fanout::publish(self.js, self.window, copies, self.hooks)
+            match fanout::publish(self.js, self.window, copies, tails, self.hooks)
                 .instrument(span)
                 .await
             {
