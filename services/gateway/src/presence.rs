@@ -275,33 +275,19 @@ pub async fn run(
     pool: PgPool,
     shutdown: CancellationToken,
 ) {
-    let mut watch = match presence.store.watch_all().await {
+    let watch = match presence.store.watch_all().await {
         Ok(w) => w,
         Err(e) => {
             tracing::error!(error = %e, "cannot follow presence");
             return;
         }
     };
-    let mut heartbeat = tokio::time::interval((presence.ttl / 3).max(Duration::from_millis(200)));
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = heartbeat.tick() => presence.beat().await,
-            entry = watch.next() => match entry {
-                Some(Ok(entry)) => {
-                    let put = (entry.operation == kv::Operation::Put).then_some(&entry.value[..]);
-                    if let Some((user, online, at)) = presence.view.apply(&entry.key, put)
-                        && entry.seen_current
-                    {
-                        tracing::info!(%user, online, "presence changed");
-                        tell_contacts(&hub, &pool, user, online, at).await;
-                    }
-                }
-                Some(Err(e)) => tracing::warn!(error = %e, "presence watch error"),
-                None => break,
-            },
-        }
-    }
+    // Side by side in one task: a heartbeat of thousands of keys never
+    // holds up the changes, nor they it.
+    tokio::join!(
+        heartbeat(&presence, &shutdown),
+        follow(&presence, watch, &hub, &pool, &shutdown),
+    );
     let keys: Vec<String> = presence
         .own
         .lock()
@@ -312,7 +298,87 @@ pub async fn run(
     }
 }
 
+/// Presence changes told to contacts per query: what arrived while the
+/// previous query ran goes in the next one, so a reconnection storm of
+/// thousands costs tens of queries, not one each.
+const CHANGES_PER_QUERY: usize = 512;
+/// Heartbeat writes in flight at once.
+const BEATS_AT_ONCE: usize = 64;
+
+/// Re-puts this gateway's keys every third of the TTL until shutdown.
+async fn heartbeat(presence: &Presence, shutdown: &CancellationToken) {
+    let mut heartbeat = tokio::time::interval((presence.ttl / 3).max(Duration::from_millis(200)));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = heartbeat.tick() => presence.beat().await,
+        }
+    }
+}
+
+/// Follows the bucket into the local view, and tells this gateway's users
+/// when a contact comes or goes, changes that arrived together at once.
+async fn follow(
+    presence: &Presence,
+    mut watch: kv::Watch,
+    hub: &Hub,
+    pool: &PgPool,
+    shutdown: &CancellationToken,
+) {
+    let mut changes = Vec::new();
+    loop {
+        let entry = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            entry = watch.next() => entry,
+        };
+        let mut open = presence.note(entry, &mut changes);
+        while open && changes.len() < CHANGES_PER_QUERY {
+            match futures::FutureExt::now_or_never(watch.next()) {
+                Some(entry) => open = presence.note(entry, &mut changes),
+                None => break,
+            }
+        }
+        if !changes.is_empty() {
+            tell_contacts(hub, pool, &changes).await;
+            changes.clear();
+        }
+        if !open {
+            return;
+        }
+    }
+}
+
+/// A user who came or went, and when.
+type Change = (UserId, bool, DateTime<Utc>);
+
 impl Presence {
+    /// Applies one entry of the watch; a change of a user's presence seen
+    /// once the watch is current is added to `changes`. `false` once the
+    /// watch ended.
+    fn note(
+        &self,
+        entry: Option<Result<kv::Entry, kv::WatcherError>>,
+        changes: &mut Vec<Change>,
+    ) -> bool {
+        match entry {
+            Some(Ok(entry)) => {
+                let put = (entry.operation == kv::Operation::Put).then_some(&entry.value[..]);
+                if let Some((user, online, at)) = self.view.apply(&entry.key, put)
+                    && entry.seen_current
+                {
+                    tracing::info!(%user, online, "presence changed");
+                    changes.push((user, online, at));
+                }
+                true
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "presence watch error");
+                true
+            }
+            None => false,
+        }
+    }
+
     async fn beat(&self) {
         let own: Vec<(String, Bytes)> = self
             .own
@@ -323,8 +389,11 @@ impl Presence {
                     .collect()
             })
             .unwrap_or_default();
-        for (key, value) in own {
-            if let Err(e) = self.store.put(&key, value).await {
+        let mut puts = futures::stream::iter(own)
+            .map(|(key, value)| async move { self.store.put(&key, value).await })
+            .buffer_unordered(BEATS_AT_ONCE);
+        while let Some(put) = puts.next().await {
+            if let Err(e) = put {
                 tracing::warn!(error = %e, "presence heartbeat failed");
                 return;
             }
@@ -332,33 +401,64 @@ impl Presence {
     }
 }
 
-/// Pushes `presence` to this gateway's users who share a conversation with
-/// `user`.
-async fn tell_contacts(hub: &Hub, pool: &PgPool, user: UserId, online: bool, at: DateTime<Utc>) {
+/// Local users up to which contacts are filtered by PostgreSQL; with more,
+/// the array would cost more than the rows it saves.
+const FILTER_LOCAL_UP_TO: usize = 1000;
+
+/// Pushes each of `changes` to this gateway's users who share a
+/// conversation with its user, in order, with one query for all of them.
+async fn tell_contacts(hub: &Hub, pool: &PgPool, changes: &[Change]) {
     let local: Vec<Uuid> = hub.local_users().into_iter().map(|u| u.0).collect();
     if local.is_empty() {
         return;
     }
-    let contacts: Result<Vec<Uuid>, sqlx::Error> = sqlx::query_scalar(
-        "SELECT DISTINCT other.user_id
-         FROM conversation_members me
-         JOIN conversation_members other ON other.conversation_id = me.conversation_id
-         WHERE me.user_id = $1 AND other.user_id = ANY($2) AND other.user_id <> $1",
-    )
-    .bind(user.0)
-    .bind(&local)
-    .fetch_all(pool)
-    .await;
-    let contacts = match contacts {
-        Ok(c) => c,
+    let mut users: Vec<Uuid> = changes.iter().map(|(user, ..)| user.0).collect();
+    users.sort_unstable();
+    users.dedup();
+    let pairs: Result<Vec<(Uuid, Uuid)>, sqlx::Error> = if local.len() <= FILTER_LOCAL_UP_TO {
+        sqlx::query_as(
+            "SELECT DISTINCT me.user_id, other.user_id
+             FROM conversation_members me
+             JOIN conversation_members other ON other.conversation_id = me.conversation_id
+             WHERE me.user_id = ANY($1) AND other.user_id = ANY($2)
+               AND other.user_id <> me.user_id",
+        )
+        .bind(&users)
+        .bind(&local)
+        .fetch_all(pool)
+        .await
+    } else {
+        sqlx::query_as(
+            "SELECT DISTINCT me.user_id, other.user_id
+             FROM conversation_members me
+             JOIN conversation_members other ON other.conversation_id = me.conversation_id
+             WHERE me.user_id = ANY($1) AND other.user_id <> me.user_id",
+        )
+        .bind(&users)
+        .fetch_all(pool)
+        .await
+    };
+    let pairs = match pairs {
+        Ok(pairs) => pairs,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot look up contacts for a presence change");
+            tracing::warn!(error = %e, changes = changes.len(),
+                "cannot look up contacts for presence changes");
             return;
         }
     };
-    let frame: Arc<str> = protocol::presence(user, online, at).into();
-    for contact in contacts {
-        hub.push_frame(UserId(contact), frame.clone());
+    let mut contacts: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+    for (user, contact) in pairs {
+        contacts.entry(user).or_default().push(contact);
+    }
+    for (user, online, at) in changes {
+        let Some(theirs) = contacts.get(&user.0) else {
+            continue;
+        };
+        // Pushed only where the contact has a session here.
+        let frame: Arc<str> = protocol::presence(*user, *online, *at).into();
+        for contact in theirs {
+            hub.push_frame(UserId(*contact), frame.clone());
+        }
     }
 }
 

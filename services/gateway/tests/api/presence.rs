@@ -178,3 +178,54 @@ async fn only_admins_see_active_users_and_never_tokens() {
         1
     );
 }
+
+#[tokio::test]
+async fn contacts_who_come_and_go_together_are_each_told_in_order() {
+    // Changes that arrive together are told with one query: each contact
+    // still gets every change of every user, in order.
+    let app = TestApp::spawn().await;
+    let bob = app.signup("bob").await;
+    let mut friends = Vec::new();
+    for i in 0..12 {
+        let friend = app.signup(&format!("friend{i}")).await;
+        contacts(&app, &friend, &bob).await;
+        friends.push(friend);
+    }
+    let stranger = app.signup("stranger").await;
+    let mut b = app.connect(&bob, "b").await;
+    b.drain(Duration::from_millis(300)).await;
+
+    let mut sockets = Vec::new();
+    for friend in friends.iter().chain([&stranger]) {
+        sockets.push(app.connect(friend, "phone").await);
+    }
+    for socket in sockets {
+        socket.drop_connection();
+    }
+    let mut seen: std::collections::HashMap<String, Vec<bool>> = Default::default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.values().map(Vec::len).sum::<usize>() < 2 * friends.len()
+        && Instant::now() < deadline
+    {
+        let Some(frame) = b.try_next(deadline - Instant::now()).await else {
+            break;
+        };
+        if frame["event"] == "presence" {
+            let user = frame["data"]["userId"].as_str().unwrap().to_owned();
+            seen.entry(user)
+                .or_default()
+                .push(frame["data"]["online"].as_bool().unwrap());
+        }
+    }
+    for friend in &friends {
+        assert_eq!(
+            seen.get(&friend.id.to_string()),
+            Some(&vec![true, false]),
+            "{seen:?}"
+        );
+    }
+    assert!(
+        !seen.contains_key(&stranger.id.to_string()),
+        "bob shares nothing with the stranger"
+    );
+}
