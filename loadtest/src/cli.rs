@@ -156,6 +156,11 @@ pub struct Storm {
     /// Seconds every device has to get everything after reconnecting.
     #[arg(long, default_value_t = 60)]
     pub deadline: u64,
+    /// Messages a second the senders send while the devices are away, all
+    /// together, each send due at its own time (0: as fast as the sockets
+    /// take them, all due at once).
+    #[arg(long, default_value_t = 5000)]
+    pub send_rate: u64,
 }
 
 #[derive(Args, Clone, Debug)]

@@ -143,6 +143,7 @@ async fn storm_replays_every_missed_message_after_a_mass_reconnect() {
         devices: 50,
         missed: 10,
         deadline: 30,
+        send_rate: 1000,
     };
     let report = natter_loadtest::scenarios::storm::run(&target(&app), &args)
         .await

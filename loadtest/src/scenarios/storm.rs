@@ -45,15 +45,19 @@ pub async fn run(target: &Target, args: &Storm) -> anyhow::Result<Report> {
     let clock = Clock::start(Duration::ZERO);
     let mut run = Run::new(target, &clock, 0, "storm");
     let sockets = connect_all(target, senders, "storm-sender", senders_n).await?;
+    // Each sender sends every `period`, the senders staggered across it.
+    let period = match args.send_rate {
+        0 => Duration::ZERO,
+        rate => Duration::from_secs_f64(senders_n as f64 / rate as f64),
+    };
     let mut readers = Vec::new();
     for (s, socket) in sockets.into_iter().enumerate() {
         let plan = plan(s, senders_n, args.devices, args.missed);
         let receivers: Vec<uuid::Uuid> = plan.iter().map(|&d| devices[d].id).collect();
-        // As fast as the socket takes them.
         let schedule = Schedule {
             sender: s as u32,
-            offset: Duration::ZERO,
-            period: Duration::ZERO,
+            offset: period.mul_f64(s as f64 / senders_n as f64),
+            period,
             count: receivers.len() as u32,
             frame: Box::new(move |n, content| {
                 json!({
@@ -66,7 +70,11 @@ pub async fn run(target: &Target, args: &Storm) -> anyhow::Result<Report> {
         readers.push(run.device(link, socket, senders[s].id, Some(schedule)));
     }
     let planned = (args.devices * args.missed) as u64;
-    let sending_deadline = Instant::now() + Duration::from_secs(args.deadline);
+    let send_time = match args.send_rate {
+        0 => Duration::ZERO,
+        rate => Duration::from_secs_f64(planned as f64 / rate as f64),
+    };
+    let sending_deadline = Instant::now() + send_time + Duration::from_secs(args.deadline);
     while run
         .counters
         .attempted

@@ -9,7 +9,7 @@ pub struct Entry {
     pub name: &'static str,
     pub scenario: Scenario,
     /// When the run is stopped, whatever the load test is doing: the whole suite's limits add
-    /// up to under fourteen minutes.
+    /// up to under sixteen minutes.
     pub limit: Duration,
 }
 
@@ -101,7 +101,7 @@ pub const SUITE: &[Entry] = &[
             missed: 50,
             deadline_s: 120,
         },
-        limit: Duration::from_secs(240),
+        limit: Duration::from_secs(360),
     },
     // Honest users at 1,000 msg/s, alone and then beside abusers.
     Entry {
@@ -325,9 +325,9 @@ mod tests {
     }
 
     #[test]
-    fn the_whole_suite_is_bounded_by_fourteen_minutes() {
+    fn the_whole_suite_is_bounded_by_sixteen_minutes() {
         let total: Duration = SUITE.iter().map(|entry| entry.limit).sum();
-        assert!(total <= Duration::from_secs(840), "{total:?}");
+        assert!(total <= Duration::from_secs(960), "{total:?}");
         for entry in SUITE {
             if let Scenario::Steady {
                 duration_s,
