@@ -65,11 +65,12 @@ pub enum DeliveryError {
     Protocol(String),
 }
 
-/// What the hub pushes to a session.
+/// What the hub pushes to a session. Small, because every session's queue
+/// holds a block of these from the start: an idle socket pays for it.
 #[derive(Clone, Debug)]
 pub enum Push {
-    /// A record of the user's delivery log.
-    Record(Stored),
+    /// A record of the user's delivery log, shared by the user's sessions.
+    Record(Arc<Stored>),
     /// An ephemeral frame (typing, presence), dropped if the session is behind.
     Frame(Arc<str>),
 }

@@ -62,6 +62,7 @@ impl Feed {
     /// Hands a record to every session; one whose queue is full is flagged
     /// as lagging and catches up from the log instead.
     pub fn dispatch(&self, record: Stored) {
+        let record = Arc::new(record);
         for session in self.sessions().iter() {
             if session.tx.try_send(Push::Record(record.clone())).is_err() {
                 session.lagged.notify_one();

@@ -224,7 +224,7 @@ where
                 },
                 Some(reply) = inflight.next(), if !inflight.is_empty() => self.on_reply(reply).await,
                 Some(push) = live.rx.recv() => match push {
-                    Push::Record(record) => self.on_live(record).await,
+                    Push::Record(record) => self.on_live(Arc::unwrap_or_clone(record)).await,
                     Push::Frame(frame) => self.send_text(frame.to_string(), "signal").await,
                 },
                 flushed = self.sink.flush(), if self.unflushed => {

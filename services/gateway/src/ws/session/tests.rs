@@ -361,7 +361,7 @@ async fn acks_are_cumulative_and_never_beyond_what_was_delivered() {
     client
         .hub
         .live
-        .send(Push::Record(record(9, Some(3))))
+        .send(Push::Record(Arc::new(record(9, Some(3)))))
         .await
         .unwrap();
     assert_eq!(client.cursors(1).await, [9]);
@@ -379,7 +379,7 @@ async fn replay_switches_to_live_without_a_gap_or_a_duplicate() {
     client
         .hub
         .live
-        .send(Push::Record(record(3, Some(2))))
+        .send(Push::Record(Arc::new(record(3, Some(2)))))
         .await
         .unwrap();
     assert_eq!(client.expect_event("ready").await["data"]["cursor"], 1);
@@ -390,7 +390,7 @@ async fn replay_switches_to_live_without_a_gap_or_a_duplicate() {
     client
         .hub
         .live
-        .send(Push::Record(record(5, Some(3))))
+        .send(Push::Record(Arc::new(record(5, Some(3)))))
         .await
         .unwrap();
     assert_eq!(client.cursors(1).await, [5]);
@@ -400,7 +400,7 @@ async fn replay_switches_to_live_without_a_gap_or_a_duplicate() {
     client
         .hub
         .live
-        .send(Push::Record(record(8, Some(7))))
+        .send(Push::Record(Arc::new(record(8, Some(7)))))
         .await
         .unwrap();
     assert_eq!(client.cursors(3).await, [6, 7, 8]);
@@ -408,7 +408,7 @@ async fn replay_switches_to_live_without_a_gap_or_a_duplicate() {
     client
         .hub
         .live
-        .send(Push::Record(record(7, Some(6))))
+        .send(Push::Record(Arc::new(record(7, Some(6)))))
         .await
         .unwrap();
 
@@ -444,7 +444,7 @@ async fn a_record_stored_by_reference_goes_out_with_its_content() {
     client
         .hub
         .live
-        .send(Push::Record(by_reference(4, 3)))
+        .send(Push::Record(Arc::new(by_reference(4, 3))))
         .await
         .unwrap();
     let live = client.expect_event("receive_group_message").await;
