@@ -360,6 +360,44 @@ impl TestApp {
         )
     }
 
+    /// `/metrics` of the service listening on `port` (the gateway's or the
+    /// persister's).
+    pub async fn scrape(&self, port: u16) -> crate::scrape::Scrape {
+        let text = self
+            .http
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("metrics are text");
+        crate::scrape::Scrape::parse(&text)
+    }
+
+    /// Every record of `user`'s delivery log, in log order.
+    pub async fn delivery_log(
+        &self,
+        user: UserId,
+    ) -> Vec<async_nats::jetstream::message::StreamMessage> {
+        let js = self.jetstream().await;
+        let stream = js
+            .get_stream(natter_core::subjects::DELIVERY_STREAM)
+            .await
+            .expect("DELIVERY exists");
+        let subject = natter_core::subjects::deliver(user);
+        let mut log = Vec::new();
+        let mut from = 1;
+        while let Ok(record) = stream
+            .direct_get_next_for_subject(subject.as_str(), Some(from))
+            .await
+        {
+            from = record.sequence + 1;
+            log.push(record);
+        }
+        log
+    }
+
     /// A direct JetStream handle, for tests that inspect the streams.
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
         let client = async_nats::connect(self.nats.first_url())

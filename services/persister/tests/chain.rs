@@ -14,20 +14,9 @@ use std::time::Duration;
 /// Every record of `user`'s delivery log, in log order, once there are
 /// `count` (or whatever is there after 20 s).
 async fn log_eventually(app: &TestApp, user: &TestUser, count: usize) -> Vec<StreamMessage> {
-    let js = app.jetstream().await;
-    let stream = js.get_stream("DELIVERY").await.unwrap();
-    let subject = natter_core::subjects::deliver(user.id);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let mut log = Vec::new();
-        let mut from = 1;
-        while let Ok(record) = stream
-            .direct_get_next_for_subject(subject.as_str(), Some(from))
-            .await
-        {
-            from = record.sequence + 1;
-            log.push(record);
-        }
+        let log = app.delivery_log(user.id).await;
         if log.len() >= count || tokio::time::Instant::now() > deadline {
             return log;
         }

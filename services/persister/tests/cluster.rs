@@ -275,20 +275,7 @@ async fn a_lost_majority_answers_unavailable_and_acks_nothing_it_could_lose() {
     // The gateway saw DELIVERY's leader out of reach and back, and made its
     // sessions re-read their logs: live records stored while the route to
     // its node was still down would otherwise wait for the user's next one.
-    let metrics = talk
-        .app
-        .http
-        .get(format!(
-            "http://127.0.0.1:{}/metrics",
-            talk.app.gateway_port
-        ))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let resyncs = natter_testkit::scrape::Scrape::parse(&metrics).value(
+    let resyncs = talk.app.scrape(talk.app.gateway_port).await.value(
         "natter_live_resyncs_total",
         &[("cause", "leader_back_in_reach")],
     );

@@ -651,7 +651,7 @@ async fn a_big_message_into_a_big_group_is_stored_once_and_delivered_whole() {
 
     // What the log holds: the big message's record without its content and
     // with the reference; the short one whole.
-    let log = delivery_log(&app.jetstream().await, &crowd[0]).await;
+    let log = app.delivery_log(crowd[0].id).await;
     let content_of = |i: usize| {
         log[i]
             .headers
@@ -673,28 +673,9 @@ async fn a_big_message_into_a_big_group_is_stored_once_and_delivered_whole() {
     assert_eq!(short["data"]["message"]["content"], "short");
 }
 
-/// Every record of `user`'s delivery log, in log order.
-async fn delivery_log(
-    js: &async_nats::jetstream::Context,
-    user: &TestUser,
-) -> Vec<async_nats::jetstream::message::StreamMessage> {
-    let stream = js.get_stream("DELIVERY").await.unwrap();
-    let subject = natter_core::subjects::deliver(user.id);
-    let mut log = Vec::new();
-    let mut from = 1;
-    while let Ok(record) = stream
-        .direct_get_next_for_subject(subject.as_str(), Some(from))
-        .await
-    {
-        from = record.sequence + 1;
-        log.push(record);
-    }
-    log
-}
-
 /// The `seq` of every message record in `user`'s delivery log, in log order.
-async fn logged_message_seqs(js: &async_nats::jetstream::Context, user: &TestUser) -> Vec<u64> {
-    delivery_log(js, user)
+async fn logged_message_seqs(app: &TestApp, user: &TestUser) -> Vec<u64> {
+    app.delivery_log(user.id)
         .await
         .iter()
         .filter_map(|record| {
@@ -707,10 +688,9 @@ async fn logged_message_seqs(js: &async_nats::jetstream::Context, user: &TestUse
 /// `user`'s logged message seqs once there are `count`, or whatever is
 /// there after 20 s.
 async fn logged_message_seqs_eventually(app: &TestApp, user: &TestUser, count: usize) -> Vec<u64> {
-    let js = app.jetstream().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let logged = logged_message_seqs(&js, user).await;
+        let logged = logged_message_seqs(app, user).await;
         if logged.len() >= count || tokio::time::Instant::now() > deadline {
             return logged;
         }

@@ -251,16 +251,9 @@ async fn a_connected_session_keeps_receiving_across_a_broker_crash() {
 
 /// `natter_log_reads_total{how}` on the gateway's `/metrics`.
 async fn log_reads(app: &TestApp, how: &str) -> f64 {
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
+    app.scrape(app.gateway_port)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    natter_testkit::scrape::Scrape::parse(&text).value("natter_log_reads_total", &[("how", how)])
+        .value("natter_log_reads_total", &[("how", how)])
 }
 
 #[tokio::test]
