@@ -616,6 +616,69 @@ mod tests {
         assert_eq!(again, 2, "two attempts after the first: {timeline:?}");
     }
 
+    #[tokio::test]
+    async fn a_device_leaves_at_most_its_window_of_sends_unanswered() {
+        // A gateway that reads every frame and answers none.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (seen, mut frames) = mpsc::unbounded_channel::<()>();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            let ready = r#"{"event":"ready","data":{"cursor":0}}"#;
+            ws.send(Message::Text(ready.into())).await.unwrap();
+            while let Some(Ok(_)) = ws.next().await {
+                let _ = seen.send(());
+            }
+        });
+        let clock = Clock::start(Duration::ZERO);
+        let counters = Arc::new(Counters::default());
+        let (stop, stopped) = watch::channel(false);
+        let shared = Shared {
+            collector: Arc::new(Collector::new(clock.t0)),
+            counters: counters.clone(),
+            clock,
+            last_member: None,
+            foreign: None,
+            run_id: "run1".into(),
+            stop: stopped,
+        };
+        let link = Link {
+            gateways: vec![url.clone()].into(),
+            home: 0,
+            token: "t".into(),
+            device: "d".into(),
+        };
+        // All due at once, more than the window.
+        let schedule = Schedule {
+            sender: 0,
+            offset: Duration::ZERO,
+            period: Duration::ZERO,
+            count: (MAX_UNANSWERED + 100) as u32,
+            frame: Box::new(
+                |_, content| serde_json::json!({"event": "send_direct_message", "data": {"content": content}}),
+            ),
+        };
+        let device = Device::new(shared, link, Uuid::nil(), Some(schedule));
+        let (socket, cursor) = client::connect(&url, "t", "d").await.unwrap();
+        let task = tokio::spawn(device.run(socket, cursor));
+        for _ in 0..MAX_UNANSWERED {
+            tokio::time::timeout(Duration::from_secs(10), frames.recv())
+                .await
+                .expect("the window's sends go out")
+                .unwrap();
+        }
+        // Nothing more while none is answered.
+        let more = tokio::time::timeout(Duration::from_millis(500), frames.recv()).await;
+        assert!(more.is_err(), "a send beyond the window went out");
+        assert_eq!(
+            counters.attempted.load(Ordering::Relaxed),
+            MAX_UNANSWERED as u64
+        );
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+
     #[test]
     fn a_schedule_counts_the_sends_that_fall_before_its_end() {
         let ms = Duration::from_millis;

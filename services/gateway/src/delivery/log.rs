@@ -1,4 +1,4 @@
-//! Replay of a user's delivery log: records by subject from a sequence,
+//! Replay of a user's delivery log: a user's records from a sequence on,
 //! read with JetStream direct gets and no consumer created.
 //!
 //! Each record names the one of its user's before it
@@ -262,7 +262,7 @@ async fn walk(
     patience: Duration,
 ) -> Result<Option<Vec<Stored>>, DeliveryError> {
     let subject = subjects::deliver(user);
-    let newest = get(nats, Some(&subject), serde_json::Value::Null, patience).await?;
+    let newest = get(nats, Get::LastOf(&subject), patience).await?;
     let Some((mut record, _)) = newest else {
         return Ok(Some(Vec::new()));
     };
@@ -275,8 +275,7 @@ async fn walk(
             Some(previous) if newest_first.len() < limit => previous,
             _ => return Ok(None),
         };
-        let request = serde_json::json!({ "seq": previous });
-        match get(nats, None, request, patience).await? {
+        match get(nats, Get::Seq(previous), patience).await? {
             Some((found, of)) if found.seq == previous && of == subject => record = found,
             _ => return Ok(None),
         }
@@ -285,18 +284,25 @@ async fn walk(
     Ok(Some(newest_first))
 }
 
-/// One direct get from `DELIVERY`: the last record on `last_of`, or what
-/// `request` asks; the record and its subject, `None` if there is none.
+/// Which one record a direct get asks for.
+enum Get<'a> {
+    /// The newest on this subject.
+    LastOf(&'a str),
+    /// The one at this sequence.
+    Seq(u64),
+}
+
+/// One direct get from `DELIVERY`: the record and its subject, `None` if
+/// there is none.
 async fn get(
     nats: &async_nats::Client,
-    last_of: Option<&str>,
-    request: serde_json::Value,
+    which: Get<'_>,
     patience: Duration,
 ) -> Result<Option<(Stored, String)>, DeliveryError> {
     let api = format!("$JS.API.DIRECT.GET.{}", subjects::DELIVERY_STREAM);
-    let (api, payload) = match last_of {
-        Some(subject) => (format!("{api}.{subject}"), Bytes::new()),
-        None => (api, Bytes::from(request.to_string())),
+    let (api, payload) = match which {
+        Get::LastOf(subject) => (format!("{api}.{subject}"), Bytes::new()),
+        Get::Seq(seq) => (api, Bytes::from(format!(r#"{{"seq":{seq}}}"#))),
     };
     let request = async_nats::Request::new()
         .payload(payload)
