@@ -4,6 +4,7 @@
 //! Built once, in `main` (or once per test process).
 
 use crate::config::{LogFormat, SamplerKind, TelemetryArgs};
+use crate::trace::Sampling;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
@@ -55,21 +56,36 @@ pub fn init(
     args: &TelemetryArgs,
     default_filter: &str,
 ) -> Result<Telemetry, TelemetryError> {
-    let provider = if args.otel_sdk_disabled {
+    let traces = if args.otel_sdk_disabled {
         None
     } else {
-        Some(tracer_provider(service, args)?)
+        Some(traces(service, args)?)
     };
-    install(args.log_format, default_filter, provider, std::io::stdout)
+    install(args.log_format, default_filter, traces, std::io::stdout)
 }
 
-/// The tracer provider the arguments ask for: a batching OTLP/HTTP exporter
-/// (its own thread; a full queue drops spans rather than wait) when an
-/// endpoint is set, no exporter otherwise.
-pub fn tracer_provider(
-    service: &'static str,
-    args: &TelemetryArgs,
-) -> Result<SdkTracerProvider, TelemetryError> {
+/// Where spans go and which traces get them.
+pub struct Traces {
+    provider: SdkTracerProvider,
+    sampling: Sampling,
+}
+
+impl Traces {
+    /// Spans of the traces `sampling` picks, handed to `provider`. natter
+    /// decides sampling itself, before it builds a span
+    /// ([`crate::trace`]); `provider` must sample every span it is given
+    /// (the default `ParentBased(AlwaysOn)`, or `AlwaysOn`).
+    pub fn new(provider: SdkTracerProvider, sampling: Sampling) -> Self {
+        Traces { provider, sampling }
+    }
+}
+
+/// The traces the arguments ask for: a batching OTLP/HTTP exporter (its own
+/// thread; a full queue drops spans rather than wait) when an endpoint is
+/// set, no exporter otherwise. Without an endpoint the default sampler
+/// samples nothing: traces keep their ids (in logs and `traceparent`) and
+/// build no span.
+pub fn traces(service: &'static str, args: &TelemetryArgs) -> Result<Traces, TelemetryError> {
     let exporting = args.otel_exporter_otlp_endpoint.is_some();
     let kind = args.otel_traces_sampler.unwrap_or(if exporting {
         SamplerKind::ParentBasedAlwaysOn
@@ -78,7 +94,7 @@ pub fn tracer_provider(
     });
     let mut builder = SdkTracerProvider::builder()
         .with_resource(Resource::builder().with_service_name(service).build())
-        .with_sampler(sampler(kind, args.otel_traces_sampler_arg));
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
     if let Some(endpoint) = &args.otel_exporter_otlp_endpoint {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
@@ -88,7 +104,10 @@ pub fn tracer_provider(
             .map_err(|e| TelemetryError(format!("cannot build the OTLP exporter: {e}")))?;
         builder = builder.with_batch_exporter(exporter);
     }
-    Ok(builder.build())
+    Ok(Traces::new(
+        builder.build(),
+        Sampling::of(kind, args.otel_traces_sampler_arg),
+    ))
 }
 
 /// The OTLP/HTTP traces URL for a base endpoint, as the specification
@@ -97,27 +116,13 @@ fn traces_url(endpoint: &str) -> String {
     format!("{}/v1/traces", endpoint.trim_end_matches('/'))
 }
 
-fn sampler(kind: SamplerKind, ratio: f64) -> Sampler {
-    let ratio = ratio.clamp(0.0, 1.0);
-    match kind {
-        SamplerKind::AlwaysOn => Sampler::AlwaysOn,
-        SamplerKind::AlwaysOff => Sampler::AlwaysOff,
-        SamplerKind::TraceIdRatio => Sampler::TraceIdRatioBased(ratio),
-        SamplerKind::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
-        SamplerKind::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
-        SamplerKind::ParentBasedTraceIdRatio => {
-            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
-        }
-    }
-}
-
 /// Installs the global subscriber: log lines to `writer`, and spans to
-/// `provider` when there is one. Tests pass an in-memory exporter's provider
-/// and a capturing writer.
+/// `traces` when there are any (none: OpenTelemetry is off). Tests pass an
+/// in-memory exporter's provider and a capturing writer.
 pub fn install<W>(
     format: LogFormat,
     default_filter: &str,
-    provider: Option<SdkTracerProvider>,
+    traces: Option<Traces>,
     writer: W,
 ) -> Result<Telemetry, TelemetryError>
 where
@@ -148,6 +153,10 @@ where
             .with_filter(filter)
             .boxed(),
     };
+    let provider = traces.map(|traces| {
+        traces.sampling.install();
+        traces.provider
+    });
     let otel = provider.as_ref().map(|provider| {
         // Spans of natter's crates; of their events only warnings and
         // errors (as span events): the info lines are for logs, and turning
@@ -166,6 +175,9 @@ where
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("natter"))
             .with_tracked_inactivity(false)
+            // natter reads a span's context from the span, never from
+            // OpenTelemetry's thread-local current context.
+            .with_context_activation(false)
             .with_threads(false)
             // Span names say where a span comes from; per-span source
             // locations and levels would cost an attribute each.
@@ -192,7 +204,8 @@ fn trace_id_of(span_id: &tracing::span::Id) -> Option<String> {
 }
 
 /// A log line formatter that adds `trace_id` to every line written inside a
-/// traced span, so an operator can go from a log line to its trace.
+/// trace (an unsampled one entered, or a traced span), so an operator can go
+/// from a log line to its trace and to the other services' lines of it.
 struct WithTraceId<F> {
     inner: F,
     json: bool,
@@ -215,7 +228,9 @@ where
             .event_scope()
             .and_then(|mut scope| scope.next())
             .map(|span| span.id());
-        let trace_id = span_id.as_ref().and_then(trace_id_of);
+        let trace_id = crate::trace::unsampled_trace_id()
+            .map(|id| id.to_string())
+            .or_else(|| span_id.as_ref().and_then(trace_id_of));
         let Some(trace_id) = trace_id else {
             return self.inner.format_event(ctx, writer, event);
         };
@@ -312,8 +327,9 @@ mod tests {
     fn pretty_lines_in_a_trace_start_with_its_trace_id() {
         let captured = Captured::default();
         let provider = SdkTracerProvider::builder().build();
+        let traces = Traces::new(provider, Sampling::always());
         let _telemetry =
-            install(LogFormat::Pretty, "info", Some(provider), captured.clone()).unwrap();
+            install(LogFormat::Pretty, "info", Some(traces), captured.clone()).unwrap();
         tracing::info!("outside any span");
         let span = tracing::info_span!("natter_runtime_test");
         let trace_id = span.context().span().span_context().trace_id().to_string();
@@ -332,11 +348,5 @@ mod tests {
             .find(|l| l.contains("outside any span"))
             .unwrap();
         assert!(!outside.contains("trace_id="), "{outside}");
-    }
-
-    #[test]
-    fn ratio_is_clamped() {
-        let s = sampler(SamplerKind::TraceIdRatio, 7.0);
-        assert!(matches!(s, Sampler::TraceIdRatioBased(r) if (r - 1.0).abs() < f64::EPSILON));
     }
 }

@@ -8,7 +8,7 @@
 //! cargo run --release -p natter-gateway --example trace_cost -- <mode> [messages]
 //! ```
 //! `mode`: `disabled` (`OTEL_SDK_DISABLED=true`), `ids` (the default without
-//! a collector: trace ids made, propagated and logged, nothing sampled),
+//! a collector: trace ids made, propagated and logged, no span built),
 //! `sampled` (100 % sampling, exported to a stand-in collector that
 //! discards), `dead` (100 % sampling, exported to a port nobody listens on).
 
@@ -54,10 +54,10 @@ async fn main() {
         },
         other => panic!("unknown mode {other}: disabled | ids | sampled | dead"),
     };
-    let provider = (!telemetry.otel_sdk_disabled)
-        .then(|| natter_runtime::telemetry::tracer_provider("natter-bench", &telemetry).unwrap());
+    let traces = (!telemetry.otel_sdk_disabled)
+        .then(|| natter_runtime::telemetry::traces("natter-bench", &telemetry).unwrap());
     let guard =
-        natter_runtime::telemetry::install(LogFormat::Pretty, "warn", provider, std::io::stderr)
+        natter_runtime::telemetry::install(LogFormat::Pretty, "warn", traces, std::io::stderr)
             .unwrap();
 
     let app = TestApp::spawn_with(TestOptions {

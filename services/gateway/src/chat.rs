@@ -21,12 +21,12 @@ use natter_core::{
     UserId, subjects,
 };
 use natter_runtime::backoff::Backoff;
+use natter_runtime::trace::Trace;
 use sqlx::PgPool;
 use std::future::IntoFuture;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
-use tracing::Instrument;
 
 /// What the chat commands need: the `CHAT` stream, the projection, who
 /// exists and who is online, and each user's rate limits.
@@ -117,7 +117,7 @@ struct Pending {
     sent: MessageSent,
     ack: PublishAckFuture,
     /// Open from the publish until the ack: JetStream's share of the time.
-    publish_span: tracing::Span,
+    publish_trace: Trace,
     /// Where a duplicate's original is read back from.
     stream: jetstream::stream::Stream,
     /// To publish the record again when its ack is lost.
@@ -159,14 +159,14 @@ fn lost_on_the_way(error: &PublishError) -> bool {
 async fn acked(
     js: &jetstream::Context,
     sent: &MessageSent,
-    span: &tracing::Span,
+    trace: &Trace,
     first: PublishAckFuture,
 ) -> Result<PublishAck, ApiError> {
     let deadline = Instant::now() + ACCEPT_PATIENCE;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
     let mut ack = first;
     loop {
-        let error = match ack.into_future().instrument(span.clone()).await {
+        let error = match trace.clone().instrument(ack.into_future()).await {
             Ok(ack) => return Ok(ack),
             Err(error) => error,
         };
@@ -177,27 +177,30 @@ async fn acked(
         tracing::debug!(error = %error, "publish lost on the way; publishing again");
         crate::metrics::publish_retried();
         tokio::time::sleep(delay).await;
-        ack = publish_record(js, sent, span).await.map_err(not_accepted)?;
+        ack = publish_record(js, sent, trace)
+            .await
+            .map_err(not_accepted)?;
     }
 }
 
 /// Hands `sent`'s `CHAT` record to JetStream under its message id, with
-/// `span`'s trace in its `traceparent` header.
+/// `trace` in its `traceparent` header.
 async fn publish_record(
     js: &jetstream::Context,
     sent: &MessageSent,
-    span: &tracing::Span,
+    trace: &Trace,
 ) -> Result<PublishAckFuture, PublishError> {
     let payload = serde_json::to_vec(&ChatRecord::new(ChatEvent::MessageSent(sent.clone())))
         .map_err(|e| PublishError::with_source(PublishErrorKind::Other, e))?;
     let mut message = PublishMessage::build()
         .payload(Bytes::from(payload))
         .message_id(sent.id.to_string());
-    if let Some(traceparent) = natter_runtime::trace::traceparent(span) {
+    if let Some(traceparent) = trace.traceparent() {
         message = message.header(natter_runtime::trace::TRACEPARENT, traceparent.as_str());
     }
-    js.send_publish(subjects::chat_message(sent.conversation_id), message)
-        .instrument(span.clone())
+    trace
+        .clone()
+        .instrument(js.send_publish(subjects::chat_message(sent.conversation_id), message))
         .await
 }
 
@@ -241,12 +244,13 @@ impl Chat {
             .await?
             .ok_or_else(|| ApiError::Unauthorized("unknown user".into()))?;
         let (sent, recipients) = self.prepare(&sender, command).await?;
-        let span = tracing::Span::current();
-        span.record("message_id", tracing::field::display(sent.id));
-        span.record(
-            "conversation",
-            tracing::field::display(sent.conversation_id),
-        );
+        if let Some(span) = Trace::current().span() {
+            span.record("message_id", tracing::field::display(sent.id));
+            span.record(
+                "conversation",
+                tracing::field::display(sent.conversation_id),
+            );
+        }
         if sent.client_msg_id.is_some()
             && let Some(stored) = self.stored_if_reachable(sent.id).await
         {
@@ -261,12 +265,12 @@ impl Chat {
             .map_err(|wait| {
                 ApiError::rate_limited("too much sent to too many people; slow down", wait)
             })?;
-        let (ack, publish_span) = self.publish(&sent).await?;
+        let (ack, publish_trace) = self.publish(&sent).await?;
         self.log_accepted(&sent);
         Ok(Submitted(Outcome::Published(Box::new(Pending {
             sent,
             ack,
-            publish_span,
+            publish_trace,
             stream: self.stream.clone(),
             js: self.js.clone(),
         }))))
@@ -375,15 +379,14 @@ impl Chat {
         Ok((sent, recipients))
     }
 
-    async fn publish(
-        &self,
-        sent: &MessageSent,
-    ) -> Result<(PublishAckFuture, tracing::Span), ApiError> {
-        let span = tracing::info_span!("jetstream.publish", stream = subjects::CHAT_STREAM);
-        let ack = publish_record(&self.js, sent, &span)
+    async fn publish(&self, sent: &MessageSent) -> Result<(PublishAckFuture, Trace), ApiError> {
+        let trace = Trace::current().child(|parent| {
+            tracing::info_span!(parent: parent, "jetstream.publish", stream = subjects::CHAT_STREAM)
+        });
+        let ack = publish_record(&self.js, sent, &trace)
             .await
             .map_err(not_accepted)?;
-        Ok((ack, span))
+        Ok((ack, trace))
     }
 
     /// The seed's message-flow log line for an accepted send: who to whom,
@@ -445,21 +448,23 @@ impl Chat {
     pub async fn append(&self, subject: String, event: ChatEvent) -> Result<u64, ApiError> {
         let kind = event.kind();
         let payload = serde_json::to_vec(&ChatRecord::new(event)).map_err(ApiError::internal)?;
-        let span = tracing::info_span!("jetstream.publish", stream = subjects::CHAT_STREAM, kind);
+        let trace = Trace::current().child(|parent| {
+            tracing::info_span!(parent: parent, "jetstream.publish", stream = subjects::CHAT_STREAM, kind)
+        });
         let mut message = PublishMessage::build().payload(Bytes::from(payload));
-        if let Some(traceparent) = natter_runtime::trace::traceparent(&span) {
+        if let Some(traceparent) = trace.traceparent() {
             message = message.header(natter_runtime::trace::TRACEPARENT, traceparent.as_str());
         }
-        let sequence = async {
-            let ack = self
-                .js
-                .send_publish(subject, message)
-                .await
-                .map_err(not_accepted)?;
-            Ok::<_, ApiError>(ack.await.map_err(not_accepted)?.sequence)
-        }
-        .instrument(span)
-        .await?;
+        let sequence = trace
+            .instrument(async {
+                let ack = self
+                    .js
+                    .send_publish(subject, message)
+                    .await
+                    .map_err(not_accepted)?;
+                Ok::<_, ApiError>(ack.await.map_err(not_accepted)?.sequence)
+            })
+            .await?;
         crate::metrics::accepted(kind);
         Ok(sequence)
     }
@@ -535,11 +540,11 @@ impl Submitted {
                 let Pending {
                     sent,
                     ack,
-                    publish_span,
+                    publish_trace,
                     stream,
                     js,
                 } = *pending;
-                let ack = acked(&js, &sent, &publish_span, ack).await?;
+                let ack = acked(&js, &sent, &publish_trace, ack).await?;
                 crate::metrics::accepted(if sent.group_id.is_some() {
                     "group"
                 } else {

@@ -10,6 +10,7 @@
 
 use natter_runtime::config::{LogFormat, SamplerKind, TelemetryArgs};
 use natter_runtime::telemetry;
+use natter_runtime::trace::Sampling;
 use natter_testkit::scrape::Scrape;
 use natter_testkit::{TestApp, TestUser, WsClient};
 use opentelemetry::trace::{SpanId, TraceId};
@@ -65,8 +66,9 @@ async fn one_message_is_one_trace_across_gateway_persister_and_delivery() {
         .with_sampler(Sampler::AlwaysOn)
         .with_simple_exporter(exporter.clone())
         .build();
+    let traces = telemetry::Traces::new(provider, Sampling::always());
     let _telemetry =
-        telemetry::install(LogFormat::Json, "warn", Some(provider), std::io::sink).unwrap();
+        telemetry::install(LogFormat::Json, "warn", Some(traces), std::io::sink).unwrap();
 
     let (_app, bob, mut a, mut b) = two_connected_users().await;
     let sent = a.send_direct(bob.id, "trace me", "t1").await;
@@ -152,6 +154,70 @@ async fn one_message_is_one_trace_across_gateway_persister_and_delivery() {
             .find(|s| s.name == name && s.parent_span_id == batch.span_context.span_id())
             .unwrap_or_else(|| panic!("{name} under the batch span"));
         assert_child(step, batch);
+    }
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn only_sampled_traces_build_spans_and_each_sampled_one_is_whole() {
+    let exporter = InMemorySpanExporter::default();
+    // The provider keeps every span it is given: natter decides which
+    // traces get spans, once, before building any.
+    let provider = SdkTracerProvider::builder()
+        .with_sampler(Sampler::AlwaysOn)
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let sampling = Sampling::of(SamplerKind::ParentBasedTraceIdRatio, 0.5);
+    let traces = telemetry::Traces::new(provider, sampling);
+    let _telemetry =
+        telemetry::install(LogFormat::Json, "warn", Some(traces), std::io::sink).unwrap();
+
+    let (_app, bob, mut a, mut b) = two_connected_users().await;
+    let count = 40;
+    for i in 0..count {
+        let sent = a
+            .send_direct(bob.id, &format!("m{i}"), &format!("c{i}"))
+            .await;
+        assert_eq!(sent["event"], "message_sent", "{sent}");
+    }
+    b.receive_messages(count).await;
+
+    // Each sampled send has its whole chain in both services; an unsampled
+    // one has no span anywhere. Spans end asynchronously: wait for them.
+    let named = |spans: &[SpanData], name: &str| spans.iter().filter(|s| s.name == name).count();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (sampled, spans) = loop {
+        let spans = exporter.get_finished_spans().unwrap();
+        let sampled = named(&spans, "ws.send_message");
+        let whole = named(&spans, "jetstream.publish") == sampled
+            && named(&spans, "persister.persist") == sampled
+            && named(&spans, "gateway.deliver") == 2 * sampled
+            && named(&spans, "ws.write") == 2 * sampled;
+        if whole {
+            break (sampled, spans);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sampled} sampled sends, whose spans are: {:#?}",
+            spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Half of 40 by trace id: all or none is a 1 in 10^12 chance.
+    assert!(
+        (1..count).contains(&sampled),
+        "{sampled} of {count} sends sampled at a ratio of 0.5"
+    );
+    // No span is cut off from its trace: every parent was sampled too.
+    let ids: std::collections::HashSet<SpanId> =
+        spans.iter().map(|s| s.span_context.span_id()).collect();
+    for span in &spans {
+        assert!(
+            span.parent_span_id == SpanId::INVALID || ids.contains(&span.parent_span_id),
+            "{} lost its parent",
+            span.name
+        );
     }
     a.close().await;
     b.close().await;
@@ -372,12 +438,12 @@ fn lines_with(logs: &[Value], needle: &str) -> Vec<Value> {
 async fn logs_tell_the_message_flow_without_bodies_passwords_or_tokens() {
     // What production runs without a collector: trace ids are still made,
     // propagated and logged, nothing is exported.
-    let provider = telemetry::tracer_provider("natter-test", &telemetry_args(None)).unwrap();
+    let traces = telemetry::traces("natter-test", &telemetry_args(None)).unwrap();
     let captured = Captured::default();
     let _telemetry = telemetry::install(
         LogFormat::Json,
         "debug,natter_gateway=trace,natter_persister=trace,natter_runtime=trace",
-        Some(provider),
+        Some(traces),
         captured.clone(),
     )
     .unwrap();
@@ -509,9 +575,9 @@ async fn a_dead_trace_collector_does_not_slow_or_stop_messages() {
     let port = natter_localinfra::free_port();
     let mut args = telemetry_args(Some(format!("http://127.0.0.1:{port}")));
     args.otel_traces_sampler = Some(SamplerKind::AlwaysOn);
-    let provider = telemetry::tracer_provider("natter-test", &args).unwrap();
+    let traces = telemetry::traces("natter-test", &args).unwrap();
     let _telemetry =
-        telemetry::install(LogFormat::Json, "warn", Some(provider), std::io::sink).unwrap();
+        telemetry::install(LogFormat::Json, "warn", Some(traces), std::io::sink).unwrap();
 
     let (_app, bob, mut a, mut b) = two_connected_users().await;
     let count = 300;

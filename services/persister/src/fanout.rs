@@ -26,6 +26,7 @@ use natter_core::delivery::{
     ACCEPTED_AT_HEADER, CONTENT_OF_HEADER, MAX_RECORD_BYTES, PREVIOUS_HEADER,
 };
 use natter_core::{DeliveryEvent, UserId, subjects};
+use natter_runtime::trace::Trace;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -35,8 +36,8 @@ use std::sync::Arc;
 pub struct Provenance {
     pub traceparent: Option<String>,
     pub accepted_at: DateTime<Utc>,
-    /// The record's span in the persister, for its log lines.
-    pub span: tracing::Span,
+    /// The record's part of its trace in the persister, for its log lines.
+    pub trace: Trace,
 }
 
 /// A failure worth retrying: JetStream did not answer, had no leader, or

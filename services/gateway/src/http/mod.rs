@@ -20,10 +20,10 @@ use axum::Router;
 use axum::extract::MatchedPath;
 use axum::http::{HeaderValue, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
+use natter_runtime::trace::Trace;
 use std::time::Duration;
 use tower_http::catch_panic::{CatchPanicLayer, ResponseForPanic};
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tracing::Instrument;
 
 /// How long a REST request may take before it is answered `unavailable`.
 /// Every dependency call has a shorter bound of its own; this one catches
@@ -134,8 +134,9 @@ impl ResponseForPanic for PanicAnswer {
         &mut self,
         _panic: Box<dyn std::any::Any + Send + 'static>,
     ) -> Response<Self::ResponseBody> {
-        let trace_id = natter_runtime::trace::traceparent(&tracing::Span::current())
-            .and_then(|parent| parent.split('-').nth(1).map(str::to_owned))
+        let trace_id = Trace::current()
+            .trace_id()
+            .map(|id| id.to_string())
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         tracing::error!(%trace_id, "a request handler panicked; answered 500");
         crate::metrics::error("internal");
@@ -169,16 +170,20 @@ async fn observe(request: axum::extract::Request, next: axum::middleware::Next) 
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let span = tracing::info_span!(
-        parent: None,
-        "http.request",
-        method = %request.method(),
-        route,
-        status = tracing::field::Empty,
-    );
-    let response = next.run(request).instrument(span.clone()).await;
+    let trace = Trace::start(|| {
+        tracing::info_span!(
+            parent: None,
+            "http.request",
+            method = %request.method(),
+            route,
+            status = tracing::field::Empty,
+        )
+    });
+    let response = trace.clone().instrument(next.run(request)).await;
     let status = response.status().as_u16();
-    span.record("status", status);
+    if let Some(span) = trace.span() {
+        span.record("status", status);
+    }
     crate::metrics::http_request(status);
     response
 }

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use futures::stream::FuturesOrdered;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use natter_core::{ConversationId, DeviceId, Message, MessageId, UserId};
+use natter_runtime::trace::Trace;
 use serde_json::Value;
 use std::future::Future;
 use std::pin::Pin;
@@ -26,7 +27,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 /// Records read from the log per direct-get batch.
 const REPLAY_BATCH: usize = 256;
@@ -127,7 +127,7 @@ struct Reply {
     /// When its frame arrived, for the accept latency.
     received: Instant,
     /// The root of the message's trace.
-    span: tracing::Span,
+    trace: Trace,
     outcome: Result<Message, ApiError>,
 }
 
@@ -364,30 +364,36 @@ where
         if record.seq <= self.last_sent {
             return Ok(false);
         }
-        // Few fields: this span is made for every record every device gets.
-        let span = tracing::info_span!("gateway.deliver", seq = record.seq, path = path.as_str());
-        natter_runtime::trace::continue_from(&span, record.traceparent.as_deref());
+        // Few fields: this span is made for every record every device gets
+        // in a sampled trace.
+        let trace = Trace::continue_from(record.traceparent.as_deref(), || {
+            tracing::info_span!("gateway.deliver", seq = record.seq, path = path.as_str())
+        });
         let payload = match record.content_of {
             None => Some(record.payload),
-            Some(id) => self
-                .backend
-                .fill_content(id, &record.payload)
-                .instrument(tracing::info_span!(parent: &span, "content.fill"))
+            Some(id) => trace
+                .child(|parent| tracing::info_span!(parent: parent, "content.fill"))
+                .instrument(self.backend.fill_content(id, &record.payload))
                 .await
                 .map_err(|e| self.unavailable(e))?,
         };
         match payload.and_then(|payload| protocol::delivery(&payload, record.seq)) {
             Some(frame) => {
-                let write = tracing::info_span!(parent: &span, "ws.write");
-                self.send_text(frame, "delivery").instrument(write).await?;
+                trace
+                    .child(|parent| tracing::info_span!(parent: parent, "ws.write"))
+                    .instrument(self.send_text(frame, "delivery"))
+                    .await?;
                 if let Some(accepted) = record.accepted_at {
                     metrics::delivered(path, natter_runtime::metrics::seconds_since(accepted));
                 }
-                tracing::info!(parent: &span, user = %self.user, device = %self.device,
-                    seq = record.seq, path = path.as_str(), "delivered to the socket");
+                trace.in_scope(|| {
+                    tracing::info!(user = %self.user, device = %self.device,
+                    seq = record.seq, path = path.as_str(), "delivered to the socket")
+                });
             }
-            None => tracing::error!(parent: &span, seq = record.seq,
-                "malformed delivery record skipped"),
+            None => trace.in_scope(|| {
+                tracing::error!(seq = record.seq, "malformed delivery record skipped")
+            }),
         }
         self.last_sent = record.seq;
         Ok(true)
@@ -496,24 +502,25 @@ where
         received: Instant,
     ) -> Result<InFlight, ApiError> {
         // Each message is its own trace, not part of the connection's.
-        let span = tracing::info_span!(
-            parent: None,
-            "ws.send_message",
-            sender = %self.user,
-            message_id = tracing::field::Empty,
-            conversation = tracing::field::Empty,
-        );
-        let confirmation = self
-            .backend
-            .submit(self.user, send)
-            .instrument(span.clone())
+        let trace = Trace::start(|| {
+            tracing::info_span!(
+                parent: None,
+                "ws.send_message",
+                sender = %self.user,
+                message_id = tracing::field::Empty,
+                conversation = tracing::field::Empty,
+            )
+        });
+        let confirmation = trace
+            .clone()
+            .instrument(self.backend.submit(self.user, send))
             .await?;
         Ok(Box::pin(async move {
             let outcome = confirmation.await;
             Reply {
                 reference,
                 received,
-                span,
+                trace,
                 outcome,
             }
         }))
@@ -523,7 +530,7 @@ where
         let Reply {
             reference,
             received,
-            span,
+            trace,
             outcome,
         } = reply;
         let (frame, kind) = match outcome {
@@ -536,7 +543,7 @@ where
             }
             Err(e) => (protocol::error_frame(&e, reference.as_ref()), "error"),
         };
-        self.send_text(frame, kind).instrument(span).await
+        trace.instrument(self.send_text(frame, kind)).await
     }
 
     async fn send_text(&mut self, text: String, kind: &'static str) -> Result<(), End> {

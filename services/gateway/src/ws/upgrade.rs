@@ -26,11 +26,11 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use natter_core::{ConversationId, DeviceId, MessageId, UserId};
+use natter_runtime::trace::Trace;
 use serde::Deserialize;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 /// Bytes read from a socket at a time: small, since most connections are
 /// idle and each holds its read buffer all its life (1 KB rather than 4:
@@ -342,7 +342,9 @@ impl Backend for Live {
 
     async fn submit(&self, sender: UserId, send: SendMessage) -> Result<Confirmation, ApiError> {
         let submitted = self.chat.submit(sender, send).await?;
-        let confirmed = self.tasks.spawn(submitted.confirm().in_current_span());
+        let confirmed = self
+            .tasks
+            .spawn(Trace::current().instrument(submitted.confirm()));
         Ok(Box::pin(async move {
             confirmed.await.unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "a send's confirmation task failed");

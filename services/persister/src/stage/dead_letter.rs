@@ -33,8 +33,10 @@ pub async fn set_aside(
         match stored {
             Ok(()) => {
                 metrics::dead_lettered();
-                tracing::error!(parent: &p.span, chat_seq = p.chat_seq,
-                    subject = %p.message.subject, reason, "record dead-lettered");
+                p.trace.in_scope(|| {
+                    tracing::error!(chat_seq = p.chat_seq,
+                    subject = %p.message.subject, reason, "record dead-lettered")
+                });
                 ack(&p.message, AckKind::Term).await;
                 return Ok(());
             }

@@ -14,13 +14,13 @@ use crate::projection::{Fanout, dead_letter};
 use crate::tails::Tails;
 use async_nats::jetstream::{self, AckKind};
 use natter_runtime::backoff::Backoff;
+use natter_runtime::trace::Trace;
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 /// A committed batch on its way to the fan-out stage.
 pub struct Committed {
@@ -32,8 +32,8 @@ pub struct Committed {
     pub records: usize,
     /// When its projection started, for the batch duration.
     pub started: Instant,
-    /// The `persister.batch` span.
-    pub span: tracing::Span,
+    /// The `persister.batch` trace.
+    pub trace: Trace,
 }
 
 /// The fan-out stage of one consumer run.
@@ -188,7 +188,7 @@ impl<'a> FanOut<'a> {
                 },
             };
             if !self
-                .dead_letter(&message, &batch.span, *chat_seq, reason)
+                .dead_letter(&message, &batch.trace, *chat_seq, reason)
                 .await
             {
                 return Ok(false);
@@ -210,11 +210,16 @@ impl<'a> FanOut<'a> {
             ack(message, AckKind::Ack).await;
         }
         metrics::batch(batch.records, batch.started.elapsed());
-        tracing::debug!(parent: &batch.span, records = batch.records, deliveries = published.records,
-            first_seq = batch.seqs.first().copied().unwrap_or_default(),
-            lane_bytes = lane.bytes(),
-            elapsed_ms = batch.started.elapsed().as_millis() as u64,
-            "batch stored and fanned out");
+        batch.trace.in_scope(|| {
+            tracing::debug!(
+                records = batch.records,
+                deliveries = published.records,
+                first_seq = batch.seqs.first().copied().unwrap_or_default(),
+                lane_bytes = lane.bytes(),
+                elapsed_ms = batch.started.elapsed().as_millis() as u64,
+                "batch stored and fanned out"
+            )
+        });
         Ok(true)
     }
 
@@ -321,8 +326,10 @@ impl<'a> FanOut<'a> {
             let Some(message) = state.lane.abandon(*chat_seq) else {
                 continue;
             };
-            let span = tracing::Span::current();
-            if !self.dead_letter(&message, &span, *chat_seq, reason).await {
+            if !self
+                .dead_letter(&message, &Trace::current(), *chat_seq, reason)
+                .await
+            {
                 return false;
             }
             ack(&message, AckKind::Ack).await;
@@ -342,16 +349,26 @@ impl<'a> FanOut<'a> {
     ) -> Option<Published> {
         let mut backoff = Backoff::default();
         loop {
-            let span = tracing::info_span!(parent: &batch.span, "fanout.publish",
-                records = batch.fanouts.len());
-            match fanout::publish(self.js, self.window, copies, tails, self.hooks)
-                .instrument(span)
+            let step = batch.trace.child(|parent| {
+                tracing::info_span!(parent: parent, "fanout.publish",
+                    records = batch.fanouts.len())
+            });
+            match step
+                .instrument(fanout::publish(
+                    self.js,
+                    self.window,
+                    copies,
+                    tails,
+                    self.hooks,
+                ))
                 .await
             {
                 Ok(published) => return Some(published),
                 Err(e) => {
-                    tracing::warn!(parent: &batch.span, error = %e, size = batch.records,
-                        "fan-out failed; retrying");
+                    batch.trace.in_scope(|| {
+                        tracing::warn!(error = %e, size = batch.records,
+                        "fan-out failed; retrying")
+                    });
                     // Keep the records ours while we wait.
                     for message in batch.messages.iter().chain(lane.held()) {
                         ack(message, AckKind::Progress).await;
@@ -371,7 +388,7 @@ impl<'a> FanOut<'a> {
     async fn dead_letter(
         &self,
         message: &jetstream::Message,
-        span: &tracing::Span,
+        trace: &Trace,
         chat_seq: u64,
         reason: &str,
     ) -> bool {
@@ -395,7 +412,9 @@ impl<'a> FanOut<'a> {
             match stored.await {
                 Ok(()) => {
                     metrics::dead_lettered();
-                    tracing::error!(parent: span, chat_seq, reason, "delivery records dead-lettered");
+                    trace.in_scope(|| {
+                        tracing::error!(chat_seq, reason, "delivery records dead-lettered")
+                    });
                     return true;
                 }
                 Err(e) => {

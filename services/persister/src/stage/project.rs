@@ -22,13 +22,12 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use natter_core::ChatEvent;
 use natter_runtime::backoff::Backoff;
-use natter_runtime::trace;
+use natter_runtime::trace::Trace;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 /// How often the consumer's backlog is read for the metrics.
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
@@ -191,15 +190,16 @@ impl<'a> Projector<'a> {
         let mut pulled: Vec<Pulled> = batch.into_iter().map(Pulled::decode).collect();
         // One transaction serves many traces: the batch is a trace of its own,
         // linked to the span of each record it holds.
-        let batch_span =
-            tracing::info_span!(parent: None, "persister.batch", records = pulled.len());
+        let batch = Trace::start(
+            || tracing::info_span!(parent: None, "persister.batch", records = pulled.len()),
+        );
         for p in &pulled {
-            trace::link_to(&batch_span, p.traceparent.as_deref());
+            batch.link_to(p.traceparent.as_deref());
             if p.delivered > 1 {
                 metrics::redelivered();
             }
         }
-        self.settle_batch(&mut pulled).instrument(batch_span).await
+        batch.instrument(self.settle_batch(&mut pulled)).await
     }
 
     async fn settle_batch(&mut self, pulled: &mut [Pulled]) -> Result<(), ConsumeError> {
@@ -238,7 +238,7 @@ impl<'a> Projector<'a> {
                         seqs: records.iter().map(|r| r.chat_seq).collect(),
                         records: records.len(),
                         started,
-                        span: tracing::Span::current(),
+                        trace: Trace::current(),
                     };
                     return self.hand_over(batch).await;
                 }
@@ -317,16 +317,20 @@ impl<'a> Projector<'a> {
             self.term = self.leader.term();
             self.members = Membership::default();
         }
-        let fanouts = projection::project(self.leader.conn(), &mut self.members, records)
-            .instrument(tracing::info_span!(
-                "postgres.commit",
-                records = records.len()
+        let step = Trace::current().child(|parent| {
+            tracing::info_span!(parent: parent, "postgres.commit", records = records.len())
+        });
+        let fanouts = step
+            .instrument(projection::project(
+                self.leader.conn(),
+                &mut self.members,
+                records,
             ))
             .await?;
         let committed_at = Utc::now();
         for record in records {
             if let Some(origin) = provenance.get(&record.chat_seq) {
-                log_stored(&origin.span, record, committed_at);
+                log_stored(&origin.trace, record, committed_at);
             }
         }
         let seqs: Vec<u64> = records.iter().map(|r| r.chat_seq).collect();
@@ -361,7 +365,7 @@ fn provenance(pending: &[&Pulled], records: &[Record]) -> HashMap<u64, Provenanc
             let origin = Provenance {
                 traceparent: p.traceparent.clone(),
                 accepted_at: r.event.at(),
-                span: p.span.clone(),
+                trace: p.trace.clone(),
             };
             (r.chat_seq, origin)
         })
@@ -374,13 +378,17 @@ fn lag(record: &Record, committed_at: DateTime<Utc>) -> f64 {
 }
 
 /// The seed's "message saved to DB" line, in the record's trace.
-fn log_stored(span: &tracing::Span, record: &Record, committed_at: DateTime<Utc>) {
+fn log_stored(trace: &Trace, record: &Record, committed_at: DateTime<Utc>) {
     let lag_ms = (lag(record, committed_at) * 1000.0) as u64;
-    match &record.event {
-        ChatEvent::MessageSent(m) => tracing::info!(parent: span, chat_seq = record.chat_seq,
+    trace.in_scope(|| match &record.event {
+        ChatEvent::MessageSent(m) => tracing::info!(chat_seq = record.chat_seq,
             message_id = %m.id, conversation = %m.conversation_id, sender = %m.sender_id,
             lag_ms, "[STORED] message saved to PostgreSQL"),
-        other => tracing::info!(parent: span, chat_seq = record.chat_seq, kind = other.kind(),
-            lag_ms, "[STORED] event projected to PostgreSQL"),
-    }
+        other => tracing::info!(
+            chat_seq = record.chat_seq,
+            kind = other.kind(),
+            lag_ms,
+            "[STORED] event projected to PostgreSQL"
+        ),
+    });
 }

@@ -4,7 +4,7 @@
 use crate::projection::Record;
 use async_nats::jetstream;
 use natter_core::ChatRecord;
-use natter_runtime::trace;
+use natter_runtime::trace::{self, Trace};
 
 /// A pulled message with its decoded record.
 pub struct Pulled {
@@ -14,8 +14,8 @@ pub struct Pulled {
     /// `None` once the record was settled some other way (dead-lettered).
     pub record: Option<Result<Record, String>>,
     /// This record's part of its message's trace, open until it is settled.
-    pub span: tracing::Span,
-    /// `span` as a `traceparent`, for the delivery records it fans out to.
+    pub trace: Trace,
+    /// `trace` as a `traceparent`, for the delivery records it fans out to.
     pub traceparent: Option<String>,
 }
 
@@ -38,16 +38,17 @@ impl Pulled {
             Ok(r) => r.event.kind(),
             Err(_) => "undecodable",
         };
-        let span =
-            tracing::info_span!(parent: None, "persister.persist", chat_seq, delivered, kind);
-        trace::continue_from(&span, trace::from_headers(message.headers.as_ref()));
-        let traceparent = trace::traceparent(&span);
+        let trace = Trace::continue_from(
+            trace::from_headers(message.headers.as_ref()),
+            || tracing::info_span!(parent: None, "persister.persist", chat_seq, delivered, kind),
+        );
+        let traceparent = trace.traceparent();
         Pulled {
             message,
             chat_seq,
             delivered,
             record: Some(record),
-            span,
+            trace,
             traceparent,
         }
     }
