@@ -60,7 +60,14 @@ pub struct BenchArgs {
     /// Ignored with NATS_URL.
     #[arg(long, default_value_t = Fsync::Interval)]
     fsync: Fsync,
+    /// The services' RUST_LOG. `info` writes every message-flow line, as `cargo xtask up` does;
+    /// a suite measured with anything but the default is not published.
+    #[arg(long, value_name = "FILTER", default_value = SERVICES_LOG)]
+    services_log: String,
 }
+
+/// What the services log during a bench: warnings and errors, not a line per message.
+const SERVICES_LOG: &str = "warn";
 
 impl BenchArgs {
     /// `cargo xtask bench --quick`, as `cargo xtask test` runs it.
@@ -70,6 +77,7 @@ impl BenchArgs {
             only: Vec::new(),
             release: false,
             fsync: Fsync::default(),
+            services_log: SERVICES_LOG.to_owned(),
         }
     }
 
@@ -79,7 +87,7 @@ impl BenchArgs {
 
     /// Only a complete, full-size suite replaces the published numbers.
     fn publishes(&self) -> bool {
-        !self.quick && self.only.is_empty()
+        !self.quick && self.only.is_empty() && self.services_log == SERVICES_LOG
     }
 
     fn entries(&self) -> Vec<Entry> {
@@ -111,6 +119,9 @@ impl BenchArgs {
         }
         if self.fsync != Fsync::default() {
             line.push_str(&format!(" --fsync {}", self.fsync));
+        }
+        if self.services_log != SERVICES_LOG {
+            line.push_str(&format!(" --services-log {}", self.services_log));
         }
         line
     }
@@ -327,7 +338,7 @@ fn start(
         ("JWT_SECRET", jwt_secret.as_str()),
         ("PERSISTER_PORT", persister_port_text.as_str()),
         ("BIND_ADDRESS", "127.0.0.1"),
-        ("RUST_LOG", "warn"),
+        ("RUST_LOG", args.services_log.as_str()),
     ];
     let env: Vec<(&str, &str)> = common
         .iter()
@@ -792,6 +803,17 @@ mod tests {
         assert!(
             args.command_line()
                 .ends_with("cargo xtask bench --quick --only steady-1k --only storm")
+        );
+    }
+
+    #[test]
+    fn a_suite_with_the_flow_logs_on_is_measured_but_not_published() {
+        let args = parse(&["--services-log", "info"]).unwrap();
+        assert_eq!(args.entries(), SUITE);
+        assert!(!args.publishes());
+        assert!(
+            args.command_line()
+                .ends_with("cargo xtask bench --services-log info")
         );
     }
 
