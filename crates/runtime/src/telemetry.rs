@@ -4,6 +4,7 @@
 //! Built once, in `main` (or once per test process).
 
 use crate::config::{LogFormat, SamplerKind, TelemetryArgs};
+use crate::log_queue::{self, LogQueue};
 use crate::trace::Sampling;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig;
@@ -32,25 +33,35 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// of the span an event happens in.
 static DISPATCH: OnceLock<WeakDispatch> = OnceLock::new();
 
-/// What `main` keeps until the end: flushes the spans still queued.
+/// How long the log lines still queued at shutdown may take to write.
+const LOG_FLUSH_PATIENCE: Duration = Duration::from_secs(2);
+
+/// What `main` keeps until the end: flushes the spans and log lines still
+/// queued.
 #[must_use = "dropping the guard does not flush; call `shutdown`"]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    logs: Option<LogQueue>,
 }
 
 impl Telemetry {
-    /// Exports what is still queued (bounded by the exporter's timeout).
+    /// Exports what is still queued (bounded by the exporter's timeout),
+    /// then writes the log lines still queued (bounded too).
     pub fn shutdown(self) {
         if let Some(provider) = self.provider
             && let Err(e) = provider.shutdown()
         {
             tracing::warn!(error = %e, "flushing traces at shutdown failed");
         }
+        if let Some(logs) = self.logs {
+            logs.flush(LOG_FLUSH_PATIENCE);
+        }
     }
 }
 
 /// Installs the global subscriber for `service` from its arguments, logging
-/// to stdout. `default_filter` applies when `RUST_LOG` is unset.
+/// to stdout through a [`LogQueue`]. `default_filter` applies when
+/// `RUST_LOG` is unset.
 pub fn init(
     service: &'static str,
     args: &TelemetryArgs,
@@ -61,7 +72,11 @@ pub fn init(
     } else {
         Some(traces(service, args)?)
     };
-    install(args.log_format, default_filter, traces, std::io::stdout)
+    let logs = LogQueue::spawn(std::io::stdout(), log_queue::QUEUE_BYTES)
+        .map_err(|e| TelemetryError(format!("cannot start the log writer: {e}")))?;
+    let mut telemetry = install(args.log_format, default_filter, traces, logs.clone())?;
+    telemetry.logs = Some(logs);
+    Ok(telemetry)
 }
 
 /// Where spans go and which traces get them.
@@ -191,7 +206,10 @@ where
     let weak = dispatch.downgrade();
     tracing::dispatcher::set_global_default(dispatch).map_err(|e| TelemetryError(e.to_string()))?;
     let _ = DISPATCH.set(weak);
-    Ok(Telemetry { provider })
+    Ok(Telemetry {
+        provider,
+        logs: None,
+    })
 }
 
 /// The trace id of the span an event happens in, if it belongs to a trace.
