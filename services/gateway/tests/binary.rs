@@ -1,5 +1,6 @@
 //! The `natter-gateway` binary: refuses a weak secret or a bad origin, serves
-//! with a good one, keeps secrets out of `--help`, stops cleanly on SIGTERM.
+//! with a good one, keeps secrets out of `--help`, stops cleanly on SIGTERM,
+//! and keeps serving when nobody reads its logs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail by panicking
 
@@ -277,6 +278,85 @@ async fn the_binary_waits_for_a_nats_server_that_starts_after_it() {
     .unwrap()
     .unwrap();
     wait_until_ok(&app.http, &format!("http://127.0.0.1:{http_port}/readyz")).await;
+    let status = terminate(&mut child).await;
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn a_log_output_nobody_reads_costs_log_lines_not_service() {
+    let app = TestApp::spawn().await;
+    let port = natter_localinfra::free_port();
+    // Every step logged (about 3 KB per send): the pipe's 64 KiB are full
+    // after a few sends, and the gateway's 8 MiB queue after a few thousand.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_natter-gateway"))
+        .env("CHAT_MAX_BYTES", natter_testkit::app::TEST_STREAM_MAX_BYTES)
+        .env(
+            "DELIVERY_MAX_BYTES",
+            natter_testkit::app::TEST_STREAM_MAX_BYTES,
+        )
+        .env("NATS_URL", app.nats.url())
+        .env("DATABASE_URL", &app.db.url)
+        .env("JWT_SECRET", "a-strong-secret-of-at-least-32-bytes!!")
+        .env("PORT", port.to_string())
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .env("SEND_RATE_PER_SEC", "1000000")
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Held open and never read.
+    let _stdout = child.stdout.take();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until_ok(&app.http, &format!("{base}/readyz")).await;
+    let signup = |name: &'static str| {
+        let request = app
+            .http
+            .post(format!("{base}/api/auth/signup"))
+            .json(&serde_json::json!({"username": name, "password": "password-123"}));
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status().as_u16(), 201);
+            response.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let alice = signup("alice").await;
+    let bob = signup("bob").await;
+    let token = alice["token"].as_str().unwrap();
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut sent = 0;
+    let dropped = loop {
+        let send = app
+            .http
+            .post(format!("{base}/api/messages"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"receiverId": bob["user"]["id"], "content": format!("m{sent}")}))
+            .send();
+        let response = tokio::time::timeout(std::time::Duration::from_secs(10), send)
+            .await
+            .unwrap_or_else(|_| panic!("send {sent} stalled"))
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 202);
+        sent += 1;
+        if sent % 250 == 0 {
+            let dropped = app
+                .scrape(port)
+                .await
+                .value("natter_log_lines_dropped_total", &[]);
+            if dropped > 0.0 {
+                break dropped;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sent} sends and no log line dropped"
+        );
+    };
+    assert!(
+        dropped > 0.0 && sent > 25,
+        "{sent} sends, {dropped} dropped"
+    );
     let status = terminate(&mut child).await;
     assert!(status.success(), "{status}");
 }
