@@ -120,12 +120,11 @@ fn refuses_a_wildcard_or_malformed_allowed_origin_at_start() {
     }
 }
 
-/// Starts the gateway binary against `app`'s NATS and database with
-/// `env` on top, waits until it is ready, signs a user up through it, and
-/// returns the child.
-async fn run_gateway_with_a_signup(app: &TestApp, env: &[(&str, String)]) -> std::process::Child {
-    let port = natter_localinfra::free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_natter-gateway"))
+/// The gateway binary, set to run against `app`'s NATS and database on
+/// `port`, its output discarded.
+fn gateway_command(app: &TestApp, port: u16) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_natter-gateway"));
+    command
         .env("CHAT_MAX_BYTES", natter_testkit::app::TEST_STREAM_MAX_BYTES)
         .env(
             "DELIVERY_MAX_BYTES",
@@ -136,9 +135,18 @@ async fn run_gateway_with_a_signup(app: &TestApp, env: &[(&str, String)]) -> std
         .env("JWT_SECRET", "a-strong-secret-of-at-least-32-bytes!!")
         .env("PORT", port.to_string())
         .env("BIND_ADDRESS", "127.0.0.1")
-        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
+/// Starts the gateway binary against `app`'s NATS and database with
+/// `env` on top, waits until it is ready, signs a user up through it, and
+/// returns the child.
+async fn run_gateway_with_a_signup(app: &TestApp, env: &[(&str, String)]) -> std::process::Child {
+    let port = natter_localinfra::free_port();
+    let child = gateway_command(app, port)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
@@ -288,21 +296,10 @@ async fn a_log_output_nobody_reads_costs_log_lines_not_service() {
     let port = natter_localinfra::free_port();
     // Every step logged (about 3 KB per send): the pipe's 64 KiB are full
     // after a few sends, and the gateway's 8 MiB queue after a few thousand.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_natter-gateway"))
-        .env("CHAT_MAX_BYTES", natter_testkit::app::TEST_STREAM_MAX_BYTES)
-        .env(
-            "DELIVERY_MAX_BYTES",
-            natter_testkit::app::TEST_STREAM_MAX_BYTES,
-        )
-        .env("NATS_URL", app.nats.url())
-        .env("DATABASE_URL", &app.db.url)
-        .env("JWT_SECRET", "a-strong-secret-of-at-least-32-bytes!!")
-        .env("PORT", port.to_string())
-        .env("BIND_ADDRESS", "127.0.0.1")
+    let mut child = gateway_command(&app, port)
         .env("SEND_RATE_PER_SEC", "1000000")
         .env("RUST_LOG", "trace")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     // Held open and never read.
