@@ -456,6 +456,33 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_copy_goes_again_before_the_rest_of_its_recipients_chain() {
+        let (ann, bob) = (UserId::generate(), UserId::generate());
+        let copies: Vec<Copy> = [(1, ann), (2, ann), (1, bob)]
+            .into_iter()
+            .map(|(seq, to)| Copy::for_test(seq, to, 10))
+            .collect();
+        let mut chains = Chains::of(&copies);
+        let (to, first) = chains.next_ready().unwrap();
+        assert_eq!((first.chat_seq, to), (1, ann));
+        assert_eq!(
+            chains.next_ready().map(|(to, c)| (c.chat_seq, to)),
+            Some((1, bob))
+        );
+        // The stream refused ann's copy (a wrong tail): it goes again, and
+        // her second copy still waits for it.
+        chains.again(ann, first);
+        let sent = |c: Option<(UserId, &Copy)>| c.map(|(to, copy)| (copy.chat_seq, to));
+        assert_eq!(sent(chains.next_ready()), Some((1, ann)));
+        assert_eq!(sent(chains.next_ready()), None, "one of ann's at a time");
+        chains.settled(ann);
+        assert_eq!(sent(chains.next_ready()), Some((2, ann)));
+        chains.settled(bob);
+        chains.settled(ann);
+        assert_eq!(sent(chains.next_ready()), None);
+    }
+
+    #[test]
     fn a_record_too_large_is_permanent() {
         assert!(is_permanent(&PublishError::new(
             PublishErrorKind::MaxPayloadExceeded
