@@ -405,6 +405,39 @@ impl Presence {
 /// the array would cost more than the rows it saves.
 const FILTER_LOCAL_UP_TO: usize = 1000;
 
+/// (user, contact) for each of `users` and each `local` user who shares a
+/// conversation with them. With more than [`FILTER_LOCAL_UP_TO`] local
+/// users, contacts elsewhere come too: pushing to them is a no-op.
+async fn contact_pairs(
+    pool: &PgPool,
+    users: &[Uuid],
+    local: &[Uuid],
+) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
+    if local.len() <= FILTER_LOCAL_UP_TO {
+        sqlx::query_as(
+            "SELECT DISTINCT me.user_id, other.user_id
+             FROM conversation_members me
+             JOIN conversation_members other ON other.conversation_id = me.conversation_id
+             WHERE me.user_id = ANY($1) AND other.user_id = ANY($2)
+               AND other.user_id <> me.user_id",
+        )
+        .bind(users)
+        .bind(local)
+        .fetch_all(pool)
+        .await
+    } else {
+        sqlx::query_as(
+            "SELECT DISTINCT me.user_id, other.user_id
+             FROM conversation_members me
+             JOIN conversation_members other ON other.conversation_id = me.conversation_id
+             WHERE me.user_id = ANY($1) AND other.user_id <> me.user_id",
+        )
+        .bind(users)
+        .fetch_all(pool)
+        .await
+    }
+}
+
 /// Pushes each of `changes` to this gateway's users who share a
 /// conversation with its user, in order, with one query for all of them.
 async fn tell_contacts(hub: &Hub, pool: &PgPool, changes: &[Change]) {
@@ -415,30 +448,7 @@ async fn tell_contacts(hub: &Hub, pool: &PgPool, changes: &[Change]) {
     let mut users: Vec<Uuid> = changes.iter().map(|(user, ..)| user.0).collect();
     users.sort_unstable();
     users.dedup();
-    let pairs: Result<Vec<(Uuid, Uuid)>, sqlx::Error> = if local.len() <= FILTER_LOCAL_UP_TO {
-        sqlx::query_as(
-            "SELECT DISTINCT me.user_id, other.user_id
-             FROM conversation_members me
-             JOIN conversation_members other ON other.conversation_id = me.conversation_id
-             WHERE me.user_id = ANY($1) AND other.user_id = ANY($2)
-               AND other.user_id <> me.user_id",
-        )
-        .bind(&users)
-        .bind(&local)
-        .fetch_all(pool)
-        .await
-    } else {
-        sqlx::query_as(
-            "SELECT DISTINCT me.user_id, other.user_id
-             FROM conversation_members me
-             JOIN conversation_members other ON other.conversation_id = me.conversation_id
-             WHERE me.user_id = ANY($1) AND other.user_id <> me.user_id",
-        )
-        .bind(&users)
-        .fetch_all(pool)
-        .await
-    };
-    let pairs = match pairs {
+    let pairs = match contact_pairs(pool, &users, &local).await {
         Ok(pairs) => pairs,
         Err(e) => {
             tracing::warn!(error = %e, changes = changes.len(),
@@ -474,6 +484,68 @@ mod tests {
             connected_at: Utc::now(),
         })
         .unwrap()
+    }
+
+    /// Conversations of `members` each, in `pool`.
+    async fn conversations(pool: &PgPool, each: &[&[Uuid]]) {
+        for members in each {
+            let id = Uuid::new_v4();
+            sqlx::query(
+                "INSERT INTO conversations (id, kind, created_at, last_activity_at)
+                 VALUES ($1, 'group', now(), now())",
+            )
+            .bind(id)
+            .execute(pool)
+            .await
+            .unwrap();
+            for member in *members {
+                sqlx::query(
+                    "INSERT INTO conversation_members (conversation_id, user_id) VALUES ($1, $2)",
+                )
+                .bind(id)
+                .bind(member)
+                .execute(pool)
+                .await
+                .unwrap();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn contacts_are_found_with_the_local_filter_and_without_it() {
+        let db = natter_testkit::database::TestDatabase::create(false)
+            .await
+            .unwrap();
+        let pool = db.pool().await.unwrap();
+        let [ann, bob, cat, dan, eve] = [(); 5].map(|()| Uuid::new_v4());
+        // ann shares a conversation with bob and cat, cat one with dan; eve
+        // with nobody.
+        conversations(&pool, &[&[ann, bob, cat], &[cat, dan], &[eve]]).await;
+        let local = [bob, cat, dan];
+        let sorted = |mut pairs: Vec<(Uuid, Uuid)>| {
+            pairs.sort_unstable();
+            pairs
+        };
+
+        let few = sorted(contact_pairs(&pool, &[ann, eve], &local).await.unwrap());
+        assert_eq!(few, sorted(vec![(ann, bob), (ann, cat)]));
+
+        // More local users than the database filters: every contact comes,
+        // and those who are local are the same.
+        let mut many: Vec<Uuid> = (0..FILTER_LOCAL_UP_TO).map(|_| Uuid::new_v4()).collect();
+        many.extend(local);
+        let all = sorted(contact_pairs(&pool, &[ann, eve, dan], &many).await.unwrap());
+        assert_eq!(all, sorted(vec![(ann, bob), (ann, cat), (dan, cat)]));
+        let few_again = sorted(
+            contact_pairs(&pool, &[ann, eve, dan], &local)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(all, few_again);
+        let outside = sorted(contact_pairs(&pool, &[cat], &many).await.unwrap());
+        assert_eq!(outside, sorted(vec![(cat, ann), (cat, bob), (cat, dan)]));
+        let inside = sorted(contact_pairs(&pool, &[cat], &[bob, dan]).await.unwrap());
+        assert_eq!(inside, sorted(vec![(cat, bob), (cat, dan)]));
     }
 
     #[test]
