@@ -544,6 +544,62 @@ mod tests {
         url
     }
 
+    /// What a device under test shares with its run ("run1", started now),
+    /// and the run's counters, collector and stop switch.
+    struct TestRun {
+        shared: Shared,
+        counters: Arc<Counters>,
+        collector: Arc<Collector>,
+        stop: watch::Sender<bool>,
+    }
+
+    impl TestRun {
+        fn new() -> Self {
+            let clock = Clock::start(Duration::ZERO);
+            let counters = Arc::new(Counters::default());
+            let collector = Arc::new(Collector::new(clock.t0));
+            let (stop, stopped) = watch::channel(false);
+            let shared = Shared {
+                collector: collector.clone(),
+                counters: counters.clone(),
+                clock,
+                last_member: None,
+                foreign: None,
+                run_id: "run1".into(),
+                stop: stopped,
+            };
+            TestRun {
+                shared,
+                counters,
+                collector,
+                stop,
+            }
+        }
+    }
+
+    /// Device "d" with token "t", at home on the first of `gateways`.
+    fn test_link(gateways: Vec<String>) -> Link {
+        Link {
+            gateways: gateways.into(),
+            home: 0,
+            token: "t".into(),
+            device: "d".into(),
+        }
+    }
+
+    /// `count` direct messages by user `sender`, one every `period`.
+    fn direct_sends(sender: u32, period: Duration, count: u32) -> Schedule {
+        Schedule {
+            sender,
+            offset: Duration::ZERO,
+            period,
+            count,
+            frame: Box::new(
+                |_, content| serde_json::json!({"event": "send_direct_message", "data": {"content": content}}),
+            ),
+        }
+    }
+
     #[tokio::test]
     async fn a_send_is_retried_with_its_client_msg_id_until_accepted_and_counted_once() {
         let (seen, mut frames) = mpsc::unbounded_channel();
@@ -551,35 +607,15 @@ mod tests {
         // connection on its retry and is gone; the other one accepts it.
         let home = scripted_gateway(vec![Some("unavailable"), None], seen.clone()).await;
         let other = scripted_gateway(vec![Some("message_sent")], seen).await;
-        let clock = Clock::start(Duration::ZERO);
-        let counters = Arc::new(Counters::default());
-        let (stop, stopped) = watch::channel(false);
-        let collector = Arc::new(Collector::new(clock.t0));
-        let shared = Shared {
-            collector: collector.clone(),
-            counters: counters.clone(),
-            clock,
-            last_member: None,
-            foreign: None,
-            run_id: "run1".into(),
-            stop: stopped,
-        };
-        let link = Link {
-            gateways: vec![home.clone(), other].into(),
-            home: 0,
-            token: "t".into(),
-            device: "d".into(),
-        };
-        let schedule = Schedule {
-            sender: 3,
-            offset: Duration::ZERO,
-            period: Duration::from_secs(1),
-            count: 1,
-            frame: Box::new(
-                |_, content| serde_json::json!({"event": "send_direct_message", "data": {"content": content}}),
-            ),
-        };
-        let device = Device::new(shared, link, Uuid::nil(), Some(schedule));
+        let run = TestRun::new();
+        let (counters, collector, stop) = (run.counters.clone(), run.collector.clone(), run.stop);
+        let schedule = direct_sends(3, Duration::from_secs(1), 1);
+        let device = Device::new(
+            run.shared,
+            test_link(vec![home.clone(), other]),
+            Uuid::nil(),
+            Some(schedule),
+        );
         let (socket, cursor) = client::connect(&home, "t", "d").await.unwrap();
         let task = tokio::spawn(device.run(socket, cursor));
         let mut ids = Vec::new();
@@ -631,35 +667,16 @@ mod tests {
                 let _ = seen.send(());
             }
         });
-        let clock = Clock::start(Duration::ZERO);
-        let counters = Arc::new(Counters::default());
-        let (stop, stopped) = watch::channel(false);
-        let shared = Shared {
-            collector: Arc::new(Collector::new(clock.t0)),
-            counters: counters.clone(),
-            clock,
-            last_member: None,
-            foreign: None,
-            run_id: "run1".into(),
-            stop: stopped,
-        };
-        let link = Link {
-            gateways: vec![url.clone()].into(),
-            home: 0,
-            token: "t".into(),
-            device: "d".into(),
-        };
+        let run = TestRun::new();
+        let (counters, stop) = (run.counters.clone(), run.stop);
         // All due at once, more than the window.
-        let schedule = Schedule {
-            sender: 0,
-            offset: Duration::ZERO,
-            period: Duration::ZERO,
-            count: (MAX_UNANSWERED + 100) as u32,
-            frame: Box::new(
-                |_, content| serde_json::json!({"event": "send_direct_message", "data": {"content": content}}),
-            ),
-        };
-        let device = Device::new(shared, link, Uuid::nil(), Some(schedule));
+        let schedule = direct_sends(0, Duration::ZERO, (MAX_UNANSWERED + 100) as u32);
+        let device = Device::new(
+            run.shared,
+            test_link(vec![url.clone()]),
+            Uuid::nil(),
+            Some(schedule),
+        );
         let (socket, cursor) = client::connect(&url, "t", "d").await.unwrap();
         let task = tokio::spawn(device.run(socket, cursor));
         for _ in 0..MAX_UNANSWERED {
