@@ -59,16 +59,24 @@ fn assert_child(child: &SpanData, parent: &SpanData) {
     );
 }
 
-#[tokio::test]
-async fn one_message_is_one_trace_across_gateway_persister_and_delivery() {
+/// Installs the subscriber with traces picked by `sampling` kept in memory
+/// (the provider keeps every span it is given: natter decides which traces
+/// get spans, once, before building any); the exporter and the guard.
+fn spans_in_memory(sampling: Sampling) -> (InMemorySpanExporter, telemetry::Telemetry) {
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()
         .with_sampler(Sampler::AlwaysOn)
         .with_simple_exporter(exporter.clone())
         .build();
-    let traces = telemetry::Traces::new(provider, Sampling::always());
-    let _telemetry =
+    let traces = telemetry::Traces::new(provider, sampling);
+    let telemetry =
         telemetry::install(LogFormat::Json, "warn", Some(traces), std::io::sink).unwrap();
+    (exporter, telemetry)
+}
+
+#[tokio::test]
+async fn one_message_is_one_trace_across_gateway_persister_and_delivery() {
+    let (exporter, _telemetry) = spans_in_memory(Sampling::always());
 
     let (_app, bob, mut a, mut b) = two_connected_users().await;
     let sent = a.send_direct(bob.id, "trace me", "t1").await;
@@ -161,17 +169,8 @@ async fn one_message_is_one_trace_across_gateway_persister_and_delivery() {
 
 #[tokio::test]
 async fn only_sampled_traces_build_spans_and_each_sampled_one_is_whole() {
-    let exporter = InMemorySpanExporter::default();
-    // The provider keeps every span it is given: natter decides which
-    // traces get spans, once, before building any.
-    let provider = SdkTracerProvider::builder()
-        .with_sampler(Sampler::AlwaysOn)
-        .with_simple_exporter(exporter.clone())
-        .build();
-    let sampling = Sampling::of(SamplerKind::ParentBasedTraceIdRatio, 0.5);
-    let traces = telemetry::Traces::new(provider, sampling);
-    let _telemetry =
-        telemetry::install(LogFormat::Json, "warn", Some(traces), std::io::sink).unwrap();
+    let (exporter, _telemetry) =
+        spans_in_memory(Sampling::of(SamplerKind::ParentBasedTraceIdRatio, 0.5));
 
     let (_app, bob, mut a, mut b) = two_connected_users().await;
     let count = 40;
