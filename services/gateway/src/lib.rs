@@ -254,7 +254,7 @@ fn wire(
         typing,
         tasks: tasks.clone(),
     });
-    let connections = ws::upgrade::Connections {
+    let connections = Arc::new(ws::upgrade::Connections {
         backend,
         auth: auth.clone(),
         directory: directory.clone(),
@@ -269,7 +269,7 @@ fn wire(
         over_limit_log: Default::default(),
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),
-    };
+    });
     let (attempts, hashing) = sign_in_guards(&config);
     AppState {
         groups: Arc::new(groups::Groups::new(pool.clone(), chat.clone())),

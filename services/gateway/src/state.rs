@@ -35,7 +35,7 @@ pub struct AppState {
     pub cursors: Arc<CursorStore>,
     pub control: ControlBus,
     /// What the WebSocket endpoint needs.
-    pub connections: Connections,
+    pub connections: Arc<Connections>,
     pub attempts: Arc<AttemptLimiter>,
     pub hashing: Arc<PasswordHashing>,
 }

@@ -184,7 +184,10 @@ where
     where
         R: Stream<Item = Result<WsMessage, axum::Error>> + Unpin + Send,
     {
-        if let Err(end) = self.start().await {
+        // The handshake's replay and the rarer steps below run boxed: a
+        // future awaited in place is part of the session's task for its
+        // whole life, and most sessions spend it idle (BENCHMARKS.md).
+        if let Err(end) = Box::pin(self.start()).await {
             return end;
         }
         let mut inflight: FuturesOrdered<InFlight> = FuturesOrdered::new();
@@ -212,12 +215,12 @@ where
                     Some(closing) => Err(End::Close(closing.code, closing.reason)),
                     None => Ok(()),
                 },
-                _ = live.lagged.notified() => self.catch_up().await,
+                _ = live.lagged.notified() => Box::pin(self.catch_up()).await,
                 _ = keepalive.tick() => self.keepalive(last_heard).await,
                 frame = stream.next(), if inflight.len() < max_inflight => match frame {
                     Some(Ok(frame)) => {
                         last_heard = Instant::now();
-                        self.on_frame(frame, &mut inflight).await
+                        Box::pin(self.on_frame(frame, &mut inflight)).await
                     }
                     Some(Err(e)) => Err(self.read_failed(e)),
                     None => Err(End::ClientGone),
@@ -353,7 +356,7 @@ where
         match record.last_seq {
             // Something of this user's was stored between what we sent and
             // this record: fetch it from the log, which includes this one.
-            Some(previous) if previous > self.last_sent => self.catch_up().await,
+            Some(previous) if previous > self.last_sent => Box::pin(self.catch_up()).await,
             _ => self.deliver(record, Path::Live).await.map(|_| ()),
         }
     }
@@ -371,11 +374,13 @@ where
         });
         let payload = match record.content_of {
             None => Some(record.payload),
-            Some(id) => trace
-                .child(|parent| tracing::info_span!(parent: parent, "content.fill"))
-                .instrument(self.backend.fill_content(id, &record.payload))
-                .await
-                .map_err(|e| self.unavailable(e))?,
+            Some(id) => Box::pin(
+                trace
+                    .child(|parent| tracing::info_span!(parent: parent, "content.fill"))
+                    .instrument(self.backend.fill_content(id, &record.payload)),
+            )
+            .await
+            .map_err(|e| self.unavailable(e))?,
         };
         match payload.and_then(|payload| protocol::delivery(&payload, record.seq)) {
             Some(frame) => {

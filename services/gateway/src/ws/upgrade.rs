@@ -8,7 +8,7 @@ use crate::access::Authenticator;
 use crate::auth::bearer_token;
 use crate::chat::Chat;
 use crate::control::{Control, ControlBus};
-use crate::delivery::{Contents, CursorStore, DeliveryLog, Hub, Stored};
+use crate::delivery::{Attachment, Contents, CursorStore, DeliveryLog, Hub, Stored};
 use crate::directory::Directory;
 use crate::error::ApiError;
 use crate::metrics::{self, Closed};
@@ -24,10 +24,12 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::Bytes;
+use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use natter_core::{ConversationId, DeviceId, MessageId, UserId};
 use natter_runtime::trace::Trace;
 use serde::Deserialize;
+use std::future::Future;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -113,7 +115,7 @@ fn protocol_token(headers: &HeaderMap) -> Option<&str> {
     security((), ("bearer" = [])),
     responses((status = 101, description = "switched to the WebSocket protocol"), crate::error::ErrorResponses))]
 pub async fn upgrade(
-    State(connections): State<Connections>,
+    State(connections): State<Arc<Connections>>,
     params: Result<Query<Params>, QueryRejection>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -153,9 +155,15 @@ pub async fn upgrade(
         .max_message_size(max_frame)
         .max_frame_size(max_frame)
         .on_upgrade(move |socket| {
-            let tasks = connections.tasks.clone();
             let expires = expiry_instant(claims.exp);
-            tasks.track_future(connections.run(socket, user, device, claims.jti, expires))
+            let connection = Opened {
+                user,
+                device,
+                jti: claims.jti,
+                expires,
+            };
+            let tasks = connections.tasks.clone();
+            tasks.track_future(connections.run(socket, connection))
         }))
 }
 
@@ -192,17 +200,65 @@ fn check_origin(allowed: &[String], headers: &HeaderMap) -> Result<(), ApiError>
     }
 }
 
+/// What the handshake established about a connection.
+struct Opened {
+    user: UserId,
+    device: DeviceId,
+    jti: uuid::Uuid,
+    /// When its token expires.
+    expires: tokio::time::Instant,
+}
+
+/// A connection's session with the socket's sending half.
+type LiveSession = Session<Live, SplitSink<WebSocket, axum::extract::ws::Message>>;
+
+/// A connection that joined the hub and presence.
+struct Joined {
+    session: LiveSession,
+    /// Its session in the hub.
+    hub_session: u64,
+    presence_key: String,
+}
+
 impl Connections {
     /// One connection, from joining the hub to its close frame.
-    async fn run(
-        self,
+    ///
+    /// Its future is the connection's task, resident for the connection's
+    /// whole life, so it holds only what an idle session needs: this is no
+    /// `async fn` (which keeps each argument twice), and the joining and
+    /// the leaving run boxed, only while they run (BENCHMARKS.md, memory
+    /// per idle socket).
+    fn run(
+        self: Arc<Self>,
         socket: WebSocket,
-        user: UserId,
-        device: DeviceId,
-        jti: uuid::Uuid,
-        expires: tokio::time::Instant,
-    ) {
-        let (mut sink, mut stream) = socket.split();
+        opened: Opened,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let (sink, mut stream) = socket.split();
+        async move {
+            let Some((mut joined, attachment)) = Box::pin(self.join(sink, &opened)).await else {
+                return;
+            };
+            let end = joined
+                .session
+                .serve(&mut stream, attachment, &self.shutdown)
+                .await;
+            Box::pin(self.leave(joined, &opened, end)).await;
+        }
+    }
+
+    /// Joins the hub and presence and announces the device; `None` (with
+    /// the close frame sent) if the connection cannot go on.
+    async fn join(
+        &self,
+        mut sink: SplitSink<WebSocket, axum::extract::ws::Message>,
+        opened: &Opened,
+    ) -> Option<(Joined, Attachment)> {
+        let Opened {
+            user,
+            ref device,
+            jti,
+            expires,
+        } = *opened;
         let attachment = match self.hub.attach(user, device.clone(), jti).await {
             Ok(a) => a,
             Err(e) => {
@@ -210,7 +266,7 @@ impl Connections {
                 let _ = sink
                     .send(close(close_code::AGAIN, "delivery unavailable; retry"))
                     .await;
-                return;
+                return None;
             }
         };
         let session_id = attachment.session;
@@ -240,7 +296,7 @@ impl Connections {
                 }
                 self.hub.detach(user, session_id);
                 let _ = sink.send(close(close_code::POLICY, TOO_MANY)).await;
-                return;
+                return None;
             }
         };
         metrics::connection_opened();
@@ -251,7 +307,7 @@ impl Connections {
             session: self.control.session_key(session_id),
         };
         self.control.announce(user, &replaces).await;
-        let mut session = Session::new(
+        let session = Session::new(
             self.backend.clone(),
             user,
             device.clone(),
@@ -260,8 +316,24 @@ impl Connections {
         )
         .expiring_at(expires);
         tracing::info!(%user, %device, "[CONNECTION] user connected");
-        let end = session.serve(&mut stream, attachment, &self.shutdown).await;
-        self.hub.detach(user, session_id);
+        let joined = Joined {
+            session,
+            hub_session: session_id,
+            presence_key,
+        };
+        Some((joined, attachment))
+    }
+
+    /// Leaves the hub and presence, writes the device's cursor, and sends
+    /// the close frame `end` calls for.
+    async fn leave(&self, joined: Joined, opened: &Opened, end: End) {
+        let Joined {
+            mut session,
+            hub_session,
+            presence_key,
+        } = joined;
+        let (user, device) = (opened.user, &opened.device);
+        self.hub.detach(user, hub_session);
         metrics::active_users(self.hub.user_count());
         self.presence.disconnected(&presence_key).await;
         if let Err(e) = self.cursors.flush().await {
