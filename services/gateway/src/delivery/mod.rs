@@ -3,7 +3,7 @@
 //! - [`hub`]: one core subscription to `live.deliver.<user>` per connected
 //!   user, shared by that user's sessions.
 //! - [`registry`]: those users' feeds and sessions, each session fed
-//!   through a bounded queue; no NATS.
+//!   through its [`inbox`], bounded; no NATS.
 //! - [`log`]: replay of a user's log from a sequence with one batched
 //!   JetStream direct get, no consumer created.
 //! - [`cursors`]: the durable per-device cursors, written in batches.
@@ -16,6 +16,7 @@
 pub mod contents;
 pub mod cursors;
 pub mod hub;
+pub mod inbox;
 pub mod log;
 pub mod record;
 pub mod registry;
@@ -24,6 +25,7 @@ pub mod watch;
 pub use contents::Contents;
 pub use cursors::CursorStore;
 pub use hub::Hub;
+pub use inbox::{Alarm, Inbox};
 pub use log::{DeliveryLog, read_log};
 pub use record::{Closing, DeliveryError, Push, Stored};
 pub use registry::{Attachment, SessionInfo};

@@ -2,12 +2,12 @@
 //! serves through bounded queues. No NATS: [`super::hub`] opens the feeds'
 //! subscriptions, this module only keeps and feeds them.
 
+use super::inbox::Inbox;
 use super::record::{Closing, Push, Stored};
 use natter_core::{DeviceId, UserId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -21,9 +21,7 @@ pub struct SessionInfo {
 
 /// One session's view of the hub.
 pub struct Attachment {
-    pub rx: mpsc::Receiver<Push>,
-    pub lagged: Arc<Notify>,
-    pub closed: watch::Receiver<Option<Closing>>,
+    pub inbox: Arc<Inbox>,
     pub user: UserId,
     pub session: u64,
 }
@@ -31,9 +29,7 @@ pub struct Attachment {
 /// The hub's end of one session.
 pub struct SessionTx {
     info: SessionInfo,
-    tx: mpsc::Sender<Push>,
-    lagged: Arc<Notify>,
-    close: watch::Sender<Option<Closing>>,
+    inbox: Arc<Inbox>,
 }
 
 /// One user's live records, shared by the user's sessions here.
@@ -64,15 +60,15 @@ impl Feed {
     pub fn dispatch(&self, record: Stored) {
         let record = Arc::new(record);
         for session in self.sessions().iter() {
-            if session.tx.try_send(Push::Record(record.clone())).is_err() {
-                session.lagged.notify_one();
+            if !session.inbox.offer(Push::Record(record.clone())) {
+                session.inbox.lag();
             }
         }
     }
 
     fn flag_all_lagging(&self) {
         for session in self.sessions().iter() {
-            session.lagged.notify_one();
+            session.inbox.lag();
         }
     }
 }
@@ -109,9 +105,7 @@ impl Registry {
         device: DeviceId,
         jti: Uuid,
     ) -> (SessionTx, Attachment) {
-        let (tx, rx) = mpsc::channel(self.queue);
-        let (close, closed) = watch::channel(None);
-        let lagged = Arc::new(Notify::new());
+        let inbox = Arc::new(Inbox::new(self.queue));
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let entry = SessionTx {
             info: SessionInfo {
@@ -119,14 +113,10 @@ impl Registry {
                 device,
                 jti,
             },
-            tx,
-            lagged: lagged.clone(),
-            close,
+            inbox: inbox.clone(),
         };
         let attachment = Attachment {
-            rx,
-            lagged,
-            closed,
+            inbox,
             user,
             session,
         };
@@ -180,7 +170,7 @@ impl Registry {
         let feed = self.feeds().get(&user).cloned();
         if let Some(feed) = feed {
             for session in feed.sessions().iter() {
-                let _ = session.tx.try_send(Push::Frame(frame.clone()));
+                session.inbox.offer(Push::Frame(frame.clone()));
             }
         }
     }
@@ -197,7 +187,7 @@ impl Registry {
         };
         let mut closed = 0;
         for session in feed.sessions().iter().filter(|s| matches(&s.info)) {
-            session.close.send_replace(Some(closing));
+            session.inbox.close(closing);
             closed += 1;
         }
         closed
@@ -224,7 +214,9 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::Alarm;
     use bytes::Bytes;
+    use futures::FutureExt;
 
     fn record(seq: u64) -> Stored {
         Stored {
@@ -259,19 +251,21 @@ mod tests {
     async fn a_full_queue_flags_its_session_as_lagging_and_spares_the_others() {
         let registry = Registry::new(2);
         let user = UserId::generate();
-        let (feed, mut attachments) = sessions(&registry, user, 2);
+        let (feed, attachments) = sessions(&registry, user, 2);
         feed.dispatch(record(1));
         feed.dispatch(record(2));
         // The second session reads; the first does not.
         for _ in 0..2 {
-            assert!(attachments[1].rx.recv().await.is_some());
+            attachments[1].inbox.next().await;
         }
         feed.dispatch(record(3));
-        let lagged = attachments[0].lagged.clone();
-        tokio::time::timeout(std::time::Duration::from_secs(1), lagged.notified())
-            .await
-            .expect("the full session is told it lags");
-        assert!(matches!(attachments[1].rx.recv().await, Some(Push::Record(r)) if r.seq == 3));
+        assert_eq!(
+            attachments[0].inbox.alarm().now_or_never(),
+            Some(Alarm::Lagged),
+            "the full session is told it lags"
+        );
+        assert_eq!(attachments[1].inbox.alarm().now_or_never(), None);
+        assert!(matches!(attachments[1].inbox.next().await, Push::Record(r) if r.seq == 3));
     }
 
     #[test]
@@ -307,7 +301,7 @@ mod tests {
     async fn close_reaches_only_the_sessions_it_picks() {
         let registry = Registry::new(4);
         let user = UserId::generate();
-        let (_feed, mut attachments) = sessions(&registry, user, 3);
+        let (_feed, attachments) = sessions(&registry, user, 3);
         let target = attachments[1].session;
         let closing = Closing {
             code: 4000,
@@ -317,8 +311,11 @@ mod tests {
             registry.close_sessions(user, closing, |s| s.id == target),
             1
         );
-        assert_eq!(*attachments[1].closed.borrow_and_update(), Some(closing));
-        assert_eq!(*attachments[0].closed.borrow(), None);
+        assert_eq!(
+            attachments[1].inbox.alarm().now_or_never(),
+            Some(Alarm::Close(closing))
+        );
+        assert_eq!(attachments[0].inbox.alarm().now_or_never(), None);
         assert_eq!(
             registry.close_sessions(UserId::generate(), closing, |_| true),
             0
@@ -329,12 +326,13 @@ mod tests {
     async fn frames_go_to_every_session_of_the_user_and_no_one_else() {
         let registry = Registry::new(4);
         let (alice, bob) = (UserId::generate(), UserId::generate());
-        let (_a, mut alices) = sessions(&registry, alice, 2);
-        let (_b, mut bobs) = sessions(&registry, bob, 1);
+        let (_a, alices) = sessions(&registry, alice, 2);
+        let (_b, bobs) = sessions(&registry, bob, 1);
         registry.push_frame(alice, Arc::from("typing"));
-        for attachment in &mut alices {
-            assert!(matches!(attachment.rx.try_recv(), Ok(Push::Frame(f)) if &*f == "typing"));
+        for attachment in &alices {
+            let frame = attachment.inbox.next().now_or_never();
+            assert!(matches!(frame, Some(Push::Frame(f)) if &*f == "typing"));
         }
-        assert!(bobs[0].rx.try_recv().is_err());
+        assert!(bobs[0].inbox.next().now_or_never().is_none());
     }
 }

@@ -8,7 +8,7 @@
 //! live with no gap and no duplicate, cumulative acks never beyond what was
 //! delivered, a bad frame answered and survived — are tested in-process.
 
-use crate::delivery::{Attachment, Push, Stored};
+use crate::delivery::{Alarm, Attachment, Push, Stored};
 use crate::error::ApiError;
 use crate::metrics::{self, Path};
 use crate::ws::protocol::{self, Command, SendMessage};
@@ -178,7 +178,7 @@ where
     pub async fn serve<R>(
         &mut self,
         stream: &mut R,
-        mut live: Attachment,
+        live: Attachment,
         shutdown: &CancellationToken,
     ) -> End
     where
@@ -211,11 +211,10 @@ where
                     tracing::info!(user = %self.user, device = %self.device, "token expired; connection closed");
                     Err(End::Close(close_code::POLICY, "token expired"))
                 }
-                Ok(()) = live.closed.changed() => match *live.closed.borrow() {
-                    Some(closing) => Err(End::Close(closing.code, closing.reason)),
-                    None => Ok(()),
+                alarm = live.inbox.alarm() => match alarm {
+                    Alarm::Close(closing) => Err(End::Close(closing.code, closing.reason)),
+                    Alarm::Lagged => Box::pin(self.catch_up()).await,
                 },
-                _ = live.lagged.notified() => Box::pin(self.catch_up()).await,
                 _ = keepalive.tick() => self.keepalive(last_heard).await,
                 frame = stream.next(), if inflight.len() < max_inflight => match frame {
                     Some(Ok(frame)) => {
@@ -226,7 +225,7 @@ where
                     None => Err(End::ClientGone),
                 },
                 Some(reply) = inflight.next(), if !inflight.is_empty() => self.on_reply(reply).await,
-                Some(push) = live.rx.recv() => match push {
+                push = live.inbox.next() => match push {
                     Push::Record(record) => self.on_live(Arc::unwrap_or_clone(record)).await,
                     Push::Frame(frame) => self.send_text(frame.to_string(), "signal").await,
                 },

@@ -1,14 +1,13 @@
 //! The session's rules, in-process: a fake backend, channels for the socket,
-//! and the hub's queues built by hand. No NATS, no PostgreSQL, no network.
+//! and the hub's inbox built by hand. No NATS, no PostgreSQL, no network.
 
 use super::*;
-use crate::delivery::Closing;
+use crate::delivery::{Closing, Inbox};
 use bytes::Bytes;
 use futures::channel::mpsc as socket;
 use natter_core::{ConversationId, MessageId};
 use serde_json::json;
 use std::sync::Mutex;
-use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// A user's delivery log, cursor and acks, held in memory.
@@ -174,30 +173,24 @@ pub(super) fn limits() -> Limits {
 
 /// The hub's side of a session: what a test pushes into it.
 struct Hub {
-    live: mpsc::Sender<Push>,
-    lagged: Arc<Notify>,
-    close: watch::Sender<Option<Closing>>,
+    inbox: Arc<Inbox>,
+}
+
+impl Hub {
+    fn push(&self, record: Stored) {
+        let queued = self.inbox.offer(Push::Record(Arc::new(record)));
+        assert!(queued, "the session's inbox is full");
+    }
 }
 
 fn attachment(user: UserId) -> (Attachment, Hub) {
-    let (live, rx) = mpsc::channel(16);
-    let (close, closed) = watch::channel(None);
-    let lagged = Arc::new(Notify::new());
+    let inbox = Arc::new(Inbox::new(16));
     let attachment = Attachment {
-        rx,
-        lagged: lagged.clone(),
-        closed,
+        inbox: inbox.clone(),
         user,
         session: 1,
     };
-    (
-        attachment,
-        Hub {
-            live,
-            lagged,
-            close,
-        },
-    )
+    (attachment, Hub { inbox })
 }
 
 /// A running session and the client's ends of its socket.
@@ -358,12 +351,7 @@ async fn acks_are_cumulative_and_never_beyond_what_was_delivered() {
 
     // One more record delivered live makes one more ack valid.
     backend.append(&[9]);
-    client
-        .hub
-        .live
-        .send(Push::Record(Arc::new(record(9, Some(3)))))
-        .await
-        .unwrap();
+    client.hub.push(record(9, Some(3)));
     assert_eq!(client.cursors(1).await, [9]);
     client.send(r#"{"event": "ack", "data": {"cursor": 9}}"#);
     client.ping("live-ack").await;
@@ -376,45 +364,25 @@ async fn replay_switches_to_live_without_a_gap_or_a_duplicate() {
     let backend = Fake::with_log(Some(1), &[1, 2, 3]);
     let mut client = Client::start(backend.clone(), limits(), 64);
     // Published while the session replayed: already in the replay.
-    client
-        .hub
-        .live
-        .send(Push::Record(Arc::new(record(3, Some(2)))))
-        .await
-        .unwrap();
+    client.hub.push(record(3, Some(2)));
     assert_eq!(client.expect_event("ready").await["data"]["cursor"], 1);
     assert_eq!(client.cursors(2).await, [2, 3]);
 
     // Live and contiguous: written as it comes.
     backend.append(&[5]);
-    client
-        .hub
-        .live
-        .send(Push::Record(Arc::new(record(5, Some(3)))))
-        .await
-        .unwrap();
+    client.hub.push(record(5, Some(3)));
     assert_eq!(client.cursors(1).await, [5]);
 
     // 6 and 7 were stored but missed live: 8 reveals the gap, and the log fills it.
     backend.append(&[6, 7, 8]);
-    client
-        .hub
-        .live
-        .send(Push::Record(Arc::new(record(8, Some(7)))))
-        .await
-        .unwrap();
+    client.hub.push(record(8, Some(7)));
     assert_eq!(client.cursors(3).await, [6, 7, 8]);
     // A late copy of something already written is dropped.
-    client
-        .hub
-        .live
-        .send(Push::Record(Arc::new(record(7, Some(6)))))
-        .await
-        .unwrap();
+    client.hub.push(record(7, Some(6)));
 
     // A lagging session (its queue overflowed) catches up from the log.
     backend.append(&[10, 11]);
-    client.hub.lagged.notify_one();
+    client.hub.inbox.lag();
     assert_eq!(client.cursors(2).await, [10, 11]);
     client.ping("nothing-else").await;
     client.stop().await;
@@ -441,12 +409,7 @@ async fn a_record_stored_by_reference_goes_out_with_its_content() {
     assert_eq!(client.cursors(1).await, [3]);
 
     backend.log.lock().unwrap().push(by_reference(4, 3));
-    client
-        .hub
-        .live
-        .send(Push::Record(Arc::new(by_reference(4, 3))))
-        .await
-        .unwrap();
+    client.hub.push(by_reference(4, 3));
     let live = client.expect_event("receive_group_message").await;
     assert_eq!(live["cursor"], 4);
     assert_eq!(live["data"]["message"]["content"], "filled in");
@@ -501,10 +464,10 @@ async fn confirmations_keep_the_order_of_their_sends_and_outlive_a_close() {
     }
     client.ping("sent").await;
     // The hub closes the session (a revoked token) while both are in flight.
-    client.hub.close.send_replace(Some(Closing {
+    client.hub.inbox.close(Closing {
         code: 1008,
         reason: "token revoked",
-    }));
+    });
     let releases: Vec<_> = std::mem::take(&mut *backend.confirmations.lock().unwrap());
     assert_eq!(releases.len(), 2);
     for release in releases.into_iter().rev() {
