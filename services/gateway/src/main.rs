@@ -5,7 +5,9 @@ use natter_gateway::Config;
 
 /// Every message allocates on its way through; under load glibc's malloc
 /// took 12 % of the gateway's CPU, and with mimalloc the gateway accepts
-/// twice the rate on the same cores (BENCHMARKS.md).
+/// twice the rate on the same cores (BENCHMARKS.md). The feature
+/// `system-allocator` leaves it out, for heap profilers that watch malloc.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -184,9 +184,11 @@ where
     where
         R: Stream<Item = Result<WsMessage, axum::Error>> + Unpin + Send,
     {
-        // The handshake's replay and the rarer steps below run boxed: a
-        // future awaited in place is part of the session's task for its
-        // whole life, and most sessions spend it idle (BENCHMARKS.md).
+        // The handshake's replay and the handling of each event below run
+        // boxed: a future awaited in place is part of the session's task for
+        // its whole life, and most sessions spend it idle (BENCHMARKS.md,
+        // memory per idle socket); an allocation per event costs less than a
+        // kilobyte held by every socket.
         if let Err(end) = Box::pin(self.start()).await {
             return end;
         }
@@ -224,9 +226,13 @@ where
                     Some(Err(e)) => Err(self.read_failed(e)),
                     None => Err(End::ClientGone),
                 },
-                Some(reply) = inflight.next(), if !inflight.is_empty() => self.on_reply(reply).await,
+                Some(reply) = inflight.next(), if !inflight.is_empty() => {
+                    Box::pin(self.on_reply(reply)).await
+                }
                 push = live.inbox.next() => match push {
-                    Push::Record(record) => self.on_live(Arc::unwrap_or_clone(record)).await,
+                    Push::Record(record) => {
+                        Box::pin(self.on_live(Arc::unwrap_or_clone(record))).await
+                    }
                     Push::Frame(frame) => self.send_text(frame.to_string(), "signal").await,
                 },
                 flushed = self.sink.flush(), if self.unflushed => {
@@ -237,7 +243,7 @@ where
             if let Err(end) = step {
                 // Replies to accepted sends must not be lost to a close.
                 while let Some(reply) = inflight.next().await {
-                    if self.on_reply(reply).await.is_err() {
+                    if Box::pin(self.on_reply(reply)).await.is_err() {
                         break;
                     }
                 }
