@@ -220,3 +220,47 @@ async fn typing_reaches_the_other_members_only_and_is_rate_limited() {
     }
     assert!(limited, "a burst of typing signals is rate limited");
 }
+
+/// How many subscriptions the NATS server holds for `subject`.
+fn subscriptions_to(app: &TestApp, subject: &str) -> u64 {
+    let path = format!("/subsz?subs=1&test={subject}");
+    let body = natter_localinfra::http_body(app.nats.node(0).monitor_port(), &path)
+        .expect("the monitoring port answers");
+    let subsz: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    subsz["total"].as_u64().expect("a total")
+}
+
+#[tokio::test]
+async fn a_users_live_subscription_is_shared_and_ends_with_their_last_connection() {
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let subject = natter_core::subjects::live_deliver(bob.id);
+    assert_eq!(subscriptions_to(&app, &subject), 0);
+    let phone = app.connect(&bob, "phone").await;
+    let mut laptop = app.connect(&bob, "laptop").await;
+    assert_eq!(
+        subscriptions_to(&app, &subject),
+        1,
+        "one subscription, shared by the user's sessions"
+    );
+
+    // The first to leave does not take the live feed from the other.
+    phone.close().await;
+    let mut a = app.connect(&alice, "a").await;
+    a.send_direct(bob.id, "still live", "r").await;
+    assert_eq!(
+        laptop.receive_messages(1).await[0]["data"]["message"]["content"],
+        "still live"
+    );
+    assert_eq!(subscriptions_to(&app, &subject), 1);
+
+    // The last one ends it: the server stops sending what nobody here reads.
+    laptop.close().await;
+    let gone = app
+        .eventually(Duration::from_secs(10), || async {
+            subscriptions_to(&app, &subject) == 0
+        })
+        .await;
+    assert!(gone, "the subscription outlived the user's last connection");
+}
