@@ -123,21 +123,15 @@ impl Inbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::Stored;
+    use crate::delivery::record::Stored;
     use bytes::Bytes;
     use futures::FutureExt;
     use std::sync::Arc;
     use std::time::Duration;
 
     fn record(seq: u64) -> Push {
-        Push::Record(Arc::new(Stored {
-            seq,
-            last_seq: None,
-            payload: Bytes::from_static(b"{}"),
-            traceparent: None,
-            accepted_at: None,
-            content_of: None,
-        }))
+        let stored = Stored::new(seq, None, None, Bytes::from_static(b"{}"));
+        Push::Record(Arc::new(stored))
     }
 
     fn seq(push: Push) -> Option<u64> {

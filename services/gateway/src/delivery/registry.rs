@@ -214,19 +214,12 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::Alarm;
+    use crate::delivery::inbox::Alarm;
     use bytes::Bytes;
     use futures::FutureExt;
 
     fn record(seq: u64) -> Stored {
-        Stored {
-            seq,
-            last_seq: None,
-            payload: Bytes::from_static(b"{}"),
-            traceparent: None,
-            accepted_at: None,
-            content_of: None,
-        }
+        Stored::new(seq, None, None, Bytes::from_static(b"{}"))
     }
 
     /// `n` sessions of one user on one feed.

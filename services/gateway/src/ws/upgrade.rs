@@ -440,3 +440,29 @@ impl Backend for Live {
         self.typing.publish(user, conversation).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of what `f` returns, without calling it.
+    fn output_size<F, A, B, C, R>(_: &F) -> usize
+    where
+        F: FnOnce(A, B, C) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+
+    /// A connection's future is its task, resident for the connection's
+    /// whole life; whatever a step awaits in place is held by every idle
+    /// socket (5,136 bytes in a release build with every step in place;
+    /// BENCHMARKS.md, memory per idle socket).
+    #[test]
+    fn an_idle_connection_holds_a_small_future() {
+        let size = output_size(&Connections::run);
+        assert!(
+            size <= 2_048,
+            "a connection's future is {size} bytes: box the step that grew it"
+        );
+    }
+}

@@ -47,14 +47,7 @@ impl Fake {
 
 fn record(seq: u64, last_seq: Option<u64>) -> Stored {
     let payload = json!({"event": "receive_direct_message", "data": {"message": {"seq": seq}}});
-    Stored {
-        seq,
-        last_seq,
-        payload: Bytes::from(payload.to_string()),
-        traceparent: None,
-        accepted_at: None,
-        content_of: None,
-    }
+    Stored::new(seq, last_seq, None, Bytes::from(payload.to_string()))
 }
 
 /// A record stored by reference: a group message without its content.
