@@ -7,12 +7,18 @@ use serde::Deserialize;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How long a handshake and its `ready` may take.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bytes a connection reads at a time; a larger frame grows the buffer.
+/// tungstenite's default allocates 128 KiB with every connection, which
+/// made the generator, not natter, the largest process of a `connections`
+/// run (2.5 GB for 19,000 sockets; BENCHMARKS.md).
+const READ_BUFFER: usize = 4 * 1024;
 
 /// The WebSocket URL for a gateway base URL (`http://host:port`).
 pub fn ws_url(base: &str, token: &str, device: &str) -> String {
@@ -46,7 +52,11 @@ pub async fn open(base: &str, token: &str, device: &str) -> anyhow::Result<Opene
     let (mut socket, _) = tokio::time::timeout(
         READY_TIMEOUT,
         // Without Nagle, like a browser's socket: a send leaves at once.
-        tokio_tungstenite::connect_async_with_config(ws_url(base, token, device), None, true),
+        tokio_tungstenite::connect_async_with_config(
+            ws_url(base, token, device),
+            Some(WebSocketConfig::default().read_buffer_size(READ_BUFFER)),
+            true,
+        ),
     )
     .await
     .context("handshake timed out")?
