@@ -1,8 +1,5 @@
-//! A session's inbox: what its user's feed hands it (live records and
-//! ephemeral frames, bounded), whether it fell behind, and whether it must
-//! close. One small allocation per session: an idle socket holds it for its
-//! whole life, so it holds no queue until something is queued, and gives
-//! the queue back once a burst is drained.
+//! A session's inbox: its user's live records and frames (bounded), whether
+//! it fell behind, and whether it must close; small while the socket idles.
 
 use super::record::{Closing, Push};
 use std::collections::VecDeque;
@@ -13,6 +10,9 @@ use tokio::sync::Notify;
 /// Pushes a drained queue may keep room for; a larger one is given back.
 const KEPT_ROOM: usize = 32;
 
+/// One small allocation per session, held for the socket's whole life: it
+/// holds no queue until something is queued, and gives the queue back once
+/// a burst is drained.
 pub struct Inbox {
     state: Mutex<State>,
     /// Wakes whatever the session waits on whenever `state` changes.
