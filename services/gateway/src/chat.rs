@@ -214,7 +214,7 @@ impl Chat {
         limits: ChatLimits,
     ) -> Self {
         Self {
-            earlier: Earlier::start(pool.clone(), LOOKUP_PATIENCE),
+            earlier: Earlier::start(&pool, LOOKUP_PATIENCE),
             js,
             stream,
             pool,

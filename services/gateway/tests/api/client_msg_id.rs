@@ -118,6 +118,45 @@ async fn a_client_msg_id_of_a_stored_message_is_answered_from_the_store_at_any_a
     assert_eq!(app.history(&bob, conversation).await.len(), 1);
 }
 
+#[tokio::test]
+async fn an_earlier_send_is_still_found_after_postgresql_restarts() {
+    let mut app = TestApp::spawn_with(TestOptions {
+        own_postgres: true,
+        ..TestOptions::default()
+    })
+    .await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let mut a = app.connect(&alice, "a").await;
+    let first = send(&mut a, &bob, "hello", "first").await;
+    let conversation = first["data"]["message"]["conversationId"].as_str().unwrap();
+    app.history_eventually(&bob, conversation, 1).await;
+    forget_duplicates(&app).await;
+
+    // The first send's lookup opened the connection lookups hold; it is
+    // gone with the server.
+    app.stop_postgres();
+    app.start_postgres();
+    let ready = app
+        .eventually(std::time::Duration::from_secs(20), || async {
+            app.get("/readyz", None).await.0 == 200
+        })
+        .await;
+    assert!(ready, "the gateway did not see PostgreSQL again");
+    let published = chat_last_seq(&app).await;
+    let again = send(&mut a, &bob, "hello", "again").await;
+    assert_eq!(again["event"], "message_sent", "{again}");
+    assert_eq!(
+        again["data"]["message"]["seq"], first["data"]["message"]["seq"],
+        "the retry was not looked up in the store"
+    );
+    assert_eq!(
+        chat_last_seq(&app).await,
+        published,
+        "a retry was published again"
+    );
+}
+
 /// Sends `count` messages from `socket` to `to`, each with its own
 /// `clientMsgId`, and returns the replies in order.
 async fn send_numbered(
