@@ -26,8 +26,12 @@ pub struct Config {
     /// Most CHAT records projected in one transaction.
     #[arg(long, env = "PERSISTER_BATCH_MAX", default_value_t = 500)]
     pub batch_max: usize,
-    /// How long a batch waits to fill after its first record, in milliseconds.
-    #[arg(long, env = "PERSISTER_BATCH_WAIT_MS", default_value_t = 2)]
+    /// How long a batch waits to fill after its first record, in
+    /// milliseconds. 0 takes what has arrived: under load the records that
+    /// came while the last batch was written make the next one, and an idle
+    /// moment's lone record is not held back (a wait of 2 ms saved about a
+    /// fifth of the CPU at 1,000 msg/s and added 1.5 ms to every delivery).
+    #[arg(long, env = "PERSISTER_BATCH_WAIT_MS", default_value_t = 0)]
     pub batch_wait_ms: u64,
     /// Deliveries of a record that fails to project before it is dead-lettered.
     #[arg(long, env = "PERSISTER_MAX_DELIVER", default_value_t = 5)]

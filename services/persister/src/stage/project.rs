@@ -162,7 +162,7 @@ impl<'a> Projector<'a> {
         }
     }
 
-    /// The batch `first` opens: what else arrives within the batch wait, up
+    /// The batch `first` opens: what else has arrived, or arrives within the batch wait, up
     /// to the batch size; and whether the pull request was lost meanwhile.
     async fn fill(
         &mut self,
