@@ -2,7 +2,8 @@
 //! message counts and the delivery records they fan out to.
 //!
 //! A direct conversation comes into being with its first message. A batch's
-//! messages are written with one statement per table.
+//! messages are written with one statement: its rows, their conversations,
+//! the direct conversations' members and the counts, in one round trip.
 
 use super::dead_letter;
 use super::error::ProjectionError;
@@ -50,10 +51,7 @@ pub async fn project_messages(
     if sent.is_empty() {
         return Ok(());
     }
-    upsert_conversations(tx, &sent).await?;
-    let rows = MessageRows::of(&sent);
-    let inserted = rows.insert(tx).await?;
-    count_messages(tx, &sent, &inserted).await?;
+    let inserted = write(tx, &sent).await?;
     queue_deliveries(tx, &sent, &inserted, fanouts).await
 }
 
@@ -118,35 +116,6 @@ struct Touched {
     last_at: DateTime<Utc>,
 }
 
-/// Conversations and memberships first: a direct conversation comes into
-/// being with its first message.
-async fn upsert_conversations(
-    tx: &mut PgConnection,
-    sent: &[Sent<'_>],
-) -> Result<(), ProjectionError> {
-    let conversations = touched(sent);
-    let ids: Vec<Uuid> = conversations.keys().map(|id| id.0).collect();
-    let kinds: Vec<&str> = conversations.values().map(|t| t.kind).collect();
-    let last_seqs: Vec<i64> = conversations.values().map(|t| t.last_seq).collect();
-    let first_ats: Vec<DateTime<Utc>> = conversations.values().map(|t| t.first_at).collect();
-    let last_ats: Vec<DateTime<Utc>> = conversations.values().map(|t| t.last_at).collect();
-    sqlx::query(
-        "INSERT INTO conversations (id, kind, created_at, last_seq, last_activity_at)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::bigint[], $5::timestamptz[])
-         ON CONFLICT (id) DO UPDATE SET
-             last_seq = GREATEST(conversations.last_seq, EXCLUDED.last_seq),
-             last_activity_at = GREATEST(conversations.last_activity_at, EXCLUDED.last_activity_at)",
-    )
-    .bind(&ids)
-    .bind(&kinds)
-    .bind(&first_ats)
-    .bind(&last_seqs)
-    .bind(&last_ats)
-    .execute(&mut *tx)
-    .await?;
-    insert_direct_members(tx, &direct_members(sent)).await
-}
-
 /// Each conversation's part of the batch.
 fn touched(sent: &[Sent<'_>]) -> BTreeMap<ConversationId, Touched> {
     let mut conversations: BTreeMap<ConversationId, Touched> = BTreeMap::new();
@@ -179,28 +148,6 @@ fn direct_members(sent: &[Sent<'_>]) -> BTreeSet<(ConversationId, UserId)> {
         }
     }
     members
-}
-
-/// The two parties of each direct conversation, as members.
-async fn insert_direct_members(
-    tx: &mut PgConnection,
-    members: &BTreeSet<(ConversationId, UserId)>,
-) -> Result<(), ProjectionError> {
-    if members.is_empty() {
-        return Ok(());
-    }
-    let (conv_ids, user_ids): (Vec<Uuid>, Vec<Uuid>) =
-        members.iter().map(|(c, u)| (c.0, u.0)).unzip();
-    sqlx::query(
-        "INSERT INTO conversation_members (conversation_id, user_id)
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[])
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(&conv_ids)
-    .bind(&user_ids)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
 }
 
 /// The batch's `messages` rows, one vector per column as `UNNEST` takes
@@ -248,33 +195,6 @@ impl<'a> MessageRows<'a> {
         self.client_msg_id.push(m.client_msg_id.as_deref());
         self.created_at.push(m.created_at);
     }
-
-    /// Inserts the rows not stored yet. Returns the rows this transaction
-    /// created, by id, with the `CHAT` sequence of the record that created
-    /// them (one send may appear twice in a batch).
-    async fn insert(&self, tx: &mut PgConnection) -> Result<HashMap<Uuid, i64>, ProjectionError> {
-        Ok(sqlx::query_as::<_, (Uuid, i64)>(
-            "INSERT INTO messages
-                 (id, conversation_id, seq, sender_id, receiver_id, group_id, content, client_msg_id, created_at)
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::uuid[], $5::uuid[],
-                                  $6::uuid[], $7::text[], $8::text[], $9::timestamptz[])
-             ON CONFLICT DO NOTHING
-             RETURNING id, seq",
-        )
-        .bind(&self.id)
-        .bind(&self.conversation)
-        .bind(&self.seq)
-        .bind(&self.sender)
-        .bind(&self.receiver)
-        .bind(&self.group)
-        .bind(&self.content)
-        .bind(&self.client_msg_id)
-        .bind(&self.created_at)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect())
-    }
 }
 
 /// Whether this record's delivery created the message's row.
@@ -282,51 +202,98 @@ fn created_by(inserted: &HashMap<Uuid, i64>, s: &Sent<'_>) -> bool {
     inserted.get(&s.message.id.0) == Some(&(s.chat_seq as i64))
 }
 
-/// Each conversation counts its new messages, and each sender has seen
-/// its own (unread = the conversation's count - the member's seen count):
-/// two rows per conversation whatever its size. Only rows this transaction
-/// created count, so a redelivered record counts once.
-async fn count_messages(
+/// The statement [`write`] runs: `$1`-`$9` the rows ([`MessageRows`]),
+/// `$10`-`$14` the conversations ([`touched`]), `$15`-`$16` the direct
+/// conversations' members ([`direct_members`]).
+const WRITE_BATCH: &str = "WITH inserted AS (
+         INSERT INTO messages
+             (id, conversation_id, seq, sender_id, receiver_id, group_id, content, client_msg_id, created_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::uuid[], $5::uuid[],
+                              $6::uuid[], $7::text[], $8::text[], $9::timestamptz[])
+         ON CONFLICT DO NOTHING
+         RETURNING id, seq, conversation_id, sender_id, group_id
+     ), per_conversation AS (
+         SELECT conversation_id, count(*) AS n FROM inserted GROUP BY conversation_id
+     ), per_sender AS (
+         SELECT conversation_id, sender_id, bool_or(group_id IS NOT NULL) AS in_group, count(*) AS n
+         FROM inserted GROUP BY conversation_id, sender_id
+     ), conversations AS (
+         INSERT INTO conversations (id, kind, created_at, last_seq, last_activity_at, message_count)
+         SELECT t.id, t.kind, t.created_at, t.last_seq, t.last_activity_at, COALESCE(c.n, 0)
+         FROM UNNEST($10::uuid[], $11::text[], $12::timestamptz[], $13::bigint[], $14::timestamptz[])
+              AS t(id, kind, created_at, last_seq, last_activity_at)
+         LEFT JOIN per_conversation c ON c.conversation_id = t.id
+         ON CONFLICT (id) DO UPDATE SET
+             last_seq = GREATEST(conversations.last_seq, EXCLUDED.last_seq),
+             last_activity_at = GREATEST(conversations.last_activity_at, EXCLUDED.last_activity_at),
+             message_count = conversations.message_count + EXCLUDED.message_count
+     ), direct AS (
+         INSERT INTO conversation_members (conversation_id, user_id, seen_count)
+         SELECT t.conversation_id, t.user_id, COALESCE(s.n, 0)
+         FROM UNNEST($15::uuid[], $16::uuid[]) AS t(conversation_id, user_id)
+         LEFT JOIN per_sender s
+             ON s.conversation_id = t.conversation_id AND s.sender_id = t.user_id
+         ON CONFLICT (conversation_id, user_id) DO UPDATE
+             SET seen_count = conversation_members.seen_count + EXCLUDED.seen_count
+             WHERE EXCLUDED.seen_count > 0
+     ), senders AS (
+         UPDATE conversation_members m SET seen_count = m.seen_count + s.n
+         FROM per_sender s
+         WHERE s.in_group AND m.conversation_id = s.conversation_id AND m.user_id = s.sender_id
+     )
+     SELECT id, seq FROM inserted";
+
+/// Writes the batch's messages in one statement, whose parts see the same
+/// snapshot and are checked together at its end (a new conversation's
+/// messages and members refer to it):
+/// - `inserted`: the rows not stored yet (a redelivered record's row is);
+/// - `conversations`: each touched conversation, created by its first
+///   message, its last sequence and activity moved on, and its count of
+///   messages grown by its new rows;
+/// - `direct`: the two parties of each direct conversation as members, a
+///   sender's count of seen messages grown by its new rows (unread = the
+///   conversation's count - the member's seen count; a member with nothing
+///   new is not written);
+/// - `senders`: a group sender's seen count grown the same way (the sender
+///   is a member at this point in `CHAT`, or the record was refused).
+///
+/// Only rows this statement created count, so a redelivered record counts
+/// once. Returns those rows by id, with the `CHAT` sequence of the record
+/// that created each (one send may appear twice in a batch).
+async fn write(
     tx: &mut PgConnection,
     sent: &[Sent<'_>],
-    inserted: &HashMap<Uuid, i64>,
-) -> Result<(), ProjectionError> {
-    let mut conversations: BTreeMap<Uuid, i64> = BTreeMap::new();
-    let mut senders: BTreeMap<(Uuid, Uuid), i64> = BTreeMap::new();
-    for m in sent
-        .iter()
-        .filter(|s| created_by(inserted, s))
-        .map(|s| s.message)
-    {
-        *conversations.entry(m.conversation_id.0).or_default() += 1;
-        *senders
-            .entry((m.conversation_id.0, m.sender_id.0))
-            .or_default() += 1;
-    }
-    if conversations.is_empty() {
-        return Ok(());
-    }
-    let (conv_ids, counts): (Vec<Uuid>, Vec<i64>) = conversations.into_iter().unzip();
-    let (pairs, seen): (Vec<(Uuid, Uuid)>, Vec<i64>) = senders.into_iter().unzip();
-    let (member_convs, member_ids): (Vec<Uuid>, Vec<Uuid>) = pairs.into_iter().unzip();
-    sqlx::query(
-        "WITH counted AS (
-             UPDATE conversations c SET message_count = c.message_count + t.n
-             FROM UNNEST($1::uuid[], $2::bigint[]) AS t(id, n)
-             WHERE c.id = t.id
-         )
-         UPDATE conversation_members m SET seen_count = m.seen_count + t.n
-         FROM UNNEST($3::uuid[], $4::uuid[], $5::bigint[]) AS t(conversation_id, user_id, n)
-         WHERE m.conversation_id = t.conversation_id AND m.user_id = t.user_id",
-    )
-    .bind(&conv_ids)
-    .bind(&counts)
-    .bind(&member_convs)
-    .bind(&member_ids)
-    .bind(&seen)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+) -> Result<HashMap<Uuid, i64>, ProjectionError> {
+    let rows = MessageRows::of(sent);
+    let conversations = touched(sent);
+    let ids: Vec<Uuid> = conversations.keys().map(|id| id.0).collect();
+    let kinds: Vec<&str> = conversations.values().map(|t| t.kind).collect();
+    let last_seqs: Vec<i64> = conversations.values().map(|t| t.last_seq).collect();
+    let first_ats: Vec<DateTime<Utc>> = conversations.values().map(|t| t.first_at).collect();
+    let last_ats: Vec<DateTime<Utc>> = conversations.values().map(|t| t.last_at).collect();
+    let (member_convs, member_ids): (Vec<Uuid>, Vec<Uuid>) =
+        direct_members(sent).iter().map(|(c, u)| (c.0, u.0)).unzip();
+    Ok(sqlx::query_as::<_, (Uuid, i64)>(WRITE_BATCH)
+        .bind(&rows.id)
+        .bind(&rows.conversation)
+        .bind(&rows.seq)
+        .bind(&rows.sender)
+        .bind(&rows.receiver)
+        .bind(&rows.group)
+        .bind(&rows.content)
+        .bind(&rows.client_msg_id)
+        .bind(&rows.created_at)
+        .bind(&ids)
+        .bind(&kinds)
+        .bind(&first_ats)
+        .bind(&last_seqs)
+        .bind(&last_ats)
+        .bind(&member_convs)
+        .bind(&member_ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect())
 }
 
 /// A record is fanned out when the stored row is this record: new, or
