@@ -4,10 +4,11 @@
 //! and go together in the next, so an idle gateway answers in one round trip and a busy one
 //! makes one query per round trip instead of one per send.
 //!
-//! The task holds one connection of its own, where the query stays prepared: parsing and
-//! planning it anew each time cost PostgreSQL about 110 µs per lookup, more than the lookup.
-//! On that connection sequential scans are off, so the plan PostgreSQL caches for it reads
-//! `messages` by its key even if it was made while the table was nearly empty.
+//! The task holds one connection of its own, where the query stays prepared and planned once:
+//! parsing and planning it anew each time cost PostgreSQL more than the lookup. On that
+//! connection PostgreSQL always uses its generic plan (left to choose, it planned each lookup
+//! for its ids again), and sequential scans are off, so that plan reads `messages` by its key
+//! even if it was made while the table was nearly empty.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -52,12 +53,13 @@ impl Earlier {
     }
 }
 
-/// One connection to `pool`'s database on which no plan scans a table whole, opened when first
-/// used and again after a failure.
+/// One connection to `pool`'s database on which a statement is planned once and no plan scans
+/// a table whole, opened when first used and again after a failure.
 fn lookup_pool(pool: &PgPool, patience: Duration) -> PgPool {
-    let options = (*pool.connect_options())
-        .clone()
-        .options([("enable_seqscan", "off")]);
+    let options = (*pool.connect_options()).clone().options([
+        ("enable_seqscan", "off"),
+        ("plan_cache_mode", "force_generic_plan"),
+    ]);
     PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(patience)
@@ -119,18 +121,20 @@ async fn stored(
     stored_on(connection, ids).await
 }
 
+/// The stored messages among `$1` (ids), with their senders' names.
+const LOOKUP: &str =
+    "SELECT m.id, m.conversation_id, m.seq, m.sender_id, s.display_name AS sender_name,
+        m.receiver_id, m.group_id, m.content, m.client_msg_id, m.created_at
+    FROM messages m JOIN users s ON s.id = m.sender_id WHERE m.id = ANY($1)";
+
 async fn stored_on(
     connection: &mut PoolConnection<Postgres>,
     ids: &[uuid::Uuid],
 ) -> Result<HashMap<uuid::Uuid, Message>, sqlx::Error> {
-    let rows: Vec<MessageRow> = sqlx::query_as(
-        "SELECT m.id, m.conversation_id, m.seq, m.sender_id, s.display_name AS sender_name,
-                m.receiver_id, m.group_id, m.content, m.client_msg_id, m.created_at
-         FROM messages m JOIN users s ON s.id = m.sender_id WHERE m.id = ANY($1)",
-    )
-    .bind(ids)
-    .fetch_all(&mut **connection)
-    .await?;
+    let rows: Vec<MessageRow> = sqlx::query_as(LOOKUP)
+        .bind(ids)
+        .fetch_all(&mut **connection)
+        .await?;
     Ok(rows.into_iter().map(|row| (row.id, row.into())).collect())
 }
 
@@ -164,5 +168,43 @@ impl From<MessageRow> for Message {
             client_msg_id: row.client_msg_id,
             created_at: row.created_at,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_lookup_plan_reads_messages_by_key_even_when_made_on_an_empty_table() {
+        let db = natter_testkit::database::TestDatabase::create(false)
+            .await
+            .unwrap();
+        let pool = lookup_pool(&db.pool().await.unwrap(), Duration::from_secs(5));
+        let mut connection = pool.acquire().await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "PREPARE probe(uuid[]) AS {LOOKUP}"
+        )))
+        .execute(&mut *connection)
+        .await
+        .unwrap();
+        // Past the executions PostgreSQL plans for their values before it
+        // may settle on one plan for all.
+        for _ in 0..8 {
+            sqlx::query("EXECUTE probe(ARRAY[gen_random_uuid()])")
+                .execute(&mut *connection)
+                .await
+                .unwrap();
+        }
+        let plan: Vec<String> =
+            sqlx::query_scalar("EXPLAIN EXECUTE probe(ARRAY[gen_random_uuid()])")
+                .fetch_all(&mut *connection)
+                .await
+                .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("messages_pkey"), "{plan}");
+        assert!(!plan.contains("Seq Scan"), "{plan}");
+        // The generic plan, made once: its condition names the parameter.
+        assert!(plan.contains("$1"), "{plan}");
     }
 }
