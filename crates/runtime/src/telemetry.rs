@@ -10,6 +10,7 @@ use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 use std::time::Duration;
 use tracing::dispatcher::WeakDispatch;
@@ -74,7 +75,10 @@ pub fn init(
     };
     let logs = LogQueue::spawn(std::io::stdout(), log_queue::QUEUE_BYTES)
         .map_err(|e| TelemetryError(format!("cannot start the log writer: {e}")))?;
-    let mut telemetry = install(args.log_format, default_filter, traces, logs.clone())?;
+    // Colours only for a terminal: a file or a log shipper would keep the
+    // escape codes, and writing them costs time on every line.
+    let ansi = std::io::stdout().is_terminal();
+    let mut telemetry = install(args.log_format, default_filter, traces, ansi, logs.clone())?;
     telemetry.logs = Some(logs);
     Ok(telemetry)
 }
@@ -131,13 +135,15 @@ fn traces_url(endpoint: &str) -> String {
     format!("{}/v1/traces", endpoint.trim_end_matches('/'))
 }
 
-/// Installs the global subscriber: log lines to `writer`, and spans to
-/// `traces` when there are any (none: OpenTelemetry is off). Tests pass an
-/// in-memory exporter's provider and a capturing writer.
+/// Installs the global subscriber: log lines to `writer` (pretty ones in
+/// colour if `ansi`), and spans to `traces` when there are any (none:
+/// OpenTelemetry is off). Tests pass an in-memory exporter's provider and a
+/// capturing writer.
 pub fn install<W>(
     format: LogFormat,
     default_filter: &str,
     traces: Option<Traces>,
+    ansi: bool,
     writer: W,
 ) -> Result<Telemetry, TelemetryError>
 where
@@ -164,6 +170,7 @@ where
                 inner: tracing_subscriber::fmt::format().compact(),
                 json,
             })
+            .with_ansi(ansi)
             .with_writer(writer)
             .with_filter(filter)
             .boxed(),
@@ -342,12 +349,18 @@ mod tests {
     // The subscriber is process-wide: this is the only test here that
     // installs one (nextest runs each test in a process of its own).
     #[test]
-    fn pretty_lines_in_a_trace_start_with_its_trace_id() {
+    fn pretty_lines_in_a_trace_start_with_its_trace_id_and_no_colour_codes() {
         let captured = Captured::default();
         let provider = SdkTracerProvider::builder().build();
         let traces = Traces::new(provider, Sampling::always());
-        let _telemetry =
-            install(LogFormat::Pretty, "info", Some(traces), captured.clone()).unwrap();
+        let _telemetry = install(
+            LogFormat::Pretty,
+            "info",
+            Some(traces),
+            false,
+            captured.clone(),
+        )
+        .unwrap();
         tracing::info!("outside any span");
         let span = tracing::info_span!("natter_runtime_test");
         let trace_id = span.context().span().span_context().trace_id().to_string();
@@ -366,5 +379,7 @@ mod tests {
             .find(|l| l.contains("outside any span"))
             .unwrap();
         assert!(!outside.contains("trace_id="), "{outside}");
+        // Not for a terminal: no colour codes.
+        assert!(!text.contains('\x1b'), "{text:?}");
     }
 }

@@ -56,9 +56,14 @@ async fn main() {
     };
     let traces = (!telemetry.otel_sdk_disabled)
         .then(|| natter_runtime::telemetry::traces("natter-bench", &telemetry).unwrap());
-    let guard =
-        natter_runtime::telemetry::install(LogFormat::Pretty, "warn", traces, std::io::stderr)
-            .unwrap();
+    let guard = natter_runtime::telemetry::install(
+        LogFormat::Pretty,
+        "warn",
+        traces,
+        false,
+        std::io::stderr,
+    )
+    .unwrap();
 
     let app = TestApp::spawn_with(TestOptions {
         gateway_args: vec!["--send-rate-per-sec".into(), "1000000".into()],

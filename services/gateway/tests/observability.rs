@@ -70,7 +70,7 @@ fn spans_in_memory(sampling: Sampling) -> (InMemorySpanExporter, telemetry::Tele
         .build();
     let traces = telemetry::Traces::new(provider, sampling);
     let telemetry =
-        telemetry::install(LogFormat::Json, "warn", Some(traces), std::io::sink).unwrap();
+        telemetry::install(LogFormat::Json, "warn", Some(traces), false, std::io::sink).unwrap();
     (exporter, telemetry)
 }
 
@@ -443,6 +443,7 @@ async fn logs_tell_the_message_flow_without_bodies_passwords_or_tokens() {
         LogFormat::Json,
         "debug,natter_gateway=trace,natter_persister=trace,natter_runtime=trace",
         Some(traces),
+        false,
         captured.clone(),
     )
     .unwrap();
@@ -576,7 +577,7 @@ async fn a_dead_trace_collector_does_not_slow_or_stop_messages() {
     args.otel_traces_sampler = Some(SamplerKind::AlwaysOn);
     let traces = telemetry::traces("natter-test", &args).unwrap();
     let _telemetry =
-        telemetry::install(LogFormat::Json, "warn", Some(traces), std::io::sink).unwrap();
+        telemetry::install(LogFormat::Json, "warn", Some(traces), false, std::io::sink).unwrap();
 
     let (_app, bob, mut a, mut b) = two_connected_users().await;
     let count = 300;
@@ -598,7 +599,8 @@ async fn a_dead_trace_collector_does_not_slow_or_stop_messages() {
 #[tokio::test]
 async fn sockets_over_the_per_user_cap_are_logged_once_per_interval() {
     let captured = Captured::default();
-    let _telemetry = telemetry::install(LogFormat::Json, "warn", None, captured.clone()).unwrap();
+    let _telemetry =
+        telemetry::install(LogFormat::Json, "warn", None, false, captured.clone()).unwrap();
     let app = TestApp::spawn_with(natter_testkit::TestOptions {
         gateway_args: ["--max-connections-per-user", "1"]
             .map(String::from)
