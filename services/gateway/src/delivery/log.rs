@@ -134,6 +134,35 @@ struct Bounds {
 }
 
 impl Bounds {
+    /// The bounds `answer` gives to a question sent at `asked`, after the
+    /// `previous` ones. An overloaded stream answers its API late: closing
+    /// every connecting session over it would bring them all back to ask
+    /// again, so a failure is answered with the last bounds known, if any.
+    /// They are safe to use: the first sequence only grows, so a cursor
+    /// they say fell off the log did; a new device starts a little early.
+    fn answered(
+        asked: Instant,
+        answer: Result<(u64, u64), String>,
+        previous: Option<&Bounds>,
+    ) -> Bounds {
+        let last_known = answer
+            .clone()
+            .ok()
+            .or_else(|| previous.and_then(|bounds| bounds.last_known));
+        let answer = match (answer, last_known) {
+            (Err(e), Some(known)) => {
+                tracing::debug!(error = %e, "stream bounds not answered; using the last known");
+                Ok(known)
+            }
+            (answer, _) => answer,
+        };
+        Bounds {
+            asked,
+            answer,
+            last_known,
+        }
+    }
+
     /// The answer, if the question was sent no earlier than `since`.
     fn as_of(cached: Option<&Bounds>, since: Instant) -> Option<Result<(u64, u64), String>> {
         cached
@@ -166,29 +195,14 @@ impl DeliveryLog {
             Some(answer) => answer,
             None => {
                 let asked = Instant::now();
-                let mut answer = self
+                let answer = self
                     .info()
                     .await
                     .map(|info| (info.state.first_sequence, info.state.last_sequence))
                     .map_err(|e| e.to_string());
-                let last_known = answer
-                    .clone()
-                    .ok()
-                    .or_else(|| cached.as_ref().and_then(|bounds| bounds.last_known));
-                if let (Err(e), Some(known)) = (&answer, last_known) {
-                    // An overloaded stream answers its API late: closing every
-                    // connecting session over it would bring them all back
-                    // to ask again. Earlier bounds are safe to use: the first
-                    // sequence only grows, so a cursor they say fell off the
-                    // log did; a new device starts a little early.
-                    tracing::debug!(error = %e, "stream bounds not answered; using the last known");
-                    answer = Ok(known);
-                }
-                *cached = Some(Bounds {
-                    asked,
-                    answer: answer.clone(),
-                    last_known,
-                });
+                let bounds = Bounds::answered(asked, answer, cached.as_ref());
+                let answer = bounds.answer.clone();
+                *cached = Some(bounds);
                 answer
             }
         };
@@ -367,6 +381,24 @@ mod tests {
         assert_eq!(
             Bounds::as_of(Some(&failed), t0),
             Some(Err("timed out".into()))
+        );
+    }
+
+    #[test]
+    fn a_question_not_answered_is_answered_with_the_last_bounds_known() {
+        let t0 = Instant::now();
+        let first = Bounds::answered(t0, Err("timed out".into()), None);
+        assert_eq!(first.answer, Err("timed out".into()), "nothing known yet");
+        let known = Bounds::answered(t0, Ok((3, 90)), Some(&first));
+        assert_eq!(known.answer, Ok((3, 90)));
+        let late = Bounds::answered(t0, Err("timed out".into()), Some(&known));
+        assert_eq!(late.answer, Ok((3, 90)), "the last bounds known stand in");
+        let later = Bounds::answered(t0, Err("timed out".into()), Some(&late));
+        assert_eq!(later.answer, Ok((3, 90)), "and keep standing in");
+        let fresh = Bounds::answered(t0, Ok((5, 120)), Some(&later));
+        assert_eq!(
+            (fresh.answer, fresh.last_known),
+            (Ok((5, 120)), Some((5, 120)))
         );
     }
 }
