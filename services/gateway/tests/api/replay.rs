@@ -331,3 +331,45 @@ async fn a_chain_longer_than_one_read_is_scanned_from_its_start() {
     assert_eq!(text(&rest), ["m2", "m3", "m4"]);
     assert_eq!(log.read(bob.id, five[4].seq + 1, 3).await.unwrap().len(), 0);
 }
+
+#[tokio::test]
+async fn reads_go_out_on_the_read_connections_in_turn() {
+    let app = TestApp::spawn().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let mut a = app.connect(&alice, "a").await;
+    send_n(&mut a, &bob, "m", 2).await;
+    let js = app.jetstream().await;
+    let stream = js.get_stream("DELIVERY").await.unwrap();
+    let readers = [
+        app.jetstream().await.client(),
+        app.jetstream().await.client(),
+    ];
+    let sent = |reader: &async_nats::Client| {
+        reader
+            .statistics()
+            .out_messages
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = readers.each_ref().map(sent);
+    let log = natter_gateway::delivery::DeliveryLog::new(readers.to_vec(), stream);
+    let logged = app
+        .eventually(Duration::from_secs(10), || async {
+            log.read(bob.id, 1, 10).await.unwrap().len() == 2
+        })
+        .await;
+    assert!(logged, "bob's two records are logged");
+    for _ in 0..4 {
+        assert_eq!(log.read(bob.id, 1, 10).await.unwrap().len(), 2);
+    }
+    // Each read is a few direct gets on one connection; five or more reads
+    // in turn put at least two on each.
+    let after = readers.each_ref().map(sent);
+    for (reader, (before, after)) in before.iter().zip(after).enumerate() {
+        assert!(
+            after >= before + 2 * 2,
+            "reader {reader} sent {} messages",
+            after - before
+        );
+    }
+}
