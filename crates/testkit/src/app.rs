@@ -126,6 +126,16 @@ impl TestApp {
         Self::try_spawn(options).await.expect("test app starts")
     }
 
+    /// A test app with a PostgreSQL of its own, which the test may stop and
+    /// start ([`TestApp::stop_postgres`]).
+    pub async fn spawn_with_own_postgres() -> Self {
+        Self::spawn_with(TestOptions {
+            own_postgres: true,
+            ..TestOptions::default()
+        })
+        .await
+    }
+
     async fn try_spawn(options: TestOptions) -> anyhow::Result<Self> {
         crate::logging::init_logging();
         let dir = tempfile::Builder::new().prefix("natter-test-").tempdir()?;

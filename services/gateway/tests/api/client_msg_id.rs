@@ -120,11 +120,7 @@ async fn a_client_msg_id_of_a_stored_message_is_answered_from_the_store_at_any_a
 
 #[tokio::test]
 async fn an_earlier_send_is_still_found_after_postgresql_restarts() {
-    let mut app = TestApp::spawn_with(TestOptions {
-        own_postgres: true,
-        ..TestOptions::default()
-    })
-    .await;
+    let mut app = TestApp::spawn_with_own_postgres().await;
     let alice = app.signup("alice").await;
     let bob = app.signup("bob").await;
     let mut a = app.connect(&alice, "a").await;

@@ -79,11 +79,7 @@ async fn messages_accepted_while_the_persister_is_down_are_delivered_after() {
 
 #[tokio::test]
 async fn messages_accepted_during_a_database_outage_are_delivered_once_it_is_back() {
-    let mut app = TestApp::spawn_with(TestOptions {
-        own_postgres: true,
-        ..TestOptions::default()
-    })
-    .await;
+    let mut app = TestApp::spawn_with_own_postgres().await;
     let alice = app.signup("alice").await;
     let bob = app.signup("bob").await;
     let mut a = app.connect(&alice, "a").await;
